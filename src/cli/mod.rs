@@ -1,0 +1,126 @@
+//! Command-line interface: argument parsing and dispatch. Each subcommand lives in its own module.
+
+mod ask;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Extractive question answering with BERT-family models.
+#[derive(Parser, Debug)]
+#[command(name = "bertqa", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Answer questions about a passage (or a JSONL file of them).
+    Ask(ask::AskArgs),
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Model directory or Hugging Face Hub id.
+    #[arg(long, short = 'm', default_value = bertqa::DEFAULT_MODEL, env = "BERTQA_MODEL")]
+    pub model: String,
+    /// Never touch the network: use the local directory or the HF cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Worker threads for the model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Log more (-v: debug, -vv: trace); RUST_LOG also works.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl CommonArgs {
+    /// Applies threads and logging; call once before any model work.
+    pub fn init(&self) {
+        init_logging(self.verbose);
+        set_threads(self.threads);
+    }
+
+    /// Hub options from the flags.
+    pub fn hub(&self) -> bertqa::HubOptions {
+        bertqa::HubOptions {
+            offline: self.offline,
+            revision: self.revision.clone(),
+        }
+    }
+}
+
+/// Sets the size of the compute thread pool (candle/gemm use rayon).
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|&n| n > 0) {
+        // Read by candle's kernels; set before any worker thread starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "bertqa=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// An error for the user: message and exit code (2 for bad input, 1 otherwise).
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    /// Bad input (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 2,
+        }
+    }
+}
+
+impl From<bertqa::Error> for CliError {
+    fn from(e: bertqa::Error) -> Self {
+        Self {
+            code: if e.is_user_error() { 2 } else { 1 },
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// Parses arguments, runs the subcommand and maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ask(args) => ask::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

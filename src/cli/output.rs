@@ -1,0 +1,110 @@
+//! Human-readable rendering of answers.
+
+use bertqa::Answer;
+
+/// The sentence (or a ~160-character excerpt) around the answer, the answer marked with `[...]`.
+pub fn excerpt(context: &str, answer: &Answer) -> String {
+    if answer.is_impossible() {
+        return "(no answer in the passage)".into();
+    }
+    let range = answer.byte_range(context);
+    const REACH: usize = 120;
+    let before = &context[..range.start];
+    let after = &context[range.end..];
+    // Back to the previous sentence end (". ", "! ", "? " or a newline), within reach.
+    let mut from = 0;
+    let mut clipped_left = false;
+    for (i, c) in before.char_indices().rev() {
+        if range.start - i > REACH {
+            from = i + c.len_utf8();
+            clipped_left = true;
+            break;
+        }
+        if c == '\n'
+            || (matches!(c, '.' | '!' | '?') && before[i + 1..].starts_with(char::is_whitespace))
+        {
+            from = i + c.len_utf8();
+            break;
+        }
+    }
+    let mut to = after.len();
+    let mut clipped_right = false;
+    for (i, c) in after.char_indices() {
+        if i > REACH {
+            to = i;
+            clipped_right = true;
+            break;
+        }
+        if c == '\n' {
+            to = i;
+            break;
+        }
+        if matches!(c, '.' | '!' | '?') {
+            to = i + c.len_utf8();
+            break;
+        }
+    }
+    format!(
+        "{}{}[{}]{}{}",
+        if clipped_left { "…" } else { "" },
+        before[from..].trim_start(),
+        &context[range.clone()],
+        after[..to].trim_end(),
+        if clipped_right { "…" } else { "" }
+    )
+    .replace('\n', " ")
+}
+
+/// Prints answers to one question for a person.
+pub fn print_human(question: &str, context: &str, answers: &[Answer]) {
+    println!("Q: {question}");
+    for (k, a) in answers.iter().enumerate() {
+        let label = if a.is_impossible() {
+            "(no answer)".to_string()
+        } else {
+            format!("{:?}", a.answer)
+        };
+        println!(
+            "  {}. {label}  score {:.4}  chars {}..{}",
+            k + 1,
+            a.score,
+            a.start,
+            a.end
+        );
+        println!("     {}", excerpt(context, a));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(context: &str, text: &str) -> Answer {
+        let b = context.find(text).unwrap();
+        let start = context[..b].chars().count();
+        Answer {
+            score: 0.5,
+            start,
+            end: start + text.chars().count(),
+            answer: text.into(),
+        }
+    }
+
+    #[test]
+    fn excerpt_is_the_sentence_with_the_answer_marked() {
+        let ctx = "First sentence. Marie Curie won in 1903. Last one.";
+        assert_eq!(
+            excerpt(ctx, &answer(ctx, "1903")),
+            "Marie Curie won in [1903]."
+        );
+    }
+
+    #[test]
+    fn excerpt_handles_multibyte_text() {
+        let ctx = "Café 😀 opened in Zürich in 1923 — naïve.";
+        assert_eq!(
+            excerpt(ctx, &answer(ctx, "Zürich")),
+            "Café 😀 opened in [Zürich] in 1923 — naïve."
+        );
+    }
+}

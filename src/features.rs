@@ -1,0 +1,243 @@
+//! Question + context → model windows ("features"), exactly as the transformers
+//! question-answering pipeline builds them with a fast tokenizer: question first, truncation
+//! `only_second`, overflowing windows that overlap by `doc_stride` tokens, and a `p_mask` that
+//! leaves only context tokens (and the CLS token) as possible answers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::checkpoint::{read_json, CheckpointFiles};
+use crate::error::{Error, Result};
+
+/// One window of a (question, context) pair, ready for the model.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// The tokenizer's encoding of this window (ids, offsets in characters, word ids).
+    pub encoding: Encoding,
+    /// `true` for tokens that cannot be part of an answer (question, special tokens, padding).
+    pub p_mask: Vec<bool>,
+}
+
+impl Window {
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.encoding.get_ids().len()
+    }
+
+    /// True for a window without tokens (never produced by [`QaTokenizer::windows`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Token ids.
+    pub fn input_ids(&self) -> &[u32] {
+        self.encoding.get_ids()
+    }
+
+    /// Segment ids (0 question, 1 context).
+    pub fn token_type_ids(&self) -> &[u32] {
+        self.encoding.get_type_ids()
+    }
+
+    /// Character offsets of every token into its own sequence (question or context).
+    pub fn offsets(&self) -> &[(usize, usize)] {
+        self.encoding.get_offsets()
+    }
+}
+
+/// A checkpoint's tokenizer, set up for question answering.
+pub struct QaTokenizer {
+    base: Tokenizer,
+    /// Tokenizers with truncation set, per (max_seq_len, doc_stride).
+    truncating: RwLock<HashMap<(usize, usize), Arc<Tokenizer>>>,
+    cls_token_id: Option<u32>,
+    pad_token_id: u32,
+    model_max_length: Option<usize>,
+}
+
+fn token_name(config: &serde_json::Value, key: &str) -> Option<String> {
+    match config.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        v => v.get("content")?.as_str().map(str::to_string),
+    }
+}
+
+impl QaTokenizer {
+    /// Loads tokenizer.json, or builds a BERT WordPiece tokenizer from vocab.txt (lower-casing
+    /// as tokenizer_config.json says) when there is none.
+    pub fn from_checkpoint(files: &CheckpointFiles) -> Result<Self> {
+        let tok_config = match &files.tokenizer_config {
+            Some(p) => read_json(p)?,
+            None => serde_json::Value::Null,
+        };
+        let special_map = files
+            .config
+            .parent()
+            .map(|d| d.join("special_tokens_map.json"))
+            .filter(|p| p.is_file())
+            .map(|p| read_json(&p))
+            .transpose()?
+            .unwrap_or(serde_json::Value::Null);
+        let mut base = match (&files.tokenizer_json, &files.vocab_txt) {
+            (Some(path), _) => Tokenizer::from_file(path).map_err(|e| Error::Checkpoint {
+                path: path.clone(),
+                message: format!("cannot load tokenizer: {e}"),
+            })?,
+            (None, Some(vocab)) => wordpiece_from_vocab(vocab, &tok_config)?,
+            (None, None) => {
+                return Err(Error::ModelNotFound {
+                    model: files.name.clone(),
+                    message: "no tokenizer.json nor vocab.txt".into(),
+                })
+            }
+        };
+        base.with_padding(None);
+        base.with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let lookup = |key: &str, fallback: &str| {
+            let name = token_name(&tok_config, key)
+                .or_else(|| token_name(&special_map, key))
+                .unwrap_or_else(|| fallback.to_string());
+            base.token_to_id(&name)
+        };
+        let cls_token_id = lookup("cls_token", "[CLS]");
+        let pad_token_id = lookup("pad_token", "[PAD]").unwrap_or(0);
+        let model_max_length = tok_config
+            .get("model_max_length")
+            .and_then(|v| v.as_f64())
+            .filter(|&v| v > 0.0 && v < 1e12)
+            .map(|v| v as usize);
+        Ok(Self {
+            base,
+            truncating: RwLock::new(HashMap::new()),
+            cls_token_id,
+            pad_token_id,
+            model_max_length,
+        })
+    }
+
+    /// The underlying `tokenizers` tokenizer (no truncation, no padding).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.base
+    }
+
+    /// `model_max_length` from tokenizer_config.json, when set to a real limit.
+    pub fn model_max_length(&self) -> Option<usize> {
+        self.model_max_length
+    }
+
+    /// Id used to pad batches.
+    pub fn pad_token_id(&self) -> u32 {
+        self.pad_token_id
+    }
+
+    fn truncating(&self, max_seq_len: usize, doc_stride: usize) -> Result<Arc<Tokenizer>> {
+        let key = (max_seq_len, doc_stride);
+        if let Some(t) = self
+            .truncating
+            .read()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(t);
+        }
+        let mut tok = self.base.clone();
+        tok.with_truncation(Some(TruncationParams {
+            max_length: max_seq_len,
+            strategy: TruncationStrategy::OnlySecond,
+            stride: doc_stride,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let tok = Arc::new(tok);
+        if let Ok(mut map) = self.truncating.write() {
+            map.insert(key, tok.clone());
+        }
+        Ok(tok)
+    }
+
+    /// Cuts (question, context) into windows of at most `max_seq_len` tokens, consecutive windows
+    /// sharing `doc_stride` context tokens.
+    pub fn windows(
+        &self,
+        question: &str,
+        context: &str,
+        max_seq_len: usize,
+        doc_stride: usize,
+    ) -> Result<Vec<Window>> {
+        let tok = self.truncating(max_seq_len, doc_stride)?;
+        let mut encoding = tok
+            .encode_char_offsets((question, context), true)
+            .map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("runcat") || msg.contains("too short") || msg.contains("stride") {
+                    Error::InvalidInput(format!(
+                        "the question does not leave room for context within max_seq_len {max_seq_len} \
+                         and doc_stride {doc_stride} ({msg}); shorten the question or raise max_seq_len"
+                    ))
+                } else {
+                    Error::Tokenizer(msg)
+                }
+            })?;
+        let overflowing = encoding.take_overflowing();
+        let mut windows = Vec::with_capacity(1 + overflowing.len());
+        for enc in std::iter::once(encoding).chain(overflowing) {
+            let p_mask = enc
+                .get_sequence_ids()
+                .iter()
+                .zip(enc.get_ids())
+                .map(|(seq, &id)| *seq != Some(1) && Some(id) != self.cls_token_id)
+                .collect();
+            windows.push(Window {
+                encoding: enc,
+                p_mask,
+            });
+        }
+        Ok(windows)
+    }
+}
+
+fn wordpiece_from_vocab(vocab: &std::path::Path, config: &serde_json::Value) -> Result<Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::bert::BertProcessing;
+    let bad = |e: &dyn std::fmt::Display| Error::Checkpoint {
+        path: vocab.into(),
+        message: format!("cannot build a WordPiece tokenizer: {e}"),
+    };
+    let vocab_str = vocab.to_str().ok_or_else(|| bad(&"path is not UTF-8"))?;
+    let wordpiece = WordPiece::from_file(vocab_str)
+        .unk_token(token_name(config, "unk_token").unwrap_or_else(|| "[UNK]".into()))
+        .build()
+        .map_err(|e| bad(&e))?;
+    let lower = config
+        .get("do_lower_case")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let strip_accents = config.get("strip_accents").and_then(|v| v.as_bool());
+    let chinese = config
+        .get("tokenize_chinese_chars")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let mut tokenizer = Tokenizer::new(wordpiece);
+    tokenizer.with_normalizer(Some(BertNormalizer::new(
+        true,
+        chinese,
+        strip_accents,
+        lower,
+    )));
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    let sep = token_name(config, "sep_token").unwrap_or_else(|| "[SEP]".into());
+    let cls = token_name(config, "cls_token").unwrap_or_else(|| "[CLS]".into());
+    let id = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .ok_or_else(|| bad(&format!("special token {t} is not in the vocabulary")))
+    };
+    let (sep_id, cls_id) = (id(&sep)?, id(&cls)?);
+    tokenizer.with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
+    Ok(tokenizer)
+}

@@ -1,0 +1,30 @@
+//! # bertqa
+//!
+//! Extractive question answering with BERT-family models: given a question and a passage,
+//! return the answer span inside the passage with its score and character offsets — the
+//! answers of transformers' `question-answering` pipeline, from a Rust library and one binary.
+//!
+//! ```no_run
+//! use bertqa::{LoadOptions, QaPipeline, QaRequest};
+//!
+//! let qa = QaPipeline::load("distilbert-base-cased-distilled-squad", &LoadOptions::default())?;
+//! let answers = qa.answer_one(&QaRequest::new(
+//!     "Where do I live?",
+//!     "My name is Wolfgang and I live in Berlin.",
+//! ))?;
+//! println!("{} ({:.3})", answers[0].answer, answers[0].score);
+//! # Ok::<(), bertqa::Error>(())
+//! ```
+
+pub mod checkpoint;
+pub mod decode;
+pub mod error;
+pub mod features;
+pub mod models;
+pub mod nn;
+pub mod pipeline;
+
+pub use checkpoint::{HubOptions, DEFAULT_MODEL};
+pub use decode::{Answer, DecodeParams};
+pub use error::{Error, Result};
+pub use pipeline::{LoadOptions, QaParams, QaPipeline, QaRequest};

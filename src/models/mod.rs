@@ -1,0 +1,120 @@
+//! Encoders with a question-answering head, one file per architecture.
+//!
+//! Each architecture mirrors its transformers implementation: a serde config struct that reads
+//! config.json, modules named after the Hugging Face weights (so checkpoints load by path), and a
+//! forward pass that returns per-token start and end logits. The same code trains (see
+//! [`crate::nn`]): pass `train = true` to enable dropout and differentiable kernels.
+
+pub mod bert;
+
+use candle_core::{Result as CandleResult, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+
+/// One padded batch of windows, every tensor `[batch, seq]` of `u32`.
+#[derive(Clone, Debug)]
+pub struct ModelInput {
+    /// Token ids.
+    pub input_ids: Tensor,
+    /// Segment ids: 0 for the question, 1 for the context (ignored by models without token types).
+    pub token_type_ids: Tensor,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+/// Start and end logits, each `[batch, seq]`.
+#[derive(Clone, Debug)]
+pub struct QaLogits {
+    /// Start score of every token (S·Tᵢ + b).
+    pub start: Tensor,
+    /// End score of every token (E·Tᵢ + b).
+    pub end: Tensor,
+}
+
+/// An encoder with its question-answering head.
+pub trait QaModel: Send + Sync {
+    /// Runs the model. With `train`, dropout is on and only differentiable ops are used.
+    fn forward(&self, input: &ModelInput, train: bool) -> CandleResult<QaLogits>;
+}
+
+/// The QA head of every architecture: one linear layer hidden → 2 named `qa_outputs`, whose
+/// two rows are the start vector S and the end vector E.
+#[derive(Clone, Debug)]
+pub struct QaHead {
+    qa_outputs: crate::nn::Linear,
+}
+
+impl QaHead {
+    /// Loads `qa_outputs.weight` / `qa_outputs.bias` under `vb` (the checkpoint root).
+    pub fn new(hidden_size: usize, vb: VarBuilder) -> CandleResult<Self> {
+        Ok(Self {
+            qa_outputs: crate::nn::Linear::new(hidden_size, 2, vb.pp("qa_outputs"))?,
+        })
+    }
+
+    /// Maps final hidden states `[b, s, hidden]` to start/end logits.
+    pub fn forward(&self, hidden: &Tensor) -> CandleResult<QaLogits> {
+        let logits = self.qa_outputs.forward(hidden)?;
+        Ok(QaLogits {
+            start: logits.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?,
+            end: logits.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?,
+        })
+    }
+}
+
+/// Returns `vb` under `prefix` when the checkpoint stores the encoder there (`bert.`), else `vb`
+/// itself: base checkpoints saved from `BertModel` carry no prefix.
+pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, probe: &str) -> VarBuilder<'a> {
+    let prefixed = vb.pp(prefix);
+    if prefixed.contains_tensor(probe) {
+        prefixed
+    } else {
+        vb.clone()
+    }
+}
+
+/// Every `model_type` (config.json) that bertqa can run.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+
+/// What the pipeline needs to know about an architecture besides its weights.
+#[derive(Clone, Debug)]
+pub struct ArchInfo {
+    /// config.json's `model_type`.
+    pub model_type: String,
+    /// Longest input the position embeddings allow.
+    pub max_position_embeddings: usize,
+}
+
+/// Builds the architecture named by `config["model_type"]` from weights under `vb`.
+pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaModel>, ArchInfo)> {
+    let model_type = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let parse = |e: serde_json::Error| Error::InvalidInput(format!("config.json: {e}"));
+    let model: Box<dyn QaModel> = match model_type.as_str() {
+        "bert" => {
+            let cfg: bert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            Box::new(bert::BertForQuestionAnswering::new(&cfg, vb)?)
+        }
+        _ => {
+            return Err(Error::UnsupportedModel {
+                model_type,
+                supported: SUPPORTED_MODEL_TYPES.to_vec(),
+            })
+        }
+    };
+    let max_position_embeddings = config
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(512) as usize;
+    Ok((
+        model,
+        ArchInfo {
+            model_type,
+            max_position_embeddings,
+        },
+    ))
+}

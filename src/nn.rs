@@ -1,0 +1,167 @@
+//! Building blocks shared by the encoders.
+//!
+//! Every block takes a `train` flag. In training, only operations that candle can
+//! differentiate are used (candle's fused LayerNorm and last-dim softmax have no backward
+//! pass), and dropout is active. In inference the fused kernels are used and dropout is off.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// A dense layer `y = x Wᵀ + b`, with the weight stored as PyTorch does (`[out, in]`).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// Loads `weight` and `bias` under `vb`.
+    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            inner: candle_nn::linear(in_dim, out_dim, vb)?,
+        })
+    }
+
+    /// Loads `weight` only (no bias).
+    pub fn new_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            inner: candle_nn::linear_no_bias(in_dim, out_dim, vb)?,
+        })
+    }
+
+    /// The weight matrix, `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
+    /// Applies the layer to `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner.forward(x)
+    }
+}
+
+/// Layer normalisation over the last dimension.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight`/`bias` (or the older `gamma`/`beta`) under `vb`.
+    pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let ln = candle_nn::layer_norm(size, eps, vb)?;
+        let bias = match ln.bias() {
+            Some(b) => b.clone(),
+            None => candle_core::bail!("layer norm without bias"),
+        };
+        Ok(Self {
+            weight: ln.weight().clone(),
+            bias,
+            eps,
+        })
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train || !x.is_contiguous() {
+            let n = x.dim(D::Minus1)? as f64;
+            let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+            let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            normed
+                .broadcast_mul(&self.weight)?
+                .broadcast_add(&self.bias)
+        } else {
+            candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor, train: bool) -> Result<Tensor> {
+    if train {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// Dropout with probability `p`, active only in training.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        candle_nn::ops::dropout(x, p as f32)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// The activation functions that config.json's `hidden_act` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU (erf), PyTorch's `gelu`.
+    Gelu,
+    /// GELU with the tanh approximation.
+    #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluNew,
+    /// Rectified linear unit.
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation element-wise.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluNew => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// Additive attention bias from a `[batch, seq]` mask of 1 (attend) / 0 (padding):
+/// `[batch, 1, 1, seq]` with 0 where attended and the lowest f32 where masked, as transformers does.
+pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    let mask = mask.to_dtype(DType::F32)?;
+    let bias = ((1.0 - mask)? * f32::MIN as f64)?;
+    bias.reshape((b, 1, 1, s))?.to_dtype(dtype)
+}
+
+/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` tensors with an additive bias.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    dropout_p: f64,
+    train: bool,
+) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+    let scores = scores.broadcast_add(bias)?;
+    let probs = softmax_last_dim(&scores, train)?;
+    let probs = dropout(&probs, dropout_p, train)?;
+    probs.matmul(v)
+}
+
+/// `[b, s, heads*head_dim]` → `[b, heads, s, head_dim]`, contiguous.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, s, h) = x.dims3()?;
+    x.reshape((b, s, heads, h / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// `[b, heads, s, head_dim]` → `[b, s, heads*head_dim]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, n, s, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, s, n * d))
+}

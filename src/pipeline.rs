@@ -1,0 +1,343 @@
+//! The question-answering pipeline: tokenization into windows, batched model runs, span decoding.
+//!
+//! The three stages are public on their own ([`QaPipeline::prepare`], [`QaPipeline::run_windows`],
+//! [`decode`]) so that a server can tokenize on worker threads and batch windows of many requests
+//! into one model call; [`QaPipeline::answer`] chains them for callers that just want answers.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::checkpoint::{self, CheckpointFiles, HubOptions};
+use crate::decode::{decode, Answer, DecodeParams, WindowLogits};
+use crate::error::{Error, Result};
+use crate::features::{QaTokenizer, Window};
+use crate::models::{self, ArchInfo, ModelInput, QaModel};
+
+/// Per-question parameters, as the transformers pipeline's keyword arguments.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QaParams {
+    /// Number of answers (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Longest answer in tokens (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answer_len: Option<usize>,
+    /// Window length in tokens (default min(model max, 384)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_seq_len: Option<usize>,
+    /// Overlap of consecutive windows in tokens (default min(max_seq_len / 2, 128)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc_stride: Option<usize>,
+    /// Accepted for compatibility; fast tokenizers ignore it in transformers too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_question_len: Option<usize>,
+    /// Offer the empty answer (SQuAD v2 models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle_impossible_answer: Option<bool>,
+    /// Widen spans to whole words (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub align_to_words: Option<bool>,
+}
+
+impl QaParams {
+    /// The decoding part of these parameters, defaults filled in.
+    pub fn decode_params(&self) -> DecodeParams {
+        let d = DecodeParams::default();
+        DecodeParams {
+            top_k: self.top_k.unwrap_or(d.top_k),
+            max_answer_len: self.max_answer_len.unwrap_or(d.max_answer_len),
+            handle_impossible_answer: self
+                .handle_impossible_answer
+                .unwrap_or(d.handle_impossible_answer),
+            align_to_words: self.align_to_words.unwrap_or(d.align_to_words),
+        }
+    }
+}
+
+/// One question about one context.
+#[derive(Clone, Debug)]
+pub struct QaRequest {
+    /// The question.
+    pub question: String,
+    /// The passage that holds the answer.
+    pub context: String,
+    /// Parameters (defaults as the pipeline).
+    pub params: QaParams,
+}
+
+impl QaRequest {
+    /// A request with default parameters.
+    pub fn new(question: impl Into<String>, context: impl Into<String>) -> Self {
+        Self {
+            question: question.into(),
+            context: context.into(),
+            params: QaParams::default(),
+        }
+    }
+}
+
+/// A request cut into windows, ready to be batched.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The context (needed to cut answers out).
+    pub context: String,
+    /// Its windows, in order.
+    pub windows: Vec<Window>,
+    /// Decoding parameters.
+    pub decode: DecodeParams,
+}
+
+/// Options for loading a pipeline.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Hub access (offline mode, revision).
+    pub hub: HubOptions,
+    /// Device to run on.
+    pub device: Device,
+    /// Most windows per model call.
+    pub batch_size: usize,
+    /// Longest context accepted, in characters (bounds memory: windows are built all at once).
+    pub max_context_chars: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            hub: HubOptions::default(),
+            device: Device::Cpu,
+            batch_size: 8,
+            max_context_chars: DEFAULT_MAX_CONTEXT_CHARS,
+        }
+    }
+}
+
+/// Default limit on context length: one million characters (about 4,000 windows).
+pub const DEFAULT_MAX_CONTEXT_CHARS: usize = 1_000_000;
+
+/// A loaded model and tokenizer that answers questions.
+pub struct QaPipeline {
+    tokenizer: QaTokenizer,
+    model: Box<dyn QaModel>,
+    info: ArchInfo,
+    files: CheckpointFiles,
+    device: Device,
+    batch_size: usize,
+    max_context_chars: usize,
+}
+
+impl QaPipeline {
+    /// Loads `model` (a directory or a Hub id).
+    pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
+        let files = checkpoint::locate(model, &options.hub)?;
+        Self::from_files(files, options)
+    }
+
+    /// Loads a located checkpoint.
+    pub fn from_files(files: CheckpointFiles, options: &LoadOptions) -> Result<Self> {
+        let config = checkpoint::read_json(&files.config)?;
+        let tokenizer = QaTokenizer::from_checkpoint(&files)?;
+        let vb = checkpoint::open_weights(&files.weights, DType::F32, &options.device)?;
+        let (model, info) = models::build(&config, vb).map_err(|e| match e {
+            Error::Candle(err) => Error::Checkpoint {
+                path: files.weights.path().into(),
+                message: format!("does not fit config.json: {err}"),
+            },
+            other => other,
+        })?;
+        Ok(Self {
+            tokenizer,
+            model,
+            info,
+            files,
+            device: options.device.clone(),
+            batch_size: options.batch_size.max(1),
+            max_context_chars: options.max_context_chars,
+        })
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> &ArchInfo {
+        &self.info
+    }
+
+    /// The checkpoint's files.
+    pub fn files(&self) -> &CheckpointFiles {
+        &self.files
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &QaTokenizer {
+        &self.tokenizer
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn QaModel {
+        self.model.as_ref()
+    }
+
+    /// Default window length: min(tokenizer's model_max_length, 384, position embeddings).
+    pub fn default_max_seq_len(&self) -> usize {
+        self.tokenizer
+            .model_max_length()
+            .unwrap_or(usize::MAX)
+            .min(384)
+            .min(self.info.max_position_embeddings)
+    }
+
+    /// Validates a request and cuts it into windows.
+    pub fn prepare(&self, request: &QaRequest) -> Result<Prepared> {
+        if request.question.trim().is_empty() {
+            return Err(Error::InvalidInput("the question is empty".into()));
+        }
+        if request.context.trim().is_empty() {
+            return Err(Error::InvalidInput("the context is empty".into()));
+        }
+        let chars = request.context.chars().count();
+        if chars > self.max_context_chars {
+            return Err(Error::InvalidInput(format!(
+                "the context has {chars} characters, over the limit of {}; raise the limit \
+                 (--max-context-chars) or split the text",
+                self.max_context_chars
+            )));
+        }
+        let p = &request.params;
+        let max_seq_len = p.max_seq_len.unwrap_or_else(|| self.default_max_seq_len());
+        if max_seq_len > self.info.max_position_embeddings {
+            return Err(Error::InvalidParameter {
+                name: "max_seq_len",
+                message: format!(
+                    "{max_seq_len} exceeds the model's {} position embeddings",
+                    self.info.max_position_embeddings
+                ),
+            });
+        }
+        let doc_stride = p.doc_stride.unwrap_or((max_seq_len / 2).min(128));
+        if doc_stride > max_seq_len {
+            return Err(Error::InvalidParameter {
+                name: "doc_stride",
+                message: format!("{doc_stride} is larger than max_seq_len {max_seq_len}"),
+            });
+        }
+        let decode = p.decode_params();
+        if decode.top_k == 0 {
+            return Err(Error::InvalidParameter {
+                name: "top_k",
+                message: "must be at least 1".into(),
+            });
+        }
+        if decode.max_answer_len == 0 {
+            return Err(Error::InvalidParameter {
+                name: "max_answer_len",
+                message: "must be at least 1".into(),
+            });
+        }
+        let windows =
+            self.tokenizer
+                .windows(&request.question, &request.context, max_seq_len, doc_stride)?;
+        Ok(Prepared {
+            context: request.context.clone(),
+            windows,
+            decode,
+        })
+    }
+
+    /// Runs the model on windows as one padded batch; returns each window's start and end logits
+    /// (trimmed to its length).
+    pub fn run_windows(&self, windows: &[&Window]) -> Result<Vec<WindowLogits>> {
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = self.batch_input(windows)?;
+        let logits = self.model.forward(&input, false)?;
+        let start: Vec<Vec<f32>> = logits.start.to_vec2()?;
+        let end: Vec<Vec<f32>> = logits.end.to_vec2()?;
+        Ok(windows
+            .iter()
+            .zip(start.into_iter().zip(end))
+            .map(|(w, (mut s, mut e))| {
+                s.truncate(w.len());
+                e.truncate(w.len());
+                (s, e)
+            })
+            .collect())
+    }
+
+    /// Pads windows to the longest and stacks them into model input tensors.
+    pub fn batch_input(&self, windows: &[&Window]) -> Result<ModelInput> {
+        let len = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        let b = windows.len();
+        let pad = self.tokenizer.pad_token_id();
+        let mut ids = vec![pad; b * len];
+        let mut types = vec![0u32; b * len];
+        let mut mask = vec![0u32; b * len];
+        for (row, w) in windows.iter().enumerate() {
+            let o = row * len;
+            ids[o..o + w.len()].copy_from_slice(w.input_ids());
+            types[o..o + w.len()].copy_from_slice(w.token_type_ids());
+            mask[o..o + w.len()].iter_mut().for_each(|m| *m = 1);
+        }
+        let t = |v: Vec<u32>| Tensor::from_vec(v, (b, len), &self.device);
+        Ok(ModelInput {
+            input_ids: t(ids)?,
+            token_type_ids: t(types)?,
+            attention_mask: t(mask)?,
+        })
+    }
+
+    /// Runs every window of `prepared` through the model, batching windows of similar length,
+    /// and returns the logits of each request's windows in order. `on_batch` is called with the
+    /// number of windows done after each model call (for progress bars).
+    pub fn run_prepared(
+        &self,
+        prepared: &[Prepared],
+        mut on_batch: impl FnMut(usize),
+    ) -> Result<Vec<Vec<WindowLogits>>> {
+        let mut all: Vec<(usize, usize, &Window)> = prepared
+            .iter()
+            .enumerate()
+            .flat_map(|(r, p)| {
+                p.windows
+                    .iter()
+                    .enumerate()
+                    .map(move |(w, win)| (r, w, win))
+            })
+            .collect();
+        // Sorting by length keeps padding (computed for nothing) small.
+        all.sort_by_key(|(_, _, w)| std::cmp::Reverse(w.len()));
+        let mut out: Vec<Vec<WindowLogits>> = prepared
+            .iter()
+            .map(|p| vec![(Vec::new(), Vec::new()); p.windows.len()])
+            .collect();
+        for chunk in all.chunks(self.batch_size) {
+            let windows: Vec<&Window> = chunk.iter().map(|(_, _, w)| *w).collect();
+            let logits = self.run_windows(&windows)?;
+            for ((r, w, _), l) in chunk.iter().zip(logits) {
+                out[*r][*w] = l;
+            }
+            on_batch(chunk.len());
+        }
+        Ok(out)
+    }
+
+    /// Answers a batch of requests; windows of all of them are batched together.
+    pub fn answer(&self, requests: &[QaRequest]) -> Result<Vec<Vec<Answer>>> {
+        let prepared = requests
+            .iter()
+            .map(|r| self.prepare(r))
+            .collect::<Result<Vec<_>>>()?;
+        let logits = self.run_prepared(&prepared, |_| {})?;
+        Ok(prepared
+            .iter()
+            .zip(&logits)
+            .map(|(p, l)| decode(&p.context, &p.windows, l, &p.decode))
+            .collect())
+    }
+
+    /// Answers one question.
+    pub fn answer_one(&self, request: &QaRequest) -> Result<Vec<Answer>> {
+        Ok(self
+            .answer(std::slice::from_ref(request))?
+            .pop()
+            .unwrap_or_default())
+    }
+}

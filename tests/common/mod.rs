@@ -1,0 +1,176 @@
+//! Helpers shared by the integration tests: locating ../shared and checking golden files.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use bertqa::{LoadOptions, QaParams, QaPipeline, QaRequest};
+use serde::Deserialize;
+
+/// The read-only reference folder beside the repository (override with BERTQA_SHARED).
+pub fn shared() -> PathBuf {
+    std::env::var_os("BERTQA_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+pub fn fixture(arch: &str) -> PathBuf {
+    shared().join("fixtures").join(arch)
+}
+
+#[derive(Deserialize)]
+pub struct Golden {
+    pub cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+pub struct Case {
+    pub id: String,
+    pub question: String,
+    pub context: String,
+    pub params: QaParams,
+    pub expected: Vec<Expected>,
+    #[serde(default)]
+    pub features: Vec<Feature>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Expected {
+    pub score: f64,
+    pub start: usize,
+    pub end: usize,
+    pub answer: String,
+}
+
+#[derive(Deserialize)]
+pub struct Feature {
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Option<Vec<u32>>,
+    pub offsets: Vec<(usize, usize)>,
+    pub start_logits: Vec<f32>,
+    pub end_logits: Vec<f32>,
+}
+
+pub fn load_golden(path: &std::path::Path) -> Golden {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn load_pipeline(dir: &std::path::Path) -> QaPipeline {
+    let dir = dir.to_str().expect("utf-8 path");
+    QaPipeline::load(dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("load {dir}: {e}"))
+}
+
+pub const TOL: f64 = 1e-4;
+
+pub fn request(case: &Case) -> QaRequest {
+    QaRequest {
+        question: case.question.clone(),
+        context: case.context.clone(),
+        params: case.params.clone(),
+    }
+}
+
+/// Windows (ids, token types, offsets), logits and answers of one case against the golden file.
+/// Returns a description of every mismatch.
+pub fn check_case(qa: &QaPipeline, case: &Case) -> Vec<String> {
+    let mut errors = Vec::new();
+    let req = request(case);
+    if !case.features.is_empty() {
+        let prepared = match qa.prepare(&req) {
+            Ok(p) => p,
+            Err(e) => return vec![format!("{}: prepare failed: {e}", case.id)],
+        };
+        if prepared.windows.len() != case.features.len() {
+            errors.push(format!(
+                "{}: {} windows, expected {}",
+                case.id,
+                prepared.windows.len(),
+                case.features.len()
+            ));
+            return errors;
+        }
+        let refs: Vec<_> = prepared.windows.iter().collect();
+        let logits = qa.run_windows(&refs).expect("model run");
+        for (i, ((w, f), (s, e))) in prepared
+            .windows
+            .iter()
+            .zip(&case.features)
+            .zip(&logits)
+            .enumerate()
+        {
+            if w.input_ids() != f.input_ids.as_slice() {
+                errors.push(format!("{} window {i}: input_ids differ", case.id));
+                continue;
+            }
+            if let Some(types) = &f.token_type_ids {
+                if w.token_type_ids() != types.as_slice() {
+                    errors.push(format!("{} window {i}: token_type_ids differ", case.id));
+                }
+            }
+            if w.offsets() != f.offsets.as_slice() {
+                errors.push(format!("{} window {i}: offsets differ", case.id));
+            }
+            for (name, got, want) in [("start", s, &f.start_logits), ("end", e, &f.end_logits)] {
+                let worst = got
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                if worst as f64 > TOL {
+                    errors.push(format!(
+                        "{} window {i}: {name} logits differ by up to {worst}",
+                        case.id
+                    ));
+                }
+            }
+        }
+    }
+    match qa.answer_one(&req) {
+        Err(e) => errors.push(format!("{}: answer failed: {e}", case.id)),
+        Ok(answers) => errors.extend(compare_answers(&case.id, &answers, &case.expected)),
+    }
+    errors
+}
+
+pub fn compare_answers(id: &str, got: &[bertqa::Answer], want: &[Expected]) -> Vec<String> {
+    let mut errors = Vec::new();
+    if got.len() != want.len() {
+        errors.push(format!(
+            "{id}: {} answers, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        if g.start != w.start || g.end != w.end || g.answer != w.answer {
+            errors.push(format!(
+                "{id} answer {k}: got {:?} [{}, {}) {:.7}, expected {:?} [{}, {}) {:.7}",
+                g.answer, g.start, g.end, g.score, w.answer, w.start, w.end, w.score
+            ));
+        } else if (g.score as f64 - w.score).abs() > TOL {
+            errors.push(format!(
+                "{id} answer {k}: score {} expected {}",
+                g.score, w.score
+            ));
+        }
+    }
+    errors
+}
+
+/// Checks every case of `<fixture>/golden.json`; panics listing all mismatches.
+pub fn check_fixture(arch: &str) {
+    let dir = fixture(arch);
+    let qa = load_pipeline(&dir);
+    let golden = load_golden(&dir.join("golden.json"));
+    let errors: Vec<String> = golden
+        .cases
+        .iter()
+        .flat_map(|c| check_case(&qa, c))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{arch}: {} mismatches:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+}
