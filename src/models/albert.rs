@@ -221,16 +221,22 @@ impl AlbertModel {
         let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
         let x = self.embeddings.forward(input, train)?;
         let mut x = self.embedding_hidden_mapping_in.forward(&x)?;
-        let groups = self.groups.len();
         for step in 0..self.num_hidden_layers {
-            // transformers: group = int(step / (num_hidden_layers / num_hidden_groups)).
-            let group = step * groups / self.num_hidden_layers;
+            let group = group_of(step, self.num_hidden_layers, self.groups.len());
             for layer in &self.groups[group] {
                 x = layer.forward(&x, &bias, train)?;
             }
         }
         Ok(x)
     }
+}
+
+/// The parameter group that layer step `step` runs, computed in floating point exactly as
+/// transformers does (`int(step / (num_hidden_layers / num_hidden_groups))`): for some shapes
+/// rounding makes it differ from the exact quotient (step 9 of 18 with 14 groups runs group 6).
+fn group_of(step: usize, num_hidden_layers: usize, num_hidden_groups: usize) -> usize {
+    let per_group = num_hidden_layers as f64 / num_hidden_groups as f64;
+    ((step as f64 / per_group) as usize).min(num_hidden_groups - 1)
 }
 
 /// ALBERT with the span-prediction head (`AlbertForQuestionAnswering`).
@@ -255,5 +261,27 @@ impl QaModel for AlbertForQuestionAnswering {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
         let hidden = self.albert.forward(input, train)?;
         self.head.forward(&hidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_of;
+
+    #[test]
+    fn groups_are_scheduled_as_transformers() {
+        let schedule: Vec<usize> = (0..12).map(|i| group_of(i, 12, 3)).collect();
+        assert_eq!(schedule, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(
+            (0..2).map(|i| group_of(i, 2, 1)).collect::<Vec<_>>(),
+            [0, 0]
+        );
+        assert_eq!(
+            (0..3).map(|i| group_of(i, 3, 3)).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        // Floating-point rounding as in Python: 9 / (18 / 14) = 6.999... → group 6, not 7.
+        assert_eq!(group_of(9, 18, 14), 6);
+        assert_eq!(group_of(33, 44, 20), 14);
     }
 }

@@ -513,3 +513,37 @@ impl QaModel for MobileBertForQuestionAnswering {
         self.head.forward(&hidden)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn trigram_puts_next_token_then_token_then_previous() {
+        // Two sequences of three one-dimensional embeddings.
+        let words = Tensor::new(&[[[1f32], [2.], [3.]], [[4.], [5.], [6.]]], &Device::Cpu).unwrap();
+        let got: Vec<Vec<Vec<f32>>> = Embeddings::trigram(&words).unwrap().to_vec3().unwrap();
+        let want = vec![
+            vec![vec![2., 1., 0.], vec![3., 2., 1.], vec![0., 3., 2.]],
+            vec![vec![5., 4., 0.], vec![6., 5., 4.], vec![0., 6., 5.]],
+        ];
+        assert_eq!(got, want);
+        let single = Tensor::new(&[[[7f32, 8.]]], &Device::Cpu).unwrap();
+        let got: Vec<Vec<Vec<f32>>> = Embeddings::trigram(&single).unwrap().to_vec3().unwrap();
+        assert_eq!(got, vec![vec![vec![0., 0., 7., 8., 0., 0.]]]);
+    }
+
+    #[test]
+    fn true_hidden_size_is_derived_like_transformers() {
+        let mut config: Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 10, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "intermediate_size": 64,
+            "intra_bottleneck_size": 16, "true_hidden_size": 999
+        }))
+        .unwrap();
+        assert_eq!(config.true_hidden_size(), 16);
+        config.use_bottleneck = false;
+        assert_eq!(config.true_hidden_size(), 32);
+    }
+}
