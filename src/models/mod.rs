@@ -5,7 +5,9 @@
 //! forward pass that returns per-token start and end logits. The same code trains (see
 //! [`crate::nn`]): pass `train = true` to enable dropout and differentiable kernels.
 
+pub mod albert;
 pub mod bert;
+pub mod mobilebert;
 
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
@@ -75,7 +77,7 @@ pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, probe: &str) -> VarBu
 }
 
 /// Every `model_type` (config.json) that bertqa can run.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["albert", "bert", "mobilebert"];
 
 /// What the pipeline needs to know about an architecture besides its weights.
 #[derive(Clone, Debug)]
@@ -98,6 +100,14 @@ pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaMo
         "bert" => {
             let cfg: bert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
             Box::new(bert::BertForQuestionAnswering::new(&cfg, vb)?)
+        }
+        "albert" => {
+            let cfg: albert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            Box::new(albert::AlbertForQuestionAnswering::new(&cfg, vb)?)
+        }
+        "mobilebert" => {
+            let cfg: mobilebert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            Box::new(mobilebert::MobileBertForQuestionAnswering::new(&cfg, vb)?)
         }
         _ => {
             return Err(Error::UnsupportedModel {
