@@ -19,17 +19,24 @@ fn context() -> impl Strategy<Value = String> {
 }
 
 fn params() -> impl Strategy<Value = QaParams> {
-    (1usize..6, 1usize..20, 24usize..80, any::<bool>(), any::<bool>()).prop_map(
-        |(top_k, max_answer_len, max_seq_len, impossible, align)| QaParams {
-            top_k: Some(top_k),
-            max_answer_len: Some(max_answer_len),
-            max_seq_len: Some(max_seq_len),
-            doc_stride: Some(max_seq_len / 4),
-            handle_impossible_answer: Some(impossible),
-            align_to_words: Some(align),
-            ..QaParams::default()
-        },
+    (
+        1usize..6,
+        1usize..20,
+        24usize..80,
+        any::<bool>(),
+        any::<bool>(),
     )
+        .prop_map(
+            |(top_k, max_answer_len, max_seq_len, impossible, align)| QaParams {
+                top_k: Some(top_k),
+                max_answer_len: Some(max_answer_len),
+                max_seq_len: Some(max_seq_len),
+                doc_stride: Some(max_seq_len / 4),
+                handle_impossible_answer: Some(impossible),
+                align_to_words: Some(align),
+                ..QaParams::default()
+            },
+        )
 }
 
 proptest! {
