@@ -45,15 +45,18 @@ pub struct Config {
     /// Only `absolute` is supported.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
+    /// Id of the padding token, whose embedding row is not trained (BERT's default: 0).
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
-fn default_act() -> Activation {
+pub(crate) fn default_act() -> Activation {
     Activation::Gelu
 }
-fn default_dropout() -> f64 {
+pub(crate) fn default_dropout() -> f64 {
     0.1
 }
-fn default_positions() -> usize {
+pub(crate) fn default_positions() -> usize {
     512
 }
 fn default_type_vocab() -> usize {
@@ -66,50 +69,80 @@ fn default_init_range() -> f64 {
     0.02
 }
 
-struct Embeddings {
+/// Word, position and token-type embeddings of width `size`, summed and normalised.
+/// ELECTRA uses a width below the hidden size; RoBERTa passes its own position ids.
+pub(crate) struct Embeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
     dropout: f64,
+    /// Row of `word_embeddings` (and for RoBERTa of `position_embeddings`) left untrained.
+    padding_idx: u32,
+    pad_positions: bool,
 }
 
 impl Embeddings {
-    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// Loads `word_embeddings`, `position_embeddings`, `token_type_embeddings` and `LayerNorm`
+    /// under `vb`, all of width `size`. `padding_idx` is the padding token's id; with
+    /// `pad_positions` it is also the position of padding (RoBERTa).
+    pub(crate) fn new(
+        cfg: &Config,
+        size: usize,
+        padding_idx: u32,
+        pad_positions: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            word_embeddings: candle_nn::embedding(
-                cfg.vocab_size,
-                cfg.hidden_size,
-                vb.pp("word_embeddings"),
-            )?,
+            word_embeddings: candle_nn::embedding(cfg.vocab_size, size, vb.pp("word_embeddings"))?,
             position_embeddings: candle_nn::embedding(
                 cfg.max_position_embeddings,
-                cfg.hidden_size,
+                size,
                 vb.pp("position_embeddings"),
             )?,
             token_type_embeddings: candle_nn::embedding(
                 cfg.type_vocab_size,
-                cfg.hidden_size,
+                size,
                 vb.pp("token_type_embeddings"),
             )?,
-            layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            layer_norm: LayerNorm::new(size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: cfg.hidden_dropout_prob,
+            padding_idx,
+            pad_positions,
         })
     }
 
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        let (_, seq_len) = input.input_ids.dims2()?;
-        let positions = Tensor::arange(0u32, seq_len as u32, input.input_ids.device())?;
-        let words = self.word_embeddings.forward(&input.input_ids)?;
-        let types = self.token_type_embeddings.forward(&input.token_type_ids)?;
-        let pos = self.position_embeddings.forward(&positions)?;
+    /// Embeds `input_ids`/`token_type_ids` (`[b, s]`) at `position_ids` (`[s]` or `[b, s]`).
+    pub(crate) fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        position_ids: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let words = nn::embed(
+            &self.word_embeddings,
+            input_ids,
+            Some(self.padding_idx),
+            train,
+        )?;
+        let types = self.token_type_embeddings.forward(token_type_ids)?;
+        let pos_pad = self.pad_positions.then_some(self.padding_idx);
+        let pos = nn::embed(&self.position_embeddings, position_ids, pos_pad, train)?;
         let x = (words + types)?.broadcast_add(&pos)?;
         let x = self.layer_norm.forward(&x, train)?;
         nn::dropout(&x, self.dropout, train)
     }
+
+    /// Embeds `input` at absolute positions 0, 1, … (BERT, ELECTRA).
+    pub(crate) fn forward_input(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let (_, seq_len) = input.input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq_len as u32, input.input_ids.device())?;
+        self.forward(&input.input_ids, &input.token_type_ids, &positions, train)
+    }
 }
 
-struct Layer {
+pub(crate) struct Layer {
     query: Linear,
     key: Linear,
     value: Linear,
@@ -125,7 +158,8 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// Loads `attention.*`, `intermediate.*` and `output.*` under `vb`.
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let attn = vb.pp("attention");
         let selfa = attn.pp("self");
@@ -149,7 +183,8 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+    /// One layer over `x` (`[b, s, hidden]`) with the additive attention `bias`.
+    pub(crate) fn forward(&self, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
         let q = nn::split_heads(&self.query.forward(x)?, self.heads)?;
         let k = nn::split_heads(&self.key.forward(x)?, self.heads)?;
         let v = nn::split_heads(&self.value.forward(x)?, self.heads)?;
@@ -167,37 +202,74 @@ impl Layer {
     }
 }
 
+/// The stack of transformer layers (`encoder.layer.N`), shared by BERT, RoBERTa and ELECTRA.
+pub(crate) struct Encoder {
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    /// Loads `layer.0` … `layer.{num_hidden_layers - 1}` under `vb`.
+    pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::new(cfg, vb.pp(format!("layer.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Runs every layer over `x` (`[b, s, hidden]`); `attention_mask` is 1 for real tokens.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let bias = nn::attention_bias(attention_mask, x.dtype())?;
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, &bias, train)?;
+        }
+        Ok(x)
+    }
+}
+
+impl Config {
+    /// Fails unless positions are absolute (the only kind implemented).
+    pub(crate) fn ensure_absolute_positions(&self) -> Result<()> {
+        match self.position_embedding_type.as_deref() {
+            None | Some("absolute") => Ok(()),
+            Some(kind) => candle_core::bail!(
+                "position_embedding_type `{kind}` is not supported (only `absolute`)"
+            ),
+        }
+    }
+}
+
 /// The BERT encoder (`BertModel` without pooler).
 pub struct BertModel {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    encoder: Encoder,
 }
 
 impl BertModel {
     /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if let Some(kind) = cfg.position_embedding_type.as_deref() {
-            if kind != "absolute" {
-                candle_core::bail!(
-                    "position_embedding_type `{kind}` is not supported (only `absolute`)"
-                );
-            }
-        }
-        let embeddings = Embeddings::new(cfg, vb.pp("embeddings"))?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(cfg, vb.pp(format!("encoder.layer.{i}"))))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { embeddings, layers })
+        cfg.ensure_absolute_positions()?;
+        Ok(Self {
+            embeddings: Embeddings::new(
+                cfg,
+                cfg.hidden_size,
+                cfg.pad_token_id.unwrap_or(0),
+                false,
+                vb.pp("embeddings"),
+            )?,
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+        })
     }
 
     /// Final hidden states `[b, s, hidden]`.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        let bias = nn::attention_bias(&input.attention_mask, candle_core::DType::F32)?;
-        let mut x = self.embeddings.forward(input, train)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &bias, train)?;
-        }
-        Ok(x)
+        let x = self.embeddings.forward_input(input, train)?;
+        self.encoder.forward(&x, &input.attention_mask, train)
     }
 }
 

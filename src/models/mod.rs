@@ -7,7 +7,10 @@
 
 pub mod albert;
 pub mod bert;
+pub mod distilbert;
+pub mod electra;
 pub mod mobilebert;
+pub mod roberta;
 
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
@@ -77,14 +80,23 @@ pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, probe: &str) -> VarBu
 }
 
 /// Every `model_type` (config.json) that bertqa can run.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["albert", "bert", "mobilebert"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "albert",
+    "bert",
+    "distilbert",
+    "electra",
+    "mobilebert",
+    "roberta",
+    "xlm-roberta",
+];
 
 /// What the pipeline needs to know about an architecture besides its weights.
 #[derive(Clone, Debug)]
 pub struct ArchInfo {
     /// config.json's `model_type`.
     pub model_type: String,
-    /// Longest input the position embeddings allow.
+    /// Longest input the position embeddings allow (for RoBERTa: the table size less the
+    /// positions up to the padding index).
     pub max_position_embeddings: usize,
 }
 
@@ -96,18 +108,41 @@ pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaMo
         .unwrap_or_default()
         .to_string();
     let parse = |e: serde_json::Error| Error::InvalidInput(format!("config.json: {e}"));
-    let model: Box<dyn QaModel> = match model_type.as_str() {
+    let max_position_embeddings = config
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(512) as usize;
+    let (model, max_position_embeddings): (Box<dyn QaModel>, usize) = match model_type.as_str() {
         "bert" => {
             let cfg: bert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(bert::BertForQuestionAnswering::new(&cfg, vb)?)
+            let model = bert::BertForQuestionAnswering::new(&cfg, vb)?;
+            (Box::new(model), max_position_embeddings)
+        }
+        "distilbert" => {
+            let cfg: distilbert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            let model = distilbert::DistilBertForQuestionAnswering::new(&cfg, vb)?;
+            (Box::new(model), cfg.max_position_embeddings)
+        }
+        "electra" => {
+            let cfg: electra::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            let model = electra::ElectraForQuestionAnswering::new(&cfg, vb)?;
+            (Box::new(model), cfg.bert.max_position_embeddings)
+        }
+        "roberta" | "xlm-roberta" => {
+            let cfg: roberta::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            let model = roberta::RobertaForQuestionAnswering::new(&cfg, vb)?;
+            // Positions start after the padding index, so fewer tokens fit than the table has.
+            (Box::new(model), cfg.max_input_len())
         }
         "albert" => {
             let cfg: albert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(albert::AlbertForQuestionAnswering::new(&cfg, vb)?)
+            let model = albert::AlbertForQuestionAnswering::new(&cfg, vb)?;
+            (Box::new(model), max_position_embeddings)
         }
         "mobilebert" => {
             let cfg: mobilebert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(mobilebert::MobileBertForQuestionAnswering::new(&cfg, vb)?)
+            let model = mobilebert::MobileBertForQuestionAnswering::new(&cfg, vb)?;
+            (Box::new(model), max_position_embeddings)
         }
         _ => {
             return Err(Error::UnsupportedModel {
@@ -116,10 +151,6 @@ pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaMo
             })
         }
     };
-    let max_position_embeddings = config
-        .get("max_position_embeddings")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(512) as usize;
     Ok((
         model,
         ArchInfo {
@@ -127,4 +158,59 @@ pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaMo
             max_position_embeddings,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn unsupported_model_type_is_refused_with_the_supported_list() {
+        let config = serde_json::json!({ "model_type": "xlnet", "d_model": 32 });
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let err = match build(&config, vb) {
+            Ok(_) => panic!("xlnet was accepted"),
+            Err(e) => e,
+        };
+        match &err {
+            Error::UnsupportedModel {
+                model_type,
+                supported,
+            } => {
+                assert_eq!(model_type, "xlnet");
+                assert_eq!(supported.as_slice(), SUPPORTED_MODEL_TYPES);
+                for arch in [
+                    "albert",
+                    "bert",
+                    "distilbert",
+                    "electra",
+                    "mobilebert",
+                    "roberta",
+                    "xlm-roberta",
+                ] {
+                    assert!(
+                        supported.contains(&arch),
+                        "{arch} missing from {supported:?}"
+                    );
+                }
+            }
+            other => panic!("expected UnsupportedModel, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains("xlnet") && message.contains("xlm-roberta"),
+            "{message}"
+        );
+        assert!(err.is_user_error());
+    }
+
+    #[test]
+    fn missing_model_type_is_refused() {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        assert!(matches!(
+            build(&serde_json::json!({}), vb),
+            Err(Error::UnsupportedModel { .. })
+        ));
+    }
 }

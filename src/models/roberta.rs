@@ -1,0 +1,123 @@
+//! RoBERTa and XLM-RoBERTa (`model_type: roberta`, `xlm-roberta`) with a question-answering
+//! head, as transformers' `RobertaForQuestionAnswering` / `XLMRobertaForQuestionAnswering`.
+//!
+//! The encoder is BERT's; only the embeddings differ: position ids count real tokens from
+//! `pad_token_id + 1` (padding sits at `pad_token_id`), and there is a single token type.
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::bert::{self, Embeddings, Encoder};
+use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+
+/// config.json of a RoBERTa or XLM-RoBERTa checkpoint: BERT's keys, read with RoBERTa's
+/// defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(transparent)]
+pub struct Config {
+    /// The keys shared with BERT.
+    pub bert: bert::Config,
+}
+
+impl Config {
+    /// Id of `<pad>` (RoBERTa's default: 1); also the position of padding (`padding_idx` of
+    /// the position embeddings).
+    pub fn pad_token_id(&self) -> u32 {
+        self.bert.pad_token_id.unwrap_or(1)
+    }
+
+    /// Longest input the position embeddings allow: the first `pad_token_id + 1` positions are
+    /// never used by real tokens.
+    pub fn max_input_len(&self) -> usize {
+        self.bert
+            .max_position_embeddings
+            .saturating_sub(self.pad_token_id() as usize + 1)
+    }
+}
+
+/// Position ids as transformers' `create_position_ids_from_input_ids`: the running count of
+/// non-padding tokens plus `padding_idx`, and `padding_idx` itself on padding.
+pub fn position_ids(input_ids: &Tensor, padding_idx: u32) -> Result<Tensor> {
+    // f32 counts are exact far beyond any sequence length.
+    let real = input_ids.ne(padding_idx)?.to_dtype(DType::F32)?;
+    let counts = (real.cumsum(1)? * &real)?;
+    (counts + padding_idx as f64)?.to_dtype(DType::U32)
+}
+
+/// The RoBERTa encoder (`RobertaModel` without pooler).
+pub struct RobertaModel {
+    embeddings: Embeddings,
+    encoder: Encoder,
+    padding_idx: u32,
+}
+
+impl RobertaModel {
+    /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.bert.ensure_absolute_positions()?;
+        Ok(Self {
+            embeddings: Embeddings::new(
+                &cfg.bert,
+                cfg.bert.hidden_size,
+                cfg.pad_token_id(),
+                true,
+                vb.pp("embeddings"),
+            )?,
+            encoder: Encoder::new(&cfg.bert, vb.pp("encoder"))?,
+            padding_idx: cfg.pad_token_id(),
+        })
+    }
+
+    /// Final hidden states `[b, s, hidden]`. Token types are ignored: the tokenizer's segment
+    /// ids are not model inputs for RoBERTa, so every token gets type 0, as in transformers.
+    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+        let positions = position_ids(&input.input_ids, self.padding_idx)?;
+        let types = input.input_ids.zeros_like()?;
+        let x = self
+            .embeddings
+            .forward(&input.input_ids, &types, &positions, train)?;
+        self.encoder.forward(&x, &input.attention_mask, train)
+    }
+}
+
+/// RoBERTa with the span-prediction head (`RobertaForQuestionAnswering`); XLM-RoBERTa is the
+/// same network.
+pub struct RobertaForQuestionAnswering {
+    roberta: RobertaModel,
+    head: QaHead,
+}
+
+impl RobertaForQuestionAnswering {
+    /// Loads a checkpoint whose encoder sits under `roberta.` (or at the root for base models)
+    /// and whose head is `qa_outputs.*`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let root = encoder_root(&vb, "roberta", "embeddings.word_embeddings.weight");
+        Ok(Self {
+            roberta: RobertaModel::new(cfg, root)?,
+            head: QaHead::new(cfg.bert.hidden_size, vb)?,
+        })
+    }
+}
+
+impl QaModel for RobertaForQuestionAnswering {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
+        let hidden = self.roberta.forward(input, train)?;
+        self.head.forward(&hidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn positions_count_real_tokens_after_padding_idx() -> Result<()> {
+        // Two rows with padding id 1: real tokens get 2, 3, …; padding stays at 1.
+        let ids = Tensor::new(&[[0u32, 5, 7, 2, 1, 1], [0, 9, 1, 4, 2, 1]], &Device::Cpu)?;
+        let got: Vec<Vec<u32>> = position_ids(&ids, 1)?.to_vec2()?;
+        assert_eq!(got, vec![vec![2, 3, 4, 5, 1, 1], vec![2, 3, 1, 4, 5, 1]]);
+        Ok(())
+    }
+}
