@@ -6,6 +6,7 @@
 //! [`crate::nn`]): pass `train = true` to enable dropout and differentiable kernels.
 
 pub mod bert;
+pub mod deberta_v2;
 
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
@@ -75,7 +76,7 @@ pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, probe: &str) -> VarBu
 }
 
 /// Every `model_type` (config.json) that bertqa can run.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "deberta-v2"];
 
 /// What the pipeline needs to know about an architecture besides its weights.
 #[derive(Clone, Debug)]
@@ -98,6 +99,10 @@ pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaMo
         "bert" => {
             let cfg: bert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
             Box::new(bert::BertForQuestionAnswering::new(&cfg, vb)?)
+        }
+        "deberta-v2" => {
+            let cfg: deberta_v2::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            Box::new(deberta_v2::DebertaV2ForQuestionAnswering::new(&cfg, vb)?)
         }
         _ => {
             return Err(Error::UnsupportedModel {
