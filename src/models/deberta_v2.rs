@@ -378,7 +378,9 @@ impl SelfAttention {
         let v = nn::split_heads(&self.value_proj.forward(x)?, self.heads)?;
         let mut scores = q.matmul(&(k.t()? / self.scale)?)?;
         if let (true, Some((rel_embeddings, index))) = (self.relative_attention, rel) {
-            scores = (scores + self.relative_bias(&q, &k, rel_embeddings, index, train)?)?;
+            if let Some(bias) = self.relative_bias(&q, &k, rel_embeddings, index, train)? {
+                scores = (scores + bias)?;
+            }
         }
         let scores = scores.broadcast_add(bias)?;
         let probs = nn::softmax_last_dim(&scores, train)?;
@@ -386,7 +388,8 @@ impl SelfAttention {
         nn::merge_heads(&probs.matmul(&v)?)
     }
 
-    /// The c2p and p2c terms (`disentangled_attention_bias`), `[b, heads, s, s]`, already scaled.
+    /// The sum of the c2p and p2c terms (`disentangled_attention_bias`), `[b, heads, s, s]`,
+    /// already scaled; `None` when `pos_att_type` names neither.
     fn relative_bias(
         &self,
         q: &Tensor,
@@ -394,25 +397,27 @@ impl SelfAttention {
         rel_embeddings: &Tensor,
         index: &RelIndex,
         train: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<Option<Tensor>> {
         let rel_embeddings = nn::dropout(rel_embeddings, self.pos_dropout, train)?
             .narrow(0, 0, 2 * self.span)?
             .unsqueeze(0)?;
         // [1, heads, 2·span, head_size]
         let project = |proj: &Linear| nn::split_heads(&proj.forward(&rel_embeddings)?, self.heads);
-        let (b, h, s, _) = q.dims4()?;
-        let mut bias = Tensor::zeros((b, h, s, s), q.dtype(), q.device())?;
+        let mut terms = Vec::with_capacity(2);
         if self.c2p {
             let pos_key = project(self.pos_key_proj.as_ref().unwrap_or(&self.key_proj))?;
             let full = q.broadcast_matmul(&pos_key.t()?)?;
-            bias = (bias + (gather_relative(&full, &index.c2p)? / self.scale)?)?;
+            terms.push((gather_relative(&full, &index.c2p)? / self.scale)?);
         }
         if self.p2c {
             let pos_query = project(self.pos_query_proj.as_ref().unwrap_or(&self.query_proj))?;
             let full = k.broadcast_matmul(&pos_query.t()?)?;
-            bias = (bias + (gather_relative(&full, &index.p2c)? / self.scale)?)?;
+            terms.push((gather_relative(&full, &index.p2c)? / self.scale)?);
         }
-        Ok(bias)
+        let mut terms = terms.into_iter();
+        terms.next().map_or(Ok(None), |first| {
+            terms.try_fold(first, |acc, t| acc + t).map(Some)
+        })
     }
 }
 
@@ -699,6 +704,31 @@ mod tests {
         ] {
             assert_eq!(log_bucket_position(rel, 256, 512), want, "rel {rel}");
         }
+    }
+
+    #[test]
+    fn config_reads_joined_att_types_and_defaults() {
+        let cfg: Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16,
+            "relative_attention": true, "pos_att_type": "P2C | c2p",
+            "max_relative_positions": -1, "max_position_embeddings": 64
+        }))
+        .expect("config");
+        assert_eq!(cfg.pos_att_type, ["p2c", "c2p"]);
+        assert_eq!(cfg.head_size(), 4);
+        // No buckets: the span falls back to max_position_embeddings.
+        assert_eq!(cfg.att_span(), 64);
+        assert!(cfg.position_biased_input);
+        assert_eq!(cfg.conv_kernel_size, 0);
+        let none: Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, "pos_att_type": null,
+            "position_buckets": 32
+        }))
+        .expect("config");
+        assert!(none.pos_att_type.is_empty());
+        assert_eq!(none.att_span(), 32);
     }
 
     #[test]
