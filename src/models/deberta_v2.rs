@@ -139,6 +139,10 @@ impl Config {
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
+    fn all_head_size(&self) -> usize {
+        self.num_attention_heads * self.head_size()
+    }
+
     fn has_att_type(&self, kind: &str) -> bool {
         self.pos_att_type.iter().any(|t| t == kind)
     }
@@ -320,7 +324,6 @@ struct SelfAttention {
     pos_key_proj: Option<Linear>,
     pos_query_proj: Option<Linear>,
     heads: usize,
-    relative_attention: bool,
     c2p: bool,
     p2c: bool,
     /// `sqrt(head_size · (1 + number of relative terms))`.
@@ -333,7 +336,7 @@ struct SelfAttention {
 impl SelfAttention {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
-        let all = cfg.num_attention_heads * cfg.head_size();
+        let all = cfg.all_head_size();
         let (c2p, p2c) = (cfg.has_att_type("c2p"), cfg.has_att_type("p2c"));
         let separate = cfg.relative_attention && !cfg.share_att_key;
         let pos_key_proj = if separate && c2p {
@@ -356,7 +359,6 @@ impl SelfAttention {
             pos_key_proj,
             pos_query_proj,
             heads: cfg.num_attention_heads,
-            relative_attention: cfg.relative_attention,
             c2p,
             p2c,
             scale,
@@ -377,7 +379,8 @@ impl SelfAttention {
         let k = nn::split_heads(&self.key_proj.forward(x)?, self.heads)?;
         let v = nn::split_heads(&self.value_proj.forward(x)?, self.heads)?;
         let mut scores = q.matmul(&(k.t()? / self.scale)?)?;
-        if let (true, Some((rel_embeddings, index))) = (self.relative_attention, rel) {
+        // `rel` is present exactly when the model has relative attention.
+        if let Some((rel_embeddings, index)) = rel {
             if let Some(bias) = self.relative_bias(&q, &k, rel_embeddings, index, train)? {
                 scores = (scores + bias)?;
             }
@@ -436,7 +439,7 @@ impl Layer {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let attn = vb.pp("attention");
-        let all = cfg.num_attention_heads * cfg.head_size();
+        let all = cfg.all_head_size();
         Ok(Self {
             attention: SelfAttention::new(cfg, attn.pp("self"))?,
             attention_output: Linear::new(all, h, attn.pp("output").pp("dense"))?,
