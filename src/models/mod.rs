@@ -7,6 +7,7 @@
 
 pub mod albert;
 pub mod bert;
+pub mod deberta_v2;
 pub mod distilbert;
 pub mod electra;
 pub mod mobilebert;
@@ -83,6 +84,7 @@ pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, probe: &str) -> VarBu
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "albert",
     "bert",
+    "deberta-v2",
     "distilbert",
     "electra",
     "mobilebert",
@@ -144,6 +146,11 @@ pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaMo
             let model = mobilebert::MobileBertForQuestionAnswering::new(&cfg, vb)?;
             (Box::new(model), max_position_embeddings)
         }
+        "deberta-v2" => {
+            let cfg: deberta_v2::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            let model = deberta_v2::DebertaV2ForQuestionAnswering::new(&cfg, vb)?;
+            (Box::new(model), max_position_embeddings)
+        }
         _ => {
             return Err(Error::UnsupportedModel {
                 model_type,
@@ -183,6 +190,7 @@ mod tests {
                 for arch in [
                     "albert",
                     "bert",
+                    "deberta-v2",
                     "distilbert",
                     "electra",
                     "mobilebert",
