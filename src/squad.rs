@@ -874,25 +874,23 @@ mod tests {
         assert_eq!(m.no_ans_total, None);
     }
 
+    fn probs(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
     #[test]
     fn v2_threshold_turns_confident_no_answers_into_empty_predictions() {
-        let probs: HashMap<String, f64> = [("h1", 0.1), ("h2", 0.2), ("n2", 0.3), ("n1", 0.9)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        let na = probs(&[("h1", 0.1), ("h2", 0.2), ("n2", 0.3), ("n1", 0.9)]);
         // Above 0.25: n2 and n1 become "no answer", both correct.
-        let m = evaluate_v2(&v2_examples(), &v2_preds(), Some(&probs), 0.25);
+        let m = evaluate_v2(&v2_examples(), &v2_preds(), Some(&na), 0.25);
         assert!(close(m.exact, 75.0));
         assert!(close(m.f1, 100.0 * (1.0 + 2.0 / 3.0 + 1.0 + 1.0) / 4.0));
     }
 
     #[test]
     fn v2_best_threshold_search() {
-        let probs: HashMap<String, f64> = [("h1", 0.1), ("h2", 0.2), ("n2", 0.3), ("n1", 0.9)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
-        let m = evaluate_v2(&v2_examples(), &v2_preds(), Some(&probs), 1.0);
+        let na = probs(&[("h1", 0.1), ("h2", 0.2), ("n2", 0.3), ("n1", 0.9)]);
+        let m = evaluate_v2(&v2_examples(), &v2_preds(), Some(&na), 1.0);
         // Start at 2 (all no-answers right). Ascending probability:
         // exact: h1 +1 → 3 (best, 0.1), h2 +0, n2 −1 (answered wrongly), n1 +0 (empty).
         // f1:    h1 +1 → 3, h2 +2/3 → 3.67 (best, 0.2), n2 −1, n1 +0.
@@ -900,11 +898,9 @@ mod tests {
         assert_eq!(m.best_exact_thresh, Some(0.1));
         assert!(close(m.best_f1.unwrap(), 100.0 * (11.0 / 3.0) / 4.0));
         assert_eq!(m.best_f1_thresh, Some(0.2));
-        // All probabilities above every question: threshold 0 keeps the initial score.
-        let worse: HashMap<String, f64> = [("n2", 0.1), ("n1", 0.2), ("h1", 0.3), ("h2", 0.4)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        // The wrongly answered no-answer question first: no threshold beats answering nothing
+        // above 0, so the best stays the initial score at threshold 0.
+        let worse = probs(&[("n2", 0.1), ("n1", 0.2), ("h1", 0.3), ("h2", 0.4)]);
         let m = evaluate_v2(&v2_examples(), &v2_preds(), Some(&worse), 1.0);
         // exact: n2 −1 → 1, n1 0, h1 +1 → 2, h2 0: never above 2.
         assert!(close(m.best_exact.unwrap(), 50.0));

@@ -69,6 +69,20 @@ fn bertqa(args: &[&str]) -> Output {
         .expect("run bertqa")
 }
 
+/// `bertqa eval` with the MiniLM model on `data`, then `extra` arguments.
+fn eval(data: &Path, extra: &[&str]) -> Output {
+    let model = model_dir();
+    let mut args = vec![
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    bertqa(&args)
+}
+
 fn utf8(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -101,18 +115,16 @@ fn eval_scores_transformers_answers() {
     // The golden answers are the first of the pipeline's top_k (3): ask for the same pool, since
     // merging spans of equal text can reorder the first answer.
     let (golden, top_k) = golden_answers();
-    let out = bertqa(&[
-        "eval",
-        "--model",
-        model_dir().to_str().unwrap(),
-        "--data",
-        data_path.to_str().unwrap(),
-        "--predictions",
-        predictions_path.to_str().unwrap(),
-        "--top-k",
-        &top_k.to_string(),
-        "--json",
-    ]);
+    let out = eval(
+        &data_path,
+        &[
+            "--predictions",
+            predictions_path.to_str().unwrap(),
+            "--top-k",
+            &top_k.to_string(),
+            "--json",
+        ],
+    );
     let stderr = utf8(&out.stderr);
     assert!(out.status.success(), "bertqa eval failed: {stderr}");
     // No progress bar when stderr is not a terminal.
@@ -190,18 +202,16 @@ fn eval_of_v2_data_reports_the_no_answer_breakdown() {
     write(&data_path, &data);
     let predictions_path = dir.join("predictions.json");
     let na_path = dir.join("na_probs.json");
-    let out = bertqa(&[
-        "eval",
-        "--model",
-        model_dir().to_str().unwrap(),
-        "--data",
-        data_path.to_str().unwrap(),
-        "--predictions",
-        predictions_path.to_str().unwrap(),
-        "--na-probs",
-        na_path.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = eval(
+        &data_path,
+        &[
+            "--predictions",
+            predictions_path.to_str().unwrap(),
+            "--na-probs",
+            na_path.to_str().unwrap(),
+            "--json",
+        ],
+    );
     assert!(out.status.success(), "{}", utf8(&out.stderr));
     let report: Value = serde_json::from_str(utf8(&out.stdout).trim()).expect("JSON report");
 
@@ -261,13 +271,7 @@ fn malformed_squad_file_exits_2_naming_the_field() {
     qa["answers"][0]["answer_start"] = json!("34");
     let path = dir.join("bad.json");
     write(&path, &data);
-    let out = bertqa(&[
-        "eval",
-        "--model",
-        model_dir().to_str().unwrap(),
-        "--data",
-        path.to_str().unwrap(),
-    ]);
+    let out = eval(&path, &[]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = utf8(&out.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
@@ -297,4 +301,27 @@ fn missing_output_folder_is_refused_before_any_work() {
     assert!(stderr.contains("does not exist"), "{stderr}");
     // Refused before the model load, which would have failed differently.
     assert!(!stderr.contains("/nonexistent/model"), "{stderr}");
+}
+
+#[test]
+fn xquad_file_parses_into_the_questions_transformers_answered() {
+    let dataset = SquadDataset::from_file(common::shared().join("data/xquad-en-train.json"))
+        .expect("the XQuAD file parses");
+    assert_eq!(dataset.format, squad::SquadVersion::V1);
+    let cases = common::load_golden(&model_dir().join("golden-train.json")).cases;
+    assert_eq!(dataset.len(), cases.len());
+    let titles: std::collections::HashSet<&str> =
+        dataset.examples.iter().map(|e| e.title.as_str()).collect();
+    assert_eq!(titles.len(), 36);
+    for (example, case) in dataset.examples.iter().zip(&cases) {
+        assert_eq!(example.id, case.id);
+        assert_eq!(example.question, case.question);
+        assert_eq!(&*example.context, case.context.as_str());
+        // answer_start counts characters: the gold text sits at that character range.
+        let chars: Vec<char> = example.context.chars().collect();
+        for answer in &example.answers {
+            let found: String = chars[answer.char_range()].iter().collect();
+            assert_eq!(found, answer.text, "question {}", example.id);
+        }
+    }
 }

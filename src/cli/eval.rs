@@ -324,29 +324,22 @@ impl Report<'_> {
             ("model", Value::from(self.model)),
         ];
         if let SquadMetrics::V2(v2) = self.metrics {
+            let number = |x: Option<f64>| x.map(Value::from);
+            let count = |n: Option<usize>| n.map(Value::from);
             let keys = [
-                ("exact", Some(v2.exact)),
-                ("HasAns_exact", v2.has_ans_exact),
-                ("HasAns_f1", v2.has_ans_f1),
-                ("HasAns_total", v2.has_ans_total.map(|n| n as f64)),
-                ("NoAns_exact", v2.no_ans_exact),
-                ("NoAns_f1", v2.no_ans_f1),
-                ("NoAns_total", v2.no_ans_total.map(|n| n as f64)),
-                ("best_exact", v2.best_exact),
-                ("best_exact_thresh", v2.best_exact_thresh),
-                ("best_f1", v2.best_f1),
-                ("best_f1_thresh", v2.best_f1_thresh),
+                ("exact", number(Some(v2.exact))),
+                ("HasAns_exact", number(v2.has_ans_exact)),
+                ("HasAns_f1", number(v2.has_ans_f1)),
+                ("HasAns_total", count(v2.has_ans_total)),
+                ("NoAns_exact", number(v2.no_ans_exact)),
+                ("NoAns_f1", number(v2.no_ans_f1)),
+                ("NoAns_total", count(v2.no_ans_total)),
+                ("best_exact", number(v2.best_exact)),
+                ("best_exact_thresh", number(v2.best_exact_thresh)),
+                ("best_f1", number(v2.best_f1)),
+                ("best_f1_thresh", number(v2.best_f1_thresh)),
             ];
-            for (key, value) in keys {
-                if let Some(v) = value {
-                    let v = if key.ends_with("_total") {
-                        Value::from(v as u64)
-                    } else {
-                        Value::from(v)
-                    };
-                    entries.push((key, v));
-                }
-            }
+            entries.extend(keys.into_iter().filter_map(|(k, v)| Some((k, v?))));
         }
         Ordered(entries)
     }
