@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch. Each subcommand lives in its own module.
 
 mod ask;
+mod eval;
 mod output;
 
 use std::process::ExitCode;
@@ -19,6 +20,8 @@ pub struct Cli {
 enum Command {
     /// Answer questions about a passage (or a JSONL file of them).
     Ask(ask::AskArgs),
+    /// Answer every question of a SQuAD file and score the answers (exact match, F1).
+    Eval(eval::EvalArgs),
 }
 
 /// Options every subcommand takes.
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => ask::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

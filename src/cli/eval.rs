@@ -1,0 +1,397 @@
+//! `bertqa eval`: answer every question of a SQuAD file and score the answers with the official
+//! SQuAD metric.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bertqa::decode::{best_spans, decode};
+use bertqa::pipeline::Prepared;
+use bertqa::squad::{self, SquadDataset, SquadExample, SquadMetrics, SquadVersion};
+use bertqa::{LoadOptions, QaParams, QaPipeline, QaRequest};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use serde::ser::{Serialize, Serializer};
+use serde_json::Value;
+
+use super::{CliError, CliResult, CommonArgs};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// SQuAD v1.1 or v2.0 JSON file (questions and gold answers).
+    #[arg(long)]
+    data: PathBuf,
+    /// Write the answers as the official predictions file, `{"question id": "answer"}`.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Write each question's no-answer probability, `{"question id": p}` (the official v2
+    /// script's --na-prob-file).
+    #[arg(long)]
+    na_probs: Option<PathBuf>,
+    /// The pipeline's top_k; its first answer is the prediction. Spans with the same text are
+    /// merged among the candidates, so a larger pool can change which answer comes first
+    /// (as in transformers).
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// Windows per model call.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Print one JSON object with the scores and timings.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Questions tokenized and answered per round: enough windows to batch well, few enough to
+/// keep memory flat and the progress bar moving.
+const QUESTIONS_PER_ROUND: usize = 64;
+
+/// The model's answer to one question.
+struct Prediction {
+    /// Best answer text (`""` when "no answer" wins on v2 data).
+    text: String,
+    /// The pipeline's null score, `p_start(CLS)·p_end(CLS)`, smallest over windows.
+    no_answer_prob: f32,
+}
+
+pub fn run(args: EvalArgs) -> CliResult {
+    args.common.init();
+    // Everything that can be checked cheaply is, before the model loads.
+    let dataset = SquadDataset::from_file(&args.data)?;
+    if dataset.is_empty() {
+        return Err(CliError::usage(format!(
+            "{} has no questions",
+            args.data.display()
+        )));
+    }
+    for out in [&args.predictions, &args.na_probs].into_iter().flatten() {
+        check_writable(out)?;
+    }
+    let options = LoadOptions {
+        hub: args.common.hub(),
+        batch_size: args.batch_size,
+        ..LoadOptions::default()
+    };
+    let qa = QaPipeline::load(&args.common.model, &options)?;
+
+    let started = Instant::now();
+    let predictions = answer_all(&qa, &dataset, &args.data, args.top_k)?;
+    let elapsed = started.elapsed();
+
+    let texts: HashMap<String, String> = dataset
+        .examples
+        .iter()
+        .zip(&predictions)
+        .map(|(e, p)| (e.id.clone(), p.text.clone()))
+        .collect();
+    let probs: HashMap<String, f64> = dataset
+        .examples
+        .iter()
+        .zip(&predictions)
+        .map(|(e, p)| (e.id.clone(), f64::from(p.no_answer_prob)))
+        .collect();
+    let metrics = squad::evaluate(&dataset, &texts, Some(&probs));
+
+    if let Some(path) = &args.predictions {
+        let entries = dataset
+            .examples
+            .iter()
+            .zip(&predictions)
+            .map(|(e, p)| (e.id.as_str(), Value::from(p.text.as_str())));
+        write_json_atomically(path, &Ordered(entries.collect()))?;
+    }
+    if let Some(path) = &args.na_probs {
+        let entries = dataset
+            .examples
+            .iter()
+            .zip(&predictions)
+            .map(|(e, p)| (e.id.as_str(), Value::from(f64::from(p.no_answer_prob))));
+        write_json_atomically(path, &Ordered(entries.collect()))?;
+    }
+
+    let report = Report {
+        metrics: &metrics,
+        format: dataset.format,
+        elapsed,
+        data: &args.data,
+        model: &args.common.model,
+    };
+    if args.json {
+        let line =
+            serde_json::to_string(&report.to_json()).map_err(|e| CliError::usage(e.to_string()))?;
+        println!("{line}");
+    } else {
+        report.print_human();
+    }
+    Ok(())
+}
+
+/// Answers every question, in rounds of [`QUESTIONS_PER_ROUND`]; predictions in dataset order.
+fn answer_all(
+    qa: &QaPipeline,
+    dataset: &SquadDataset,
+    data: &Path,
+    top_k: usize,
+) -> CliResult<Vec<Prediction>> {
+    // The pipeline's defaults; on v2 data "no answer" competes with the spans.
+    let params = QaParams {
+        top_k: Some(top_k),
+        handle_impossible_answer: (dataset.format == SquadVersion::V2).then_some(true),
+        ..QaParams::default()
+    };
+    let progress = progress_bar(dataset.len());
+    let mut predictions = Vec::with_capacity(dataset.len());
+    for round in dataset.examples.chunks(QUESTIONS_PER_ROUND) {
+        let prepared = round
+            .iter()
+            .map(|example| prepare(qa, example, &params, data))
+            .collect::<CliResult<Vec<Prepared>>>()?;
+        let round_windows: usize = prepared.iter().map(|p| p.windows.len()).sum();
+        let done_before = predictions.len();
+        let mut windows_done = 0;
+        let logits = qa.run_prepared(&prepared, |n| {
+            windows_done += n;
+            let questions = round.len() * windows_done / round_windows.max(1);
+            progress.set_position((done_before + questions) as u64);
+        })?;
+        for (p, l) in prepared.iter().zip(&logits) {
+            let answers = decode(&p.context, &p.windows, l, &p.decode);
+            predictions.push(Prediction {
+                text: answers
+                    .into_iter()
+                    .next()
+                    .map_or(String::new(), |a| a.answer),
+                no_answer_prob: null_score(p, l),
+            });
+        }
+        progress.set_position(predictions.len() as u64);
+    }
+    progress.finish_and_clear();
+    Ok(predictions)
+}
+
+fn prepare(
+    qa: &QaPipeline,
+    example: &SquadExample,
+    params: &QaParams,
+    data: &Path,
+) -> CliResult<Prepared> {
+    let request = QaRequest {
+        question: example.question.clone(),
+        context: example.context.to_string(),
+        params: params.clone(),
+    };
+    qa.prepare(&request).map_err(|e| {
+        CliError::usage(format!(
+            "{}: data[{}], paragraphs[{}], question id {:?}: {e}",
+            data.display(),
+            example.article_index,
+            example.paragraph_index,
+            example.id
+        ))
+    })
+}
+
+/// The pipeline's score for "no answer": the smallest `p_start(CLS)·p_end(CLS)` over windows.
+fn null_score(prepared: &Prepared, logits: &[bertqa::decode::WindowLogits]) -> f32 {
+    prepared
+        .windows
+        .iter()
+        .zip(logits)
+        .map(|(w, (start, end))| {
+            let n = w.len();
+            // No spans are needed, only the null score.
+            best_spans(&start[..n], &end[..n], &w.p_mask, 0, 1).1
+        })
+        .fold(1_000_000f32, f32::min)
+}
+
+/// A progress bar on stderr (questions done, rate, ETA), hidden when stderr is not a terminal.
+fn progress_bar(questions: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(questions as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} questions  {rate}  ETA {eta}  [{elapsed}]",
+    ) {
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} q/s", state.per_sec());
+            },
+        ));
+    }
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
+}
+
+/// Fails early (before hours of work) when `path` cannot be created: its folder must exist.
+fn check_writable(path: &Path) -> CliResult {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(CliError::usage(format!(
+            "cannot write {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    if path.is_dir() {
+        return Err(CliError::usage(format!(
+            "cannot write {}: it is a folder; give a file name",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A JSON object whose keys keep the order given (dataset order in prediction files).
+struct Ordered<'a>(Vec<(&'a str, Value)>);
+
+impl Serialize for Ordered<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// Writes `value` as JSON to a temporary file beside `path`, then renames it over `path`, so
+/// that `path` is never left half-written.
+fn write_json_atomically(path: &Path, value: &impl Serialize) -> CliResult {
+    let name = path
+        .file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let fail = |e: &dyn std::fmt::Display| CliError {
+        message: format!("cannot write {}: {e}", path.display()),
+        code: 1,
+    };
+    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut writer = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut writer, value)?;
+        writer.write_all(b"\n")?;
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(&e)
+    })
+}
+
+/// What `bertqa eval` reports.
+struct Report<'a> {
+    metrics: &'a SquadMetrics,
+    format: SquadVersion,
+    elapsed: Duration,
+    data: &'a Path,
+    model: &'a str,
+}
+
+impl Report<'_> {
+    fn seconds(&self) -> f64 {
+        self.elapsed.as_secs_f64()
+    }
+
+    fn questions_per_second(&self) -> f64 {
+        self.metrics.total() as f64 / self.seconds().max(1e-9)
+    }
+
+    /// `{"exact_match", "f1", "total", "questions_per_second", "seconds", ...}`, then for v2
+    /// data the official v2 keys (`exact`, `HasAns_exact`, `best_f1`, ...).
+    fn to_json(&self) -> Ordered<'static> {
+        let mut entries: Vec<(&'static str, Value)> = vec![
+            ("exact_match", Value::from(self.metrics.exact_match())),
+            ("f1", Value::from(self.metrics.f1())),
+            ("total", Value::from(self.metrics.total())),
+            (
+                "questions_per_second",
+                Value::from(self.questions_per_second()),
+            ),
+            ("seconds", Value::from(self.seconds())),
+            (
+                "squad_version",
+                serde_json::to_value(self.format).unwrap_or(Value::Null),
+            ),
+            ("data", Value::from(self.data.display().to_string())),
+            ("model", Value::from(self.model)),
+        ];
+        if let SquadMetrics::V2(v2) = self.metrics {
+            let number = |x: Option<f64>| x.map(Value::from);
+            let count = |n: Option<usize>| n.map(Value::from);
+            let keys = [
+                ("exact", number(Some(v2.exact))),
+                ("HasAns_exact", number(v2.has_ans_exact)),
+                ("HasAns_f1", number(v2.has_ans_f1)),
+                ("HasAns_total", count(v2.has_ans_total)),
+                ("NoAns_exact", number(v2.no_ans_exact)),
+                ("NoAns_f1", number(v2.no_ans_f1)),
+                ("NoAns_total", count(v2.no_ans_total)),
+                ("best_exact", number(v2.best_exact)),
+                ("best_exact_thresh", number(v2.best_exact_thresh)),
+                ("best_f1", number(v2.best_f1)),
+                ("best_f1_thresh", number(v2.best_f1_thresh)),
+            ];
+            entries.extend(keys.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        }
+        Ordered(entries)
+    }
+
+    fn print_human(&self) {
+        let version = match self.format {
+            SquadVersion::V1 => "SQuAD v1.1",
+            SquadVersion::V2 => "SQuAD v2.0",
+        };
+        println!(
+            "{version}: {} questions from {}",
+            self.metrics.total(),
+            self.data.display()
+        );
+        println!("  exact match  {:6.2}", self.metrics.exact_match());
+        println!("  F1           {:6.2}", self.metrics.f1());
+        if let SquadMetrics::V2(v2) = self.metrics {
+            let subsets = [
+                (
+                    "with an answer",
+                    v2.has_ans_exact,
+                    v2.has_ans_f1,
+                    v2.has_ans_total,
+                ),
+                (
+                    "without answer",
+                    v2.no_ans_exact,
+                    v2.no_ans_f1,
+                    v2.no_ans_total,
+                ),
+            ];
+            for (label, exact, f1, total) in subsets {
+                if let (Some(exact), Some(f1), Some(total)) = (exact, f1, total) {
+                    println!("  {label}: exact {exact:.2}  F1 {f1:.2}  ({total} questions)");
+                }
+            }
+            if let (Some(e), Some(et), Some(f), Some(ft)) = (
+                v2.best_exact,
+                v2.best_exact_thresh,
+                v2.best_f1,
+                v2.best_f1_thresh,
+            ) {
+                println!("  best exact {e:.2} (no-answer threshold {et:.4})");
+                println!("  best F1    {f:.2} (no-answer threshold {ft:.4})");
+            }
+        }
+        println!(
+            "{} questions in {:.1} s ({:.2} questions/s), model {}",
+            self.metrics.total(),
+            self.seconds(),
+            self.questions_per_second(),
+            self.model
+        );
+    }
+}
