@@ -2,6 +2,7 @@
 
 mod ask;
 mod output;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ pub struct Cli {
 enum Command {
     /// Answer questions about a passage (or a JSONL file of them).
     Ask(ask::AskArgs),
+    /// Serve question answering over HTTP, batching requests dynamically.
+    Serve(serve::ServeArgs),
 }
 
 /// Options every subcommand takes.
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => ask::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
