@@ -56,7 +56,11 @@ fn parse_size(text: &str) -> Result<usize, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown unit `{other}`; use B, KB, MB, GB, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}`; use B, KB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
     };
     let bytes = number * factor;
     if !(1.0..=usize::MAX as f64).contains(&bytes) {

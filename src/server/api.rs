@@ -80,9 +80,10 @@ fn text_field(obj: &Map<String, Value>, path: &str, name: &str) -> Result<String
     let field = format!("{path}.{name}");
     match obj.get(name) {
         None => Err(ApiError::field(&field, "missing; give a non-empty string")),
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            Err(ApiError::field(&field, "must not be empty or whitespace only"))
-        }
+        Some(Value::String(s)) if s.trim().is_empty() => Err(ApiError::field(
+            &field,
+            "must not be empty or whitespace only",
+        )),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(v) => Err(ApiError::field(
             &field,
@@ -233,26 +234,46 @@ pub fn parse_body(body: &Value, limits: &InputLimits) -> Result<QaBody, ApiError
 }
 
 /// The pipeline's output for one input: an object when there is one answer, else a list.
-fn one_input(answers: Vec<Answer>) -> Value {
-    let mut values: Vec<Value> = answers
-        .into_iter()
-        .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
-        .collect();
-    if values.len() == 1 {
-        values.pop().unwrap_or(Value::Null)
-    } else {
-        Value::Array(values)
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum InputAnswers {
+    /// Exactly one answer (top_k = 1).
+    One(Answer),
+    /// Several (or no) answers, best first.
+    Several(Vec<Answer>),
+}
+
+impl From<Vec<Answer>> for InputAnswers {
+    fn from(mut answers: Vec<Answer>) -> Self {
+        match answers.pop() {
+            Some(a) if answers.is_empty() => InputAnswers::One(a),
+            Some(a) => {
+                answers.push(a);
+                InputAnswers::Several(answers)
+            }
+            None => InputAnswers::Several(answers),
+        }
     }
+}
+
+/// A response body of the question-answering endpoints.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum QaResponse {
+    /// One input.
+    Single(InputAnswers),
+    /// Several inputs, in order.
+    Batch(Vec<InputAnswers>),
 }
 
 /// Shapes answers as transformers' pipeline returns them: per input an object when it has one
 /// answer (top_k = 1) or a list; a list of those for several inputs. A list of one input is
 /// answered like a single input, as the pipeline does.
-pub fn shape_response(mut answers: Vec<Vec<Answer>>) -> Value {
+pub fn shape_response(mut answers: Vec<Vec<Answer>>) -> QaResponse {
     if answers.len() == 1 {
-        return one_input(answers.pop().unwrap_or_default());
+        return QaResponse::Single(answers.pop().unwrap_or_default().into());
     }
-    Value::Array(answers.into_iter().map(one_input).collect())
+    QaResponse::Batch(answers.into_iter().map(InputAnswers::from).collect())
 }
 
 #[cfg(test)]
@@ -305,8 +326,10 @@ mod tests {
             .starts_with("`inputs.question`: must not be empty"));
         assert!(error(json!({"inputs": [three, {"question": "q"}]}))
             .starts_with("`inputs[1].context`: missing"));
-        assert!(error(json!({"inputs": [three, {"question": "q", "context": 5}]}))
-            .starts_with("`inputs[1].context`: expected a string"));
+        assert!(
+            error(json!({"inputs": [three, {"question": "q", "context": 5}]}))
+                .starts_with("`inputs[1].context`: expected a string")
+        );
         assert!(
             error(json!({"inputs": {"question": "q", "context": "x".repeat(21)}}))
                 .starts_with("`inputs.context`: 21 characters")
@@ -316,12 +339,18 @@ mod tests {
             .starts_with("`parameters.topk`: unknown"));
         assert!(error(json!({"inputs": three, "parameters": {"top_k": 0}}))
             .starts_with("`parameters.top_k`: must be at least 1"));
-        assert!(error(json!({"inputs": three, "parameters": {"max_seq_len": -3}}))
-            .starts_with("`parameters.max_seq_len`: expected a non-negative integer"));
-        assert!(error(json!({"inputs": three, "parameters": {"top_k": "2"}}))
-            .starts_with("`parameters.top_k`: expected an integer"));
-        assert!(error(json!({"inputs": three, "parameters": {"align_to_words": 1}}))
-            .starts_with("`parameters.align_to_words`: expected true or false"));
+        assert!(
+            error(json!({"inputs": three, "parameters": {"max_seq_len": -3}}))
+                .starts_with("`parameters.max_seq_len`: expected a non-negative integer")
+        );
+        assert!(
+            error(json!({"inputs": three, "parameters": {"top_k": "2"}}))
+                .starts_with("`parameters.top_k`: expected an integer")
+        );
+        assert!(
+            error(json!({"inputs": three, "parameters": {"align_to_words": 1}}))
+                .starts_with("`parameters.align_to_words`: expected true or false")
+        );
         assert!(error(json!({"inputs": three, "parameters": [1]}))
             .starts_with("`parameters`: expected an object"));
     }
@@ -341,18 +370,22 @@ mod tests {
         let b = answer("Bob", 4);
         let obj = json!({"score": 0.5, "start": 0, "end": 3, "answer": "Ann"});
         let obj_b = json!({"score": 0.5, "start": 4, "end": 7, "answer": "Bob"});
-        assert_eq!(shape_response(vec![vec![a.clone()]]), obj);
+        let shape = |answers| serde_json::to_value(shape_response(answers)).unwrap();
+        assert_eq!(shape(vec![vec![a.clone()]]), obj);
+        assert_eq!(shape(vec![vec![a.clone(), b.clone()]]), json!([obj, obj_b]));
         assert_eq!(
-            shape_response(vec![vec![a.clone(), b.clone()]]),
+            shape(vec![vec![a.clone()], vec![b.clone()]]),
             json!([obj, obj_b])
         );
         assert_eq!(
-            shape_response(vec![vec![a.clone()], vec![b.clone()]]),
-            json!([obj, obj_b])
-        );
-        assert_eq!(
-            shape_response(vec![vec![a.clone(), b.clone()], vec![b.clone()]]),
+            shape(vec![vec![a.clone(), b.clone()], vec![b.clone()]]),
             json!([[obj, obj_b], obj_b])
+        );
+        assert_eq!(shape(vec![vec![], vec![a.clone()]]), json!([[], obj]));
+        // Keys in the pipeline's order.
+        assert_eq!(
+            serde_json::to_string(&shape_response(vec![vec![a]])).unwrap(),
+            r#"{"score":0.5,"start":0,"end":3,"answer":"Ann"}"#
         );
     }
 }

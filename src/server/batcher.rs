@@ -106,7 +106,10 @@ impl Batcher {
 
 /// How many of the next windows (given by their lengths, in queue order) fit into one call of at
 /// most `max_batch_tokens` padded tokens. Always at least one when there is any.
-pub fn windows_that_fit(lengths: impl IntoIterator<Item = usize>, max_batch_tokens: usize) -> usize {
+pub fn windows_that_fit(
+    lengths: impl IntoIterator<Item = usize>,
+    max_batch_tokens: usize,
+) -> usize {
     let mut longest = 0;
     let mut count = 0;
     for len in lengths {
@@ -120,7 +123,12 @@ pub fn windows_that_fit(lengths: impl IntoIterator<Item = usize>, max_batch_toke
     count
 }
 
-fn model_loop(mut runner: Runner, rx: mpsc::Receiver<Job>, max_batch_tokens: usize, metrics: &Metrics) {
+fn model_loop(
+    mut runner: Runner,
+    rx: mpsc::Receiver<Job>,
+    max_batch_tokens: usize,
+    metrics: &Metrics,
+) {
     let mut active: VecDeque<Active> = VecDeque::new();
     let activate = |job: Job| Active {
         logits: Vec::with_capacity(job.prepared.windows.len()),
@@ -150,9 +158,10 @@ fn model_loop(mut runner: Runner, rx: mpsc::Receiver<Job>, max_batch_tokens: usi
         });
 
         // Windows of the batch, in queue order, as (input, window) indices.
-        let pending = active.iter().enumerate().flat_map(|(i, a)| {
-            (a.next..a.job.prepared.windows.len()).map(move |w| (i, w))
-        });
+        let pending = active
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| (a.next..a.job.prepared.windows.len()).map(move |w| (i, w)));
         let lengths = pending
             .clone()
             .map(|(i, w)| active[i].job.prepared.windows[w].len());
@@ -253,7 +262,8 @@ mod tests {
     }
 
     fn pipeline() -> QaPipeline {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/bert-uncased");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/bert-uncased");
         QaPipeline::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
     }
 
@@ -273,7 +283,10 @@ mod tests {
     fn batched_logits_equal_unbatched_ones() {
         let qa = Arc::new(pipeline());
         let inputs = [prepared(&qa, 24), prepared(&qa, 40), prepared(&qa, 384)];
-        assert!(inputs[0].windows.len() > 2, "the test needs several windows");
+        assert!(
+            inputs[0].windows.len() > 2,
+            "the test needs several windows"
+        );
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (runner_qa, runner_calls) = (qa.clone(), calls.clone());
         let runner: Runner = Box::new(move |w: &[&Window]| {
@@ -304,7 +317,10 @@ mod tests {
         let calls = calls.lock().unwrap();
         let total: usize = calls.iter().sum();
         assert_eq!(total, inputs.iter().map(|p| p.windows.len()).sum::<usize>());
-        assert!(calls.iter().any(|&n| n > 1), "windows were never batched: {calls:?}");
+        assert!(
+            calls.iter().any(|&n| n > 1),
+            "windows were never batched: {calls:?}"
+        );
         assert_eq!(metrics.queue_size.get(), 0);
     }
 
@@ -321,7 +337,9 @@ mod tests {
             runner_seen.lock().unwrap().push(w.len());
             // Hold the model thread until the test has queued and withdrawn the second input.
             let _ = gate_rx.recv();
-            Ok(w.iter().map(|w| (vec![0.0; w.len()], vec![0.0; w.len()])).collect())
+            Ok(w.iter()
+                .map(|w| (vec![0.0; w.len()], vec![0.0; w.len()]))
+                .collect())
         });
         let metrics = Arc::new(Metrics::default());
         let batcher = Batcher::start(runner, 16384, metrics.clone()).unwrap();
@@ -339,7 +357,9 @@ mod tests {
         gate_tx.send(()).unwrap();
         assert!(rx3.blocking_recv().unwrap().is_ok());
         assert_eq!(*seen.lock().unwrap(), vec![1, 1]);
-        assert!(metrics.render().contains("bertqa_cancelled_inputs_total 1\n"));
+        assert!(metrics
+            .render()
+            .contains("bertqa_cancelled_inputs_total 1\n"));
         assert_eq!(metrics.queue_size.get(), 0);
     }
 
@@ -352,7 +372,9 @@ mod tests {
             if calls == 1 {
                 panic!("simulated failure");
             }
-            Ok(w.iter().map(|w| (vec![0.0; w.len()], vec![0.0; w.len()])).collect())
+            Ok(w.iter()
+                .map(|w| (vec![0.0; w.len()], vec![0.0; w.len()]))
+                .collect())
         });
         let batcher = Batcher::start(runner, 16384, Arc::new(Metrics::default())).unwrap();
         let rx1 = batcher.enqueue(prepared(&qa, 384)).unwrap();

@@ -169,7 +169,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP bertqa_requests_total HTTP requests answered, by endpoint and status code.\n");
+        out.push_str(
+            "# HELP bertqa_requests_total HTTP requests answered, by endpoint and status code.\n",
+        );
         out.push_str("# TYPE bertqa_requests_total counter\n");
         for ((endpoint, status), n) in self
             .requests
@@ -195,7 +197,10 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let counters = [
             (
@@ -210,7 +215,10 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         let h = self.histograms();
         h.request.render(
@@ -228,11 +236,8 @@ impl Metrics {
             "bertqa_inference_duration_seconds",
             "Time from an input's first model call to its last.",
         );
-        h.batch_size.render(
-            &mut out,
-            "bertqa_batch_size",
-            "Windows per model call.",
-        );
+        h.batch_size
+            .render(&mut out, "bertqa_batch_size", "Windows per model call.");
         h.batch_tokens.render(
             &mut out,
             "bertqa_batch_tokens",
@@ -253,11 +258,26 @@ mod tests {
         m.record_batch(3, 300);
         m.record_batch(1000, 70000);
         let text = m.render();
-        assert!(text.contains("bertqa_batch_size_bucket{le=\"1\"} 1\n"), "{text}");
-        assert!(text.contains("bertqa_batch_size_bucket{le=\"2\"} 1\n"), "{text}");
-        assert!(text.contains("bertqa_batch_size_bucket{le=\"4\"} 2\n"), "{text}");
-        assert!(text.contains("bertqa_batch_size_bucket{le=\"512\"} 2\n"), "{text}");
-        assert!(text.contains("bertqa_batch_size_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(
+            text.contains("bertqa_batch_size_bucket{le=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bertqa_batch_size_bucket{le=\"2\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bertqa_batch_size_bucket{le=\"4\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bertqa_batch_size_bucket{le=\"512\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bertqa_batch_size_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
         assert!(text.contains("bertqa_batch_size_sum 1004\n"), "{text}");
         assert!(text.contains("bertqa_batch_tokens_count 3\n"), "{text}");
         assert!(text.contains("bertqa_batches_total 3\n"), "{text}");
