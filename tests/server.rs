@@ -678,3 +678,37 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert!(logs.contains("shutting down"), "{logs}");
     assert!(server.try_request("GET", "/health", None).is_none());
 }
+
+#[test]
+fn inputs_of_a_client_that_left_are_dropped_before_compute() {
+    // Ten 48-token windows per model call: a long input needs many calls.
+    let server = Server::start(&minilm(), &["--max-batch-tokens", "480"]);
+    let input = long_input(12_000);
+    let body = json!({"inputs": [input, input, input], "parameters": {"max_seq_len": 48, "doc_stride": 8}});
+    let batches_before = server.metric("bertqa_batches_total").expect("batches");
+    let impatient = ureq::AgentBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .build();
+    let result = impatient
+        .post(&format!("{}/question-answering", server.base))
+        .send_string(&body.to_string());
+    assert!(
+        matches!(result, Err(ureq::Error::Transport(_))),
+        "the request should have timed out"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.metric("bertqa_queue_size") != Some(0.0) {
+        assert!(Instant::now() < deadline, "the queue never emptied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.metric("bertqa_cancelled_inputs_total"), Some(3.0));
+    // Answering would take about 3 × 100 windows / 10 per call; far fewer calls were made.
+    let calls = server.metric("bertqa_batches_total").expect("batches") - batches_before;
+    assert!(
+        calls < 15.0,
+        "{calls} model calls for a request whose client left"
+    );
+    // The server is fine afterwards.
+    let short = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
+    assert_eq!(server.post(&short).status, 200);
+}
