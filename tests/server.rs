@@ -178,6 +178,13 @@ fn answers_of(v: &Value) -> Vec<bertqa::Answer> {
     }
 }
 
+/// The `inputs` list of a request asking the cases' questions.
+fn inputs_of<'a>(cases: impl Iterator<Item = &'a common::Case>) -> Value {
+    cases
+        .map(|c| json!({"question": c.question, "context": c.context}))
+        .collect()
+}
+
 fn case_body(case: &common::Case) -> Value {
     json!({
         "inputs": {"question": case.question, "context": case.context},
@@ -238,10 +245,7 @@ fn several_inputs_get_a_list_per_input() {
     };
     // Default parameters (top_k 1): one object per input.
     let seeds: Vec<&common::Case> = ["seed-0", "seed-1", "seed-2"].map(by_id).to_vec();
-    let inputs: Vec<Value> = seeds
-        .iter()
-        .map(|c| json!({"question": c.question, "context": c.context}))
-        .collect();
+    let inputs = inputs_of(seeds.iter().copied());
     let reply = server.post(&json!({ "inputs": inputs }));
     assert_eq!(reply.status, 200, "{}", reply.text);
     let body = reply.json();
@@ -254,10 +258,7 @@ fn several_inputs_get_a_list_per_input() {
     }
     // top_k 2: a list of lists.
     let paras: Vec<&common::Case> = ["para-0", "para-1", "para-2"].map(by_id).to_vec();
-    let inputs: Vec<Value> = paras
-        .iter()
-        .map(|c| json!({"question": c.question, "context": c.context}))
-        .collect();
+    let inputs = inputs_of(paras.iter().copied());
     let reply = server.post(&json!({ "inputs": inputs, "parameters": {"top_k": 2} }));
     assert_eq!(reply.status, 200, "{}", reply.text);
     let body = reply.json();
@@ -280,30 +281,19 @@ fn several_inputs_get_a_list_per_input() {
 fn minilm_golden_sample_over_http() {
     let server = Arc::new(Server::start(&minilm(), &[]));
     let golden = common::load_golden(&minilm().join("golden-train.json"));
-    let sample: Vec<common::Case> = golden.cases.into_iter().step_by(37).collect();
+    let sample: Arc<Vec<common::Case>> = Arc::new(golden.cases.into_iter().step_by(37).collect());
     assert!(sample.len() >= 24);
-    // Groups of four inputs per request (all cases share top_k 3), four clients at once.
-    let groups: Vec<Vec<common::Case>> = sample
-        .chunks(4)
-        .map(|c| {
-            c.iter()
-                .map(|c| common::Case {
-                    features: Vec::new(),
-                    ..clone_case(c)
-                })
-                .collect()
-        })
-        .collect();
-    let handles: Vec<_> = groups
-        .into_iter()
-        .map(|group| {
-            let server = server.clone();
+    // Requests of up to four inputs (all cases share top_k 3), all sent at once.
+    let handles: Vec<_> = (0..sample.len())
+        .step_by(4)
+        .map(|first| {
+            let (server, sample) = (server.clone(), sample.clone());
             std::thread::spawn(move || {
-                let inputs: Vec<Value> = group
-                    .iter()
-                    .map(|c| json!({"question": c.question, "context": c.context}))
-                    .collect();
-                let reply = server.post(&json!({"inputs": inputs, "parameters": group[0].params}));
+                let group = &sample[first..(first + 4).min(sample.len())];
+                let reply = server.post(&json!({
+                    "inputs": inputs_of(group.iter()),
+                    "parameters": group[0].params,
+                }));
                 assert_eq!(reply.status, 200, "{}", reply.text);
                 let times: Vec<f64> = ["x-queue-time", "x-inference-time", "x-total-time"]
                     .iter()
@@ -320,11 +310,15 @@ fn minilm_golden_sample_over_http() {
                     times[1]
                 );
                 let body = reply.json();
-                let items = body.as_array().expect("a list per input").clone();
+                // A list of one input is answered as that input alone.
                 let results: Vec<Vec<bertqa::Answer>> = if group.len() == 1 {
                     vec![answers_of(&body)]
                 } else {
-                    items.iter().map(answers_of).collect()
+                    body.as_array()
+                        .expect("a list per input")
+                        .iter()
+                        .map(answers_of)
+                        .collect()
                 };
                 assert_eq!(results.len(), group.len());
                 group
@@ -340,26 +334,6 @@ fn minilm_golden_sample_over_http() {
         .flat_map(|h| h.join().expect("client thread"))
         .collect();
     assert!(errors.is_empty(), "{}", errors.join("\n"));
-}
-
-fn clone_case(c: &common::Case) -> common::Case {
-    common::Case {
-        id: c.id.clone(),
-        question: c.question.clone(),
-        context: c.context.clone(),
-        params: c.params.clone(),
-        expected: c
-            .expected
-            .iter()
-            .map(|e| common::Expected {
-                score: e.score,
-                start: e.start,
-                end: e.end,
-                answer: e.answer.clone(),
-            })
-            .collect(),
-        features: Vec::new(),
-    }
 }
 
 fn assert_error(reply: &Reply, status: u16, error_type: &str, mentions: &str) {
