@@ -3,6 +3,7 @@
 mod ask;
 mod eval;
 mod output;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,8 @@ enum Command {
     Ask(ask::AskArgs),
     /// Answer every question of a SQuAD file and score the answers (exact match, F1).
     Eval(eval::EvalArgs),
+    /// Serve question answering over HTTP, batching requests dynamically.
+    Serve(serve::ServeArgs),
 }
 
 /// Options every subcommand takes.
@@ -119,6 +122,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ask(args) => ask::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

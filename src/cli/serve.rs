@@ -1,0 +1,159 @@
+//! `bertqa serve`: the HTTP question-answering server.
+
+use std::sync::Arc;
+
+use bertqa::server::{self, ServerConfig};
+use bertqa::{LoadOptions, QaPipeline};
+use clap::Args;
+
+use super::{CliError, CliResult, CommonArgs};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests handled at once; more are answered 429 at once.
+    #[arg(long, default_value_t = 512)]
+    max_concurrent_requests: usize,
+    /// Most padded tokens (windows × longest window) in one model call.
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// Most inputs in one request.
+    #[arg(long, default_value_t = 32)]
+    max_client_batch_size: usize,
+    /// Longest context accepted, in characters.
+    #[arg(long, default_value_t = bertqa::pipeline::DEFAULT_MAX_CONTEXT_CHARS)]
+    max_context_chars: usize,
+    /// Largest request body: bytes, or with a unit (KB, MB = 1000², KiB, MiB = 1024²).
+    #[arg(long, default_value = "2MB", value_parser = parse_size)]
+    payload_limit: usize,
+    /// Write logs as JSON lines (one object per event) instead of text.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+/// Parses a size such as `2MB`, `512KiB` or `1048576`.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write e.g. 2MB, 512KB or 1048576"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}`; use B, KB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let bytes = number * factor;
+    if !(1.0..=usize::MAX as f64).contains(&bytes) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(bytes as usize)
+}
+
+fn init_logging(verbose: u8, json: bool) {
+    let default = match verbose {
+        0 => "bertqa=info,warn",
+        1 => "bertqa=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub fn run(args: ServeArgs) -> CliResult {
+    init_logging(args.common.verbose, args.json_logs);
+    super::set_threads(args.common.threads);
+    for (name, value) in [
+        ("--max-concurrent-requests", args.max_concurrent_requests),
+        ("--max-batch-tokens", args.max_batch_tokens),
+        ("--max-client-batch-size", args.max_client_batch_size),
+        ("--max-context-chars", args.max_context_chars),
+    ] {
+        if value == 0 {
+            return Err(CliError::usage(format!("{name} must be at least 1")));
+        }
+    }
+    let options = LoadOptions {
+        hub: args.common.hub(),
+        max_context_chars: args.max_context_chars,
+        ..LoadOptions::default()
+    };
+    let qa = QaPipeline::load(&args.common.model, &options)?;
+    tracing::info!(model = %qa.files().name, model_type = %qa.arch().model_type, "model loaded");
+    let config = ServerConfig {
+        max_concurrent_requests: args.max_concurrent_requests,
+        max_batch_tokens: args.max_batch_tokens,
+        max_client_batch_size: args.max_client_batch_size,
+        max_context_chars: args.max_context_chars,
+        payload_limit: args.payload_limit,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError {
+            message: format!("cannot start the async runtime: {e}"),
+            code: 1,
+        })?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|e| {
+                CliError::usage(format!(
+                    "cannot listen on {}:{}: {e}; pick another --host/--port",
+                    args.host, args.port
+                ))
+            })?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "listening on http://{addr}");
+        }
+        server::serve(Arc::new(qa), listener, config, server::shutdown_signal())
+            .await
+            .map_err(|e| CliError {
+                message: format!("server failed: {e}"),
+                code: 1,
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("512KiB"), Ok(524_288));
+        assert_eq!(parse_size("1.5kb"), Ok(1_500));
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert!(parse_size("2XB").is_err());
+        assert!(parse_size("MB").is_err());
+        assert!(parse_size("0").is_err());
+    }
+}

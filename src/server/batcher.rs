@@ -1,0 +1,386 @@
+//! Dynamic batching: windows of many requests share model calls.
+//!
+//! Handlers tokenize on worker threads and [`Batcher::enqueue`] the result. One model thread
+//! drains the queue, packs windows in arrival order into a call of at most `max_batch_tokens`
+//! padded tokens (windows × longest window; one window always goes), runs the model and, when all
+//! of an input's windows are done, hands its logits back through a oneshot channel. Inputs whose
+//! receiver was dropped (the client went away) leave the queue before any compute is spent on
+//! them. Model compute runs only on that thread, never on the async runtime.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::decode::WindowLogits;
+use crate::features::Window;
+use crate::pipeline::Prepared;
+
+/// Why an input got no logits.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    /// The model call failed (or panicked); the message says how.
+    #[error("model computation failed: {0}")]
+    Model(String),
+    /// The model thread has stopped (server shutting down or crashed).
+    #[error("the model thread has stopped")]
+    Stopped,
+}
+
+/// The logits of one input's windows and how long it took.
+#[derive(Debug)]
+pub struct Computed {
+    /// Start and end logits per window, in window order.
+    pub logits: Vec<WindowLogits>,
+    /// From enqueueing to the first model call that included one of its windows.
+    pub queue_time: Duration,
+    /// From that first model call to the end of the last one.
+    pub inference_time: Duration,
+}
+
+/// What the model thread sends back for one input.
+pub type Reply = Result<Computed, BatchError>;
+
+/// Runs the model on windows padded into one batch.
+pub type Runner = Box<dyn FnMut(&[&Window]) -> crate::Result<Vec<WindowLogits>> + Send>;
+
+struct Job {
+    prepared: Arc<Prepared>,
+    reply: oneshot::Sender<Reply>,
+    enqueued: Instant,
+}
+
+/// A job being worked on by the model thread.
+struct Active {
+    job: Job,
+    /// Index of the next window to compute.
+    next: usize,
+    logits: Vec<WindowLogits>,
+    first_call: Option<Instant>,
+    failed: Option<BatchError>,
+}
+
+/// Handle to the model thread's queue (cheap to clone).
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    /// Starts the model thread. It stops once every handle is dropped and its queue is empty.
+    pub fn start(
+        runner: Runner,
+        max_batch_tokens: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let loop_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("bertqa-model".into())
+            .spawn(move || model_loop(runner, rx, max_batch_tokens.max(1), &loop_metrics))?;
+        Ok(Self { queue: tx, metrics })
+    }
+
+    /// Queues an input's windows; the receiver yields its logits. Dropping the receiver
+    /// withdraws the input if it has not been computed yet.
+    pub fn enqueue(&self, prepared: Arc<Prepared>) -> Result<oneshot::Receiver<Reply>, BatchError> {
+        let (reply, rx) = oneshot::channel();
+        self.metrics.queue_size.inc();
+        let job = Job {
+            prepared,
+            reply,
+            enqueued: Instant::now(),
+        };
+        if self.queue.send(job).is_err() {
+            self.metrics.queue_size.dec();
+            return Err(BatchError::Stopped);
+        }
+        Ok(rx)
+    }
+}
+
+/// How many of the next windows (given by their lengths, in queue order) fit into one call of at
+/// most `max_batch_tokens` padded tokens. Always at least one when there is any.
+pub fn windows_that_fit(
+    lengths: impl IntoIterator<Item = usize>,
+    max_batch_tokens: usize,
+) -> usize {
+    let mut longest = 0;
+    let mut count = 0;
+    for len in lengths {
+        let padded = longest.max(len) * (count + 1);
+        if count > 0 && padded > max_batch_tokens {
+            break;
+        }
+        longest = longest.max(len);
+        count += 1;
+    }
+    count
+}
+
+fn model_loop(
+    mut runner: Runner,
+    rx: mpsc::Receiver<Job>,
+    max_batch_tokens: usize,
+    metrics: &Metrics,
+) {
+    let mut active: VecDeque<Active> = VecDeque::new();
+    let activate = |job: Job| Active {
+        logits: Vec::with_capacity(job.prepared.windows.len()),
+        job,
+        next: 0,
+        first_call: None,
+        failed: None,
+    };
+    loop {
+        if active.is_empty() {
+            match rx.recv() {
+                Ok(job) => active.push_back(activate(job)),
+                Err(_) => break, // every handle dropped: shut down
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            active.push_back(activate(job));
+        }
+        // Clients that went away: drop their inputs before spending compute on them.
+        active.retain(|a| {
+            let gone = a.job.reply.is_closed();
+            if gone {
+                metrics.record_cancelled();
+                metrics.queue_size.dec();
+            }
+            !gone
+        });
+
+        // Windows of the batch, in queue order, as (input, window) indices.
+        let pending = active
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| (a.next..a.job.prepared.windows.len()).map(move |w| (i, w)));
+        let lengths = pending
+            .clone()
+            .map(|(i, w)| active[i].job.prepared.windows[w].len());
+        let count = windows_that_fit(lengths, max_batch_tokens);
+        let picks: Vec<(usize, usize)> = pending.take(count).collect();
+        if picks.is_empty() {
+            // Only inputs without windows: they are complete as they are.
+            finish_done(&mut active, metrics);
+            continue;
+        }
+        let started = Instant::now();
+        for &(i, _) in &picks {
+            active[i].first_call.get_or_insert(started);
+        }
+        let windows: Vec<&Window> = picks
+            .iter()
+            .map(|&(i, w)| &active[i].job.prepared.windows[w])
+            .collect();
+        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        metrics.record_batch(windows.len(), longest * windows.len());
+        let result = catch_unwind(AssertUnwindSafe(|| runner(&windows)));
+        drop(windows);
+        let outcome = match result {
+            Ok(Ok(logits)) if logits.len() == picks.len() => Ok(logits),
+            Ok(Ok(logits)) => Err(BatchError::Model(format!(
+                "{} windows in, {} results out",
+                picks.len(),
+                logits.len()
+            ))),
+            Ok(Err(e)) => Err(BatchError::Model(e.to_string())),
+            Err(_) => Err(BatchError::Model("the model panicked".into())),
+        };
+        match outcome {
+            Ok(logits) => {
+                // Each input's windows are taken in order, so pushing keeps them in order.
+                for (&(i, w), l) in picks.iter().zip(logits) {
+                    active[i].logits.push(l);
+                    active[i].next = w + 1;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, windows = picks.len(), "model call failed");
+                for &(i, _) in &picks {
+                    active[i].failed = Some(e.clone());
+                }
+            }
+        }
+        finish_done(&mut active, metrics);
+    }
+}
+
+/// Sends the replies of inputs that are complete or failed and removes them.
+fn finish_done(active: &mut VecDeque<Active>, metrics: &Metrics) {
+    let now = Instant::now();
+    let mut i = 0;
+    while i < active.len() {
+        let a = &active[i];
+        if a.failed.is_none() && a.next < a.job.prepared.windows.len() {
+            i += 1;
+            continue;
+        }
+        let Some(a) = active.remove(i) else { break };
+        metrics.queue_size.dec();
+        let reply = match a.failed {
+            Some(e) => Err(e),
+            None => {
+                let first = a.first_call.unwrap_or(now);
+                let computed = Computed {
+                    logits: a.logits,
+                    queue_time: first.saturating_duration_since(a.job.enqueued),
+                    inference_time: now.saturating_duration_since(first),
+                };
+                metrics.record_input(computed.queue_time, computed.inference_time);
+                Ok(computed)
+            }
+        };
+        // The client may have gone in the meantime; nothing to do then.
+        let _ = a.job.reply.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LoadOptions, QaPipeline, QaRequest};
+    use std::sync::Mutex;
+
+    #[test]
+    fn packs_windows_up_to_the_padded_token_budget() {
+        assert_eq!(windows_that_fit([], 100), 0);
+        // One window always goes, even over the budget.
+        assert_eq!(windows_that_fit([500, 10], 100), 1);
+        // 4 × 25 = 100 fits; a fifth would make 125.
+        assert_eq!(windows_that_fit([25; 8], 100), 4);
+        // Padding counts: after a 40-token window, 3 × 40 = 120 > 100.
+        assert_eq!(windows_that_fit([10, 40, 10], 100), 2);
+        assert_eq!(windows_that_fit([10, 10, 10, 60], 100), 3);
+    }
+
+    fn pipeline() -> QaPipeline {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/bert-uncased");
+        QaPipeline::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
+    }
+
+    fn prepared(qa: &QaPipeline, max_seq_len: usize) -> Arc<Prepared> {
+        let mut req = QaRequest::new(
+            "Who founded the company?",
+            "The company was founded in 1998 by two students. It grew quickly and moved to a \
+             larger office in the city centre after a few years of steady work.",
+        );
+        req.params.max_seq_len = Some(max_seq_len);
+        req.params.doc_stride = Some(8);
+        Arc::new(qa.prepare(&req).unwrap())
+    }
+
+    /// Batched results are the logits each window gets when run alone.
+    #[test]
+    fn batched_logits_equal_unbatched_ones() {
+        let qa = Arc::new(pipeline());
+        let inputs = [prepared(&qa, 24), prepared(&qa, 40), prepared(&qa, 384)];
+        assert!(
+            inputs[0].windows.len() > 2,
+            "the test needs several windows"
+        );
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (runner_qa, runner_calls) = (qa.clone(), calls.clone());
+        let runner: Runner = Box::new(move |w: &[&Window]| {
+            runner_calls.lock().unwrap().push(w.len());
+            runner_qa.run_windows(w)
+        });
+        let metrics = Arc::new(Metrics::default());
+        let batcher = Batcher::start(runner, 100, metrics.clone()).unwrap();
+        let receivers: Vec<_> = inputs
+            .iter()
+            .map(|p| batcher.enqueue(p.clone()).unwrap())
+            .collect();
+        for (p, rx) in inputs.iter().zip(receivers) {
+            let got = rx.blocking_recv().unwrap().unwrap();
+            assert_eq!(got.logits.len(), p.windows.len());
+            for (w, (s, e)) in p.windows.iter().zip(&got.logits) {
+                let alone = qa.run_windows(&[w]).unwrap().pop().unwrap();
+                let diff = s
+                    .iter()
+                    .zip(&alone.0)
+                    .chain(e.iter().zip(&alone.1))
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert_eq!(s.len(), w.len());
+                assert!(diff < 1e-4, "batched logits differ by {diff}");
+            }
+        }
+        let calls = calls.lock().unwrap();
+        let total: usize = calls.iter().sum();
+        assert_eq!(total, inputs.iter().map(|p| p.windows.len()).sum::<usize>());
+        assert!(
+            calls.iter().any(|&n| n > 1),
+            "windows were never batched: {calls:?}"
+        );
+        assert_eq!(metrics.queue_size.get(), 0);
+    }
+
+    /// An input whose receiver is dropped while it waits is never computed.
+    #[test]
+    fn inputs_of_departed_clients_are_dropped_before_compute() {
+        let qa = Arc::new(pipeline());
+        let first = prepared(&qa, 384);
+        let second = prepared(&qa, 24);
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let runner_seen = seen.clone();
+        let runner: Runner = Box::new(move |w: &[&Window]| {
+            runner_seen.lock().unwrap().push(w.len());
+            // Hold the model thread until the test has queued and withdrawn the second input.
+            let _ = gate_rx.recv();
+            Ok(w.iter()
+                .map(|w| (vec![0.0; w.len()], vec![0.0; w.len()]))
+                .collect())
+        });
+        let metrics = Arc::new(Metrics::default());
+        let batcher = Batcher::start(runner, 16384, metrics.clone()).unwrap();
+        let rx1 = batcher.enqueue(first).unwrap();
+        // Wait until the first call is running.
+        while seen.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let rx2 = batcher.enqueue(second).unwrap();
+        drop(rx2);
+        gate_tx.send(()).unwrap();
+        assert!(rx1.blocking_recv().unwrap().is_ok());
+        // A third input goes through; by then the second has been looked at and dropped.
+        let rx3 = batcher.enqueue(prepared(&qa, 384)).unwrap();
+        gate_tx.send(()).unwrap();
+        assert!(rx3.blocking_recv().unwrap().is_ok());
+        assert_eq!(*seen.lock().unwrap(), vec![1, 1]);
+        assert!(metrics
+            .render()
+            .contains("bertqa_cancelled_inputs_total 1\n"));
+        assert_eq!(metrics.queue_size.get(), 0);
+    }
+
+    #[test]
+    fn a_failing_model_call_fails_its_inputs_only() {
+        let qa = Arc::new(pipeline());
+        let mut calls = 0;
+        let runner: Runner = Box::new(move |w: &[&Window]| {
+            calls += 1;
+            if calls == 1 {
+                panic!("simulated failure");
+            }
+            Ok(w.iter()
+                .map(|w| (vec![0.0; w.len()], vec![0.0; w.len()]))
+                .collect())
+        });
+        let batcher = Batcher::start(runner, 16384, Arc::new(Metrics::default())).unwrap();
+        let rx1 = batcher.enqueue(prepared(&qa, 384)).unwrap();
+        let err = rx1.blocking_recv().unwrap().unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        let rx2 = batcher.enqueue(prepared(&qa, 384)).unwrap();
+        assert!(rx2.blocking_recv().unwrap().is_ok());
+    }
+}

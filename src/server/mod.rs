@@ -1,0 +1,177 @@
+//! `bertqa serve`: an HTTP question-answering server with dynamic batching.
+//!
+//! Requests are validated at the edge ([`api`]), tokenized on the blocking thread pool, and their
+//! windows queued for one model thread that packs windows of many requests into each call
+//! ([`batcher`]). The endpoints ([`routes`]) answer in the shapes of transformers'
+//! `question-answering` pipeline; errors are JSON `{"error", "error_type"}` ([`error`]).
+
+pub mod api;
+pub mod batcher;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::{QaPipeline, QaRequest};
+use batcher::{Batcher, Runner};
+use metrics::Metrics;
+
+/// The server's limits.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Requests handled at once; more are answered 429 at once.
+    pub max_concurrent_requests: usize,
+    /// Most padded tokens (windows × longest window) per model call.
+    pub max_batch_tokens: usize,
+    /// Most inputs in one request.
+    pub max_client_batch_size: usize,
+    /// Longest context, in characters.
+    pub max_context_chars: usize,
+    /// Largest request body, in bytes.
+    pub payload_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 512,
+            max_batch_tokens: 16384,
+            max_client_batch_size: 32,
+            max_context_chars: crate::pipeline::DEFAULT_MAX_CONTEXT_CHARS,
+            payload_limit: 2_000_000,
+        }
+    }
+}
+
+/// What the handlers share.
+pub struct AppState {
+    /// The model and tokenizer (tokenization runs on the blocking pool).
+    pub pipeline: Arc<QaPipeline>,
+    /// The model thread's queue.
+    pub batcher: Batcher,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub config: ServerConfig,
+    /// True once the model has answered the warm-up request, false again when stopping.
+    pub ready: AtomicBool,
+    /// One permit per request being handled.
+    pub permits: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// Starts the model thread for `pipeline`.
+    pub fn new(pipeline: Arc<QaPipeline>, config: ServerConfig) -> std::io::Result<Arc<Self>> {
+        let metrics = Arc::new(Metrics::default());
+        let model = pipeline.clone();
+        let runner: Runner = Box::new(move |windows| model.run_windows(windows));
+        let batcher = Batcher::start(runner, config.max_batch_tokens, metrics.clone())?;
+        Ok(Arc::new(Self {
+            pipeline,
+            batcher,
+            metrics,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            config,
+            ready: AtomicBool::new(false),
+        }))
+    }
+}
+
+const WARM_UP_QUESTION: &str = "What is this request for?";
+const WARM_UP_CONTEXT: &str = "This request warms the model up before the server reports ready.";
+
+/// Sends one request through the whole path (tokenizer, queue, model, decoding); marks the
+/// server ready when it is answered.
+async fn warm_up(state: Arc<AppState>) {
+    let start = Instant::now();
+    let qa = state.pipeline.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        qa.prepare(&QaRequest::new(WARM_UP_QUESTION, WARM_UP_CONTEXT))
+    })
+    .await;
+    let prepared = match prepared {
+        Ok(Ok(p)) => Arc::new(p),
+        Ok(Err(e)) => return tracing::error!(error = %e, "warm-up request failed to tokenize"),
+        Err(e) => return tracing::error!(error = %e, "warm-up task failed"),
+    };
+    let reply = match state.batcher.enqueue(prepared.clone()) {
+        Ok(rx) => rx.await.unwrap_or(Err(batcher::BatchError::Stopped)),
+        Err(e) => Err(e),
+    };
+    match reply {
+        Ok(computed) => {
+            let answers = crate::decode::decode(
+                &prepared.context,
+                &prepared.windows,
+                &computed.logits,
+                &prepared.decode,
+            );
+            state.ready.store(true, Ordering::Release);
+            tracing::info!(
+                elapsed_ms = start.elapsed().as_secs_f64() * 1e3,
+                answers = answers.len(),
+                "model warmed up; ready"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "warm-up request failed; /health stays 503"),
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting connections and returns
+/// once the requests in flight are answered.
+pub async fn serve(
+    pipeline: Arc<QaPipeline>,
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState::new(pipeline, config)?;
+    tokio::spawn(warm_up(state.clone()));
+    let app = routes::router(state.clone());
+    let stopping = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.ready.store(false, Ordering::Release);
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,688 @@
+//! `bertqa serve` end to end: the built binary on a loopback port, driven by a real HTTP client.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// A running `bertqa serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status, headers we look at, JSON (or text) body.
+struct Reply {
+    status: u16,
+    content_type: String,
+    headers: Vec<(String, String)>,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status, self.text
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl Server {
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let log =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bertqa-serve-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("create log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_bertqa"))
+            .arg("serve")
+            .arg("--model")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start bertqa serve");
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(300))
+            .build();
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            agent,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("bertqa serve exited with {status}:\n{}", self.logs());
+            }
+            if let Some(reply) = self.try_request("GET", "/health", None) {
+                if reply.status == 200 {
+                    return;
+                }
+                assert_eq!(reply.status, 503, "{}", reply.text);
+                assert_eq!(reply.json()["error_type"], "unavailable");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready in time:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// None when the connection itself failed.
+    fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> Option<Reply> {
+        let req = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("content-type", "application/json");
+        let result = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(_)) => return None,
+        };
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| response.header(&n).map(|v| (n.clone(), v.to_string())))
+            .collect();
+        Some(Reply {
+            status: response.status(),
+            content_type: response.content_type().to_string(),
+            headers,
+            text: response.into_string().expect("read body"),
+        })
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|| panic!("{method} {path}: connection failed:\n{}", self.logs()))
+    }
+
+    fn post(&self, body: &Value) -> Reply {
+        self.request("POST", "/question-answering", Some(&body.to_string()))
+    }
+
+    fn metrics(&self) -> String {
+        let reply = self.request("GET", "/metrics", None);
+        assert_eq!(reply.status, 200);
+        reply.text
+    }
+
+    /// The value of an unlabelled (or fully labelled) sample in /metrics.
+    fn metric(&self, sample: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn minilm() -> PathBuf {
+    common::shared().join("models/minilm-xquad-qa")
+}
+
+/// The answers of one input in a response: an object is one answer, a list several.
+fn answers_of(v: &Value) -> Vec<bertqa::Answer> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|a| serde_json::from_value(a.clone()).expect("answer object"))
+            .collect(),
+        other => vec![serde_json::from_value(other.clone()).expect("answer object")],
+    }
+}
+
+/// The `inputs` list of a request asking the cases' questions.
+fn inputs_of<'a>(cases: impl Iterator<Item = &'a common::Case>) -> Value {
+    cases
+        .map(|c| json!({"question": c.question, "context": c.context}))
+        .collect()
+}
+
+fn case_body(case: &common::Case) -> Value {
+    json!({
+        "inputs": {"question": case.question, "context": case.context},
+        "parameters": case.params,
+    })
+}
+
+#[test]
+fn bert_uncased_golden_answers_over_http() {
+    let server = Arc::new(Server::start(&common::fixture("bert-uncased"), &[]));
+    let golden = common::load_golden(&common::fixture("bert-uncased").join("golden.json"));
+    // Every case at once, so that their windows share model calls.
+    let handles: Vec<_> = golden
+        .cases
+        .into_iter()
+        .map(|case| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let reply = server.post(&case_body(&case));
+                assert_eq!(reply.status, 200, "{}: {}", case.id, reply.text);
+                let body = reply.json();
+                // One answer: an object, as the pipeline returns; several: a list.
+                assert_eq!(
+                    body.is_object(),
+                    case.expected.len() == 1,
+                    "{}: {body}",
+                    case.id
+                );
+                common::compare_answers(&case.id, &answers_of(&body), &case.expected)
+            })
+        })
+        .collect();
+    let errors: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    let batched = server
+        .metric("bertqa_batch_size_count")
+        .expect("batch count");
+    let answered = server
+        .metric("bertqa_requests_total{endpoint=\"/question-answering\",status=\"200\"}")
+        .expect("request count");
+    assert_eq!(answered, 18.0);
+    assert!(batched >= 1.0);
+}
+
+#[test]
+fn several_inputs_get_a_list_per_input() {
+    let server = Server::start(&common::fixture("bert-uncased"), &[]);
+    let golden = common::load_golden(&common::fixture("bert-uncased").join("golden.json"));
+    let by_id = |id: &str| {
+        golden
+            .cases
+            .iter()
+            .find(|c| c.id == id)
+            .expect("golden case")
+    };
+    // Default parameters (top_k 1): one object per input.
+    let seeds: Vec<&common::Case> = ["seed-0", "seed-1", "seed-2"].map(by_id).to_vec();
+    let inputs = inputs_of(seeds.iter().copied());
+    let reply = server.post(&json!({ "inputs": inputs }));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    let items = body.as_array().expect("a list per input");
+    assert_eq!(items.len(), 3);
+    for (item, case) in items.iter().zip(&seeds) {
+        assert!(item.is_object(), "{item}");
+        let errors = common::compare_answers(&case.id, &answers_of(item), &case.expected);
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
+    // top_k 2: a list of lists.
+    let paras: Vec<&common::Case> = ["para-0", "para-1", "para-2"].map(by_id).to_vec();
+    let inputs = inputs_of(paras.iter().copied());
+    let reply = server.post(&json!({ "inputs": inputs, "parameters": {"top_k": 2} }));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    for (item, case) in body.as_array().expect("list").iter().zip(&paras) {
+        assert_eq!(item.as_array().map(Vec::len), Some(2), "{item}");
+        let errors = common::compare_answers(&case.id, &answers_of(item), &case.expected);
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
+    // A list of one input is answered as one input, as the pipeline does; `POST /` is the same.
+    let one = json!({"inputs": [{"question": seeds[0].question, "context": seeds[0].context}]});
+    let reply = server.request("POST", "/", Some(&one.to_string()));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.json().is_object());
+    let errors =
+        common::compare_answers(&seeds[0].id, &answers_of(&reply.json()), &seeds[0].expected);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn minilm_golden_sample_over_http() {
+    let server = Arc::new(Server::start(&minilm(), &[]));
+    let golden = common::load_golden(&minilm().join("golden-train.json"));
+    let sample: Arc<Vec<common::Case>> = Arc::new(golden.cases.into_iter().step_by(37).collect());
+    assert!(sample.len() >= 24);
+    // Requests of up to four inputs (all cases share top_k 3), all sent at once.
+    let handles: Vec<_> = (0..sample.len())
+        .step_by(4)
+        .map(|first| {
+            let (server, sample) = (server.clone(), sample.clone());
+            std::thread::spawn(move || {
+                let group = &sample[first..(first + 4).min(sample.len())];
+                let reply = server.post(&json!({
+                    "inputs": inputs_of(group.iter()),
+                    "parameters": group[0].params,
+                }));
+                assert_eq!(reply.status, 200, "{}", reply.text);
+                let times: Vec<f64> = ["x-queue-time", "x-inference-time", "x-total-time"]
+                    .iter()
+                    .map(|h| {
+                        let v = reply.header(h).unwrap_or_else(|| panic!("no {h} header"));
+                        v.parse::<f64>().unwrap_or_else(|_| panic!("{h}: {v}"))
+                    })
+                    .collect();
+                assert!(times.iter().all(|&t| t >= 0.0), "{times:?}");
+                assert!(
+                    times[2] >= times[1],
+                    "total {} < inference {}",
+                    times[2],
+                    times[1]
+                );
+                let body = reply.json();
+                // A list of one input is answered as that input alone.
+                let results: Vec<Vec<bertqa::Answer>> = if group.len() == 1 {
+                    vec![answers_of(&body)]
+                } else {
+                    body.as_array()
+                        .expect("a list per input")
+                        .iter()
+                        .map(answers_of)
+                        .collect()
+                };
+                assert_eq!(results.len(), group.len());
+                group
+                    .iter()
+                    .zip(&results)
+                    .flat_map(|(c, got)| common::compare_answers(&c.id, got, &c.expected))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let errors: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+fn assert_error(reply: &Reply, status: u16, error_type: &str, mentions: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert!(
+        reply.content_type.contains("json"),
+        "{}",
+        reply.content_type
+    );
+    let body = reply.json();
+    let obj = body.as_object().expect("error object");
+    assert_eq!(obj.len(), 2, "{body}");
+    assert_eq!(obj["error_type"], error_type, "{body}");
+    let message = obj["error"].as_str().expect("error message");
+    assert!(
+        message.contains(mentions),
+        "{message:?} should mention {mentions:?}"
+    );
+}
+
+#[test]
+fn errors_are_json_with_fitting_statuses() {
+    let server = Server::start(
+        &common::fixture("bert-uncased"),
+        &[
+            "--payload-limit",
+            "4KB",
+            "--max-client-batch-size",
+            "2",
+            "--max-context-chars",
+            "1000",
+        ],
+    );
+    let qa = |body: &str| server.request("POST", "/question-answering", Some(body));
+    let input = json!({"question": "Who?", "context": "Ann wrote it."});
+
+    assert_error(&qa("{\"inputs\": "), 400, "invalid_json", "not valid JSON");
+    assert_error(&qa("not json"), 400, "invalid_json", "not valid JSON");
+    let big = json!({"inputs": {"question": "Who?", "context": "word ".repeat(1000)}});
+    assert_error(
+        &qa(&big.to_string()),
+        413,
+        "payload_too_large",
+        "4000 bytes",
+    );
+
+    let cases: Vec<(Value, &str)> = vec![
+        (json!([input]), "`body`"),
+        (json!({"question": "Who?"}), "`question`"),
+        (json!({}), "`inputs`"),
+        (json!({"inputs": "Who?"}), "`inputs`"),
+        (json!({"inputs": []}), "`inputs`"),
+        (
+            json!({"inputs": [input, input, input]}),
+            "`inputs`: 3 inputs",
+        ),
+        (
+            json!({"inputs": {"question": "  ", "context": "Ann wrote it."}}),
+            "`inputs.question`",
+        ),
+        (
+            json!({"inputs": [input, {"question": "Who?", "context": ""}]}),
+            "`inputs[1].context`",
+        ),
+        (json!({"inputs": {"question": "Who?"}}), "`inputs.context`"),
+        (
+            json!({"inputs": {"question": 3, "context": "c"}}),
+            "`inputs.question`",
+        ),
+        (
+            json!({"inputs": {"question": "Who?", "context": "x".repeat(1001)}}),
+            "`inputs.context`: 1001 characters",
+        ),
+        (
+            json!({"inputs": input, "parameters": {"top_k": 0}}),
+            "`parameters.top_k`",
+        ),
+        (
+            json!({"inputs": input, "parameters": {"topk": 2}}),
+            "`parameters.topk`",
+        ),
+        (
+            json!({"inputs": input, "parameters": {"top_k": "2"}}),
+            "`parameters.top_k`",
+        ),
+        // Checked by the pipeline against the model.
+        (
+            json!({"inputs": input, "parameters": {"max_seq_len": 100000}}),
+            "`parameters.max_seq_len`",
+        ),
+        (
+            json!({"inputs": input, "parameters": {"max_seq_len": 32, "doc_stride": 64}}),
+            "`parameters.doc_stride`",
+        ),
+    ];
+    for (body, field) in &cases {
+        assert_error(&server.post(body), 422, "validation", field);
+    }
+    assert_error(
+        &server.request("GET", "/nowhere", None),
+        404,
+        "not_found",
+        "endpoint",
+    );
+    assert_error(
+        &server.request("GET", "/question-answering", None),
+        405,
+        "method_not_allowed",
+        "method",
+    );
+    // Errors are counted by status.
+    let count = |status: u16| {
+        server
+            .metric(&format!(
+                "bertqa_requests_total{{endpoint=\"/question-answering\",status=\"{status}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count(400), 2.0);
+    assert_eq!(count(413), 1.0);
+    assert_eq!(count(422), cases.len() as f64);
+    // The server still answers.
+    assert_eq!(server.post(&json!({ "inputs": input })).status, 200);
+}
+
+/// A context of about `chars` characters (XQuAD paragraphs): with short windows, answering it
+/// takes a while.
+fn long_input(chars: usize) -> Value {
+    let golden = common::load_golden(&minilm().join("golden-train.json"));
+    let mut context = String::new();
+    for c in golden.cases.iter() {
+        if !context.contains(&c.context) {
+            context.push_str(&c.context);
+            context.push('\n');
+        }
+        if context.len() > chars {
+            break;
+        }
+    }
+    json!({"question": golden.cases[0].question, "context": context})
+}
+
+#[test]
+fn a_burst_over_the_concurrency_limit_gets_429() {
+    let server = Arc::new(Server::start(
+        &minilm(),
+        &["--max-concurrent-requests", "2"],
+    ));
+    let body =
+        json!({"inputs": long_input(2000), "parameters": {"max_seq_len": 64, "doc_stride": 16}});
+    let clients = 20;
+    let barrier = Arc::new(Barrier::new(clients));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (server, barrier, body) = (server.clone(), barrier.clone(), body.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let reply = server.post(&body);
+                if reply.status == 429 {
+                    assert_error(&reply, 429, "overloaded", "2 concurrent requests");
+                }
+                reply.status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(ok + refused, clients, "{statuses:?}");
+    assert!(ok >= 1 && refused >= 1, "{statuses:?}");
+    // The limit frees up again.
+    assert_eq!(server.post(&body).status, 200);
+    assert_eq!(
+        server.metric("bertqa_requests_total{endpoint=\"/question-answering\",status=\"429\"}"),
+        Some(refused as f64)
+    );
+}
+
+#[test]
+fn health_info_metrics_and_openapi() {
+    let server = Server::start(
+        &common::fixture("bert-uncased"),
+        &["--max-batch-tokens", "4096"],
+    );
+    let health = server.request("GET", "/health", None);
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ok");
+
+    let info = server.request("GET", "/info", None).json();
+    assert_eq!(info["model_type"], "bert");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["max_batch_tokens"], 4096);
+    assert_eq!(info["max_concurrent_requests"], 512);
+    assert_eq!(info["payload_limit"], 2_000_000);
+    assert!(info["model_id"]
+        .as_str()
+        .is_some_and(|m| m.contains("bert-uncased")));
+
+    let openapi = server.request("GET", "/openapi.json", None).json();
+    assert!(openapi["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.")));
+    for path in [
+        "/",
+        "/question-answering",
+        "/health",
+        "/info",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "{path} undocumented");
+    }
+
+    let before = server.metrics();
+    assert!(before.contains("bertqa_queue_size 0\n"), "{before}");
+    let golden = common::load_golden(&common::fixture("bert-uncased").join("golden.json"));
+    let reply = server.request(
+        "POST",
+        "/question-answering",
+        Some(&case_body(&golden.cases[0]).to_string()),
+    );
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .header("x-request-id")
+        .is_some_and(|id| !id.is_empty()));
+    let metrics = server.metrics();
+    for line in [
+        "bertqa_requests_total{endpoint=\"/question-answering\",status=\"200\"} 1\n",
+        "bertqa_request_duration_seconds_count 1\n",
+        // Inputs through the model thread: the warm-up request's and this one's.
+        "bertqa_queue_duration_seconds_count 2\n",
+        "bertqa_inference_duration_seconds_count 2\n",
+        "bertqa_requests_in_flight 0\n",
+        "bertqa_queue_size 0\n",
+        "# TYPE bertqa_batch_tokens histogram\n",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    // The warm-up request and this one: at least two model calls.
+    assert!(server
+        .metric("bertqa_batches_total")
+        .is_some_and(|n| n >= 2.0));
+    // A request id given by the client is kept (and logged).
+    let req = server
+        .agent
+        .get(&format!("{}/health", server.base))
+        .set("x-request-id", "trace-42")
+        .call()
+        .expect("health");
+    assert_eq!(req.header("x-request-id"), Some("trace-42"));
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let mut server = Server::start(&minilm(), &[]);
+    let input = long_input(3000);
+    let body =
+        json!({"inputs": [input, input], "parameters": {"max_seq_len": 48, "doc_stride": 8}});
+    let base = server.base.clone();
+    let agent = server.agent.clone();
+    let client = std::thread::spawn(move || {
+        let reply = agent
+            .post(&format!("{base}/question-answering"))
+            .send_string(&body.to_string());
+        let done = Instant::now();
+        (reply.map(|r| r.into_string().expect("body")), done)
+    });
+    // Wait until the server is working on it, then ask it to stop.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("bertqa_requests_in_flight") != Some(1.0) {
+        assert!(Instant::now() < deadline, "the request never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let signalled = Instant::now();
+
+    let (reply, done) = client.join().expect("client");
+    let text = reply.unwrap_or_else(|e| panic!("request failed: {e}\n{}", server.logs()));
+    assert!(
+        done > signalled,
+        "the request finished before SIGTERM; make it heavier"
+    );
+    let answers: Value = serde_json::from_str(&text).expect("JSON answers");
+    let context = input["context"].as_str().expect("context");
+    for item in answers.as_array().expect("a list per input") {
+        let a: bertqa::Answer = serde_json::from_value(item.clone()).expect("one answer");
+        let text: String = context
+            .chars()
+            .skip(a.start)
+            .take(a.end - a.start)
+            .collect();
+        assert_eq!(a.answer, text);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit:\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit status {exit}:\n{}", server.logs());
+    let logs = server.logs();
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(server.try_request("GET", "/health", None).is_none());
+}
+
+#[test]
+fn inputs_of_a_client_that_left_are_dropped_before_compute() {
+    // Ten 48-token windows per model call: a long input needs many calls.
+    let server = Server::start(&minilm(), &["--max-batch-tokens", "480"]);
+    let input = long_input(12_000);
+    let body = json!({"inputs": [input, input, input], "parameters": {"max_seq_len": 48, "doc_stride": 8}});
+    let batches_before = server.metric("bertqa_batches_total").expect("batches");
+    let impatient = ureq::AgentBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .build();
+    let result = impatient
+        .post(&format!("{}/question-answering", server.base))
+        .send_string(&body.to_string());
+    assert!(
+        matches!(result, Err(ureq::Error::Transport(_))),
+        "the request should have timed out"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.metric("bertqa_queue_size") != Some(0.0) {
+        assert!(Instant::now() < deadline, "the queue never emptied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.metric("bertqa_cancelled_inputs_total"), Some(3.0));
+    // Answering would take about 3 × 100 windows / 10 per call; far fewer calls were made.
+    let calls = server.metric("bertqa_batches_total").expect("batches") - batches_before;
+    assert!(
+        calls < 15.0,
+        "{calls} model calls for a request whose client left"
+    );
+    // The server is fine afterwards.
+    let short = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
+    assert_eq!(server.post(&short).status, 200);
+}
