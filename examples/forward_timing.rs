@@ -6,6 +6,9 @@ use std::time::Instant;
 use bertqa::{LoadOptions, QaPipeline};
 use candle_core::{Device, Tensor};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let model = args
