@@ -23,6 +23,7 @@ pub mod features;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod train;
 
 pub use checkpoint::{HubOptions, DEFAULT_MODEL};
 pub use decode::{Answer, DecodeParams};

@@ -2,6 +2,7 @@
 
 mod ask;
 mod output;
+mod train;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ pub struct Cli {
 enum Command {
     /// Answer questions about a passage (or a JSONL file of them).
     Ask(ask::AskArgs),
+    /// Fine-tune a model for extractive QA on SQuAD-format data.
+    Train(train::TrainArgs),
 }
 
 /// Options every subcommand takes.
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => ask::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
