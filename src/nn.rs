@@ -175,15 +175,17 @@ mod dropout_rng {
         let start = state();
         let scale = (1.0 / (1.0 - p)) as f32;
         let mut out = vec![0f32; n];
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(start.seed);
-            rng.set_word_pos(start.word_pos as u128 + (c * CHUNK) as u128);
-            for v in chunk.iter_mut() {
-                // 24 random bits → a uniform float in [0, 1).
-                let u = (rng.next_u32() >> 8) as f64 * (1.0 / (1u32 << 24) as f64);
-                *v = if u >= p { scale } else { 0.0 };
-            }
-        });
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(start.seed);
+                rng.set_word_pos(start.word_pos as u128 + (c * CHUNK) as u128);
+                for v in chunk.iter_mut() {
+                    // 24 random bits → a uniform float in [0, 1).
+                    let u = (rng.next_u32() >> 8) as f64 * (1.0 / (1u32 << 24) as f64);
+                    *v = if u >= p { scale } else { 0.0 };
+                }
+            });
         restore(DropoutRngState {
             seed: start.seed,
             word_pos: start.word_pos + n as u64,

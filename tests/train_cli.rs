@@ -20,7 +20,14 @@ fn train(data: &std::path::Path, output: &std::path::Path) -> (i32, String) {
         .arg(data)
         .arg("--output")
         .arg(output)
-        .args(["--max-seq-len", "48", "--doc-stride", "16", "--max-steps", "1"])
+        .args([
+            "--max-seq-len",
+            "48",
+            "--doc-stride",
+            "16",
+            "--max-steps",
+            "1",
+        ])
         .output()
         .unwrap();
     (
@@ -38,7 +45,10 @@ fn malformed_squad_names_the_question() {
     std::fs::write(&data, json).unwrap();
     let (code, err) = train(&data, &dir.join("out"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("q-17") && err.contains("Cats") && err.contains("question"), "{err}");
+    assert!(
+        err.contains("q-17") && err.contains("Cats") && err.contains("question"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

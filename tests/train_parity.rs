@@ -40,7 +40,13 @@ struct Optimizer {
 }
 
 fn norm(t: &Tensor) -> f64 {
-    t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt() as f64
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt() as f64
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -102,18 +108,17 @@ fn run_step(arch: &str) -> StepResult {
     )
     .unwrap();
     let (loss, logits) = model.loss(&batch).unwrap();
-    let mut store = loss.backward().unwrap();
-    let grads: Vec<Option<Tensor>> = model
-        .params()
-        .iter()
-        .map(|p| store.remove(p.var.as_tensor()))
-        .collect();
-    let reference_grads = candle_core::safetensors::load(ts.join("grads.safetensors"), &dev).unwrap();
+    let grads = model.backward(&loss).unwrap();
+    let reference_grads =
+        candle_core::safetensors::load(ts.join("grads.safetensors"), &dev).unwrap();
     let after_step =
         candle_core::safetensors::load(ts.join("after_step.safetensors"), &dev).unwrap();
     StepResult {
         loss: loss.to_scalar::<f32>().unwrap() as f64,
-        logits: (logits.start.to_vec2().unwrap(), logits.end.to_vec2().unwrap()),
+        logits: (
+            logits.start.to_vec2().unwrap(),
+            logits.end.to_vec2().unwrap(),
+        ),
         step,
         model,
         grads,
@@ -148,7 +153,23 @@ fn check_train_step(arch: &str) {
     let mut theirs: Vec<&str> = r.reference_grads.keys().map(String::as_str).collect();
     ours.sort();
     theirs.sort();
-    assert_eq!(ours, theirs, "{arch}: parameter names differ from transformers'");
+    assert_eq!(
+        ours, theirs,
+        "{arch}: parameter names differ from transformers'"
+    );
+    // Some gradients are zero in exact arithmetic (a bias added to every attention score or to
+    // every logit leaves the softmax unchanged): key biases, `qa_outputs.bias`, the last
+    // LayerNorm's bias. Both sides then hold rounding noise (~1e-7), and AdamW turns noise into
+    // steps of ±lr. Those are compared as noise: gradients against the global norm, and the
+    // step against its largest possible size.
+    let global = r
+        .reference_grads
+        .values()
+        .map(|g| norm(g).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let noise_floor = 1e-6 * global;
+    let mut noise_only = std::collections::HashSet::new();
     for (p, g) in r.model.params().iter().zip(&r.grads) {
         let want = &r.reference_grads[&p.name];
         let Some(g) = g else {
@@ -156,14 +177,27 @@ fn check_train_step(arch: &str) {
             continue;
         };
         let diff = max_abs_diff(g, want);
-        let scale = norm(want).max(1e-12);
-        if diff > 1e-4 * scale {
+        let scale = norm(want);
+        if scale < noise_floor {
+            noise_only.insert(p.name.clone());
+            if norm(g) >= noise_floor {
+                errors.push(format!(
+                    "{}: gradient norm {:e}, expected (numerically) zero",
+                    p.name,
+                    norm(g)
+                ));
+            }
+        } else if diff > 1e-4 * scale {
             errors.push(format!(
                 "{}: gradient differs by {diff:e} (norm {scale:e})",
                 p.name
             ));
         }
     }
+    assert!(
+        noise_only.len() <= 6,
+        "{arch}: too many parameters with a zero gradient: {noise_only:?}"
+    );
 
     // One AdamW step with the fixture's settings.
     let o = &r.step.optimizer;
@@ -180,7 +214,12 @@ fn check_train_step(arch: &str) {
     opt.step(&r.grads, o.lr).unwrap();
     for p in r.model.params() {
         let diff = max_abs_diff(p.var.as_tensor(), &r.after_step[&p.name]);
-        if diff > 1e-5 {
+        let limit = if noise_only.contains(&p.name) {
+            2.0 * o.lr + 1e-5
+        } else {
+            1e-5
+        };
+        if diff > limit {
             errors.push(format!("{}: after one step differs by {diff:e}", p.name));
         }
     }

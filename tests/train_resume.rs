@@ -23,7 +23,8 @@ fn write_squad(dir: &Path) -> PathBuf {
                 Normandy, a region in France. They were descended from Norse raiders and pirates \
                 from Denmark, Iceland and Norway who, under their leader Rollo, agreed to swear \
                 fealty to King Charles III of West Francia.";
-    let ctx2 = "The Amazon rainforest covers much of the Amazon basin of South America. This basin \
+    let ctx2 =
+        "The Amazon rainforest covers much of the Amazon basin of South America. This basin \
                 encompasses seven million square kilometres, of which five and a half million \
                 square kilometres are covered by the rainforest.";
     let qa = |id: &str, q: &str, ctx: &str, ans: &str| {
@@ -50,7 +51,9 @@ fn write_squad(dir: &Path) -> PathBuf {
 
 fn options(data: &Path, output: &Path) -> TrainOptions {
     TrainOptions {
-        model: common::fixture("bert-uncased").to_string_lossy().into_owned(),
+        model: common::fixture("bert-uncased")
+            .to_string_lossy()
+            .into_owned(),
         train_data: data.to_path_buf(),
         output: output.to_path_buf(),
         epochs: 3.0,
@@ -119,7 +122,13 @@ fn stopped_and_resumed_run_equals_straight_run() {
         at: usize::MAX,
         steps: Vec::new(),
     };
-    let second = train::train(&opts, &mut rest).unwrap();
+    // On a fresh thread, as in a new process: nothing carries over but what was saved.
+    let (second, rest) = std::thread::spawn(move || {
+        let second = train::train(&opts, &mut rest).unwrap();
+        (second, rest)
+    })
+    .join()
+    .unwrap();
     assert_eq!(rest.steps.first(), Some(&(stop_at + 1)));
     assert_eq!(second.global_step, full.global_step);
 
@@ -143,7 +152,9 @@ fn stopped_and_resumed_run_equals_straight_run() {
         let y: Vec<f32> = base[n].flatten_all().unwrap().to_vec1().unwrap();
         x != y
     };
-    assert!(moved("qa_outputs.weight") && moved("bert.encoder.layer.0.attention.self.query.weight"));
+    assert!(
+        moved("qa_outputs.weight") && moved("bert.encoder.layer.0.attention.self.query.weight")
+    );
 
     // A different seed gives a different model (shuffling and dropout depend on it).
     let mut other = options(&data, &root.join("other-seed"));
@@ -152,14 +163,25 @@ fn stopped_and_resumed_run_equals_straight_run() {
     other.epochs = 3.0;
     train::train(&other, &mut train::Silent).unwrap();
     let c = weights(&root.join("other-seed"));
-    let vc: Vec<f32> = c["qa_outputs.weight"].flatten_all().unwrap().to_vec1().unwrap();
-    let va: Vec<f32> = a["qa_outputs.weight"].flatten_all().unwrap().to_vec1().unwrap();
+    let vc: Vec<f32> = c["qa_outputs.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let va: Vec<f32> = a["qa_outputs.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_ne!(va, vc);
 
     // The output is a checkpoint the pipeline loads.
     let qa = QaPipeline::load(straight.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let answers = qa
-        .answer_one(&QaRequest::new("Who was the Norse leader?", "Their leader was Rollo."))
+        .answer_one(&QaRequest::new(
+            "Who was the Norse leader?",
+            "Their leader was Rollo.",
+        ))
         .unwrap();
     assert_eq!(answers.len(), 1);
     let config = bertqa::checkpoint::read_json(&straight.join("config.json")).unwrap();
@@ -177,7 +199,9 @@ fn resume_with_other_settings_is_refused() {
     train::train(&opts, &mut train::Silent).unwrap();
     opts.resume = true;
     opts.batch_size = 3;
-    let err = train::train(&opts, &mut train::Silent).unwrap_err().to_string();
+    let err = train::train(&opts, &mut train::Silent)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("batch_size"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -198,15 +222,26 @@ fn base_model_without_prefix_or_head_gets_a_new_head() {
     let config = read_json(&fixture.join("config.json")).unwrap();
     let dev = Device::Cpu;
     let load = |seed| {
-        let vb = open_weights(&WeightsFile::Safetensors(path.clone()), candle_core::DType::F32, &dev)
-            .unwrap();
+        let vb = open_weights(
+            &WeightsFile::Safetensors(path.clone()),
+            candle_core::DType::F32,
+            &dev,
+        )
+        .unwrap();
         TrainableModel::new(&config, vb, seed, &dev).unwrap()
     };
     let model = load(3);
-    assert_eq!(model.initialised(), ["qa_outputs.weight", "qa_outputs.bias"]);
+    assert_eq!(
+        model.initialised(),
+        ["qa_outputs.weight", "qa_outputs.bias"]
+    );
     let t = model.tensors();
     assert!(t.contains_key("bert.embeddings.word_embeddings.weight"));
-    let w: Vec<f32> = t["qa_outputs.weight"].flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = t["qa_outputs.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let b: Vec<f32> = t["qa_outputs.bias"].to_vec1().unwrap();
     assert_eq!(b, [0.0, 0.0]);
     // Normal with std = initializer_range (0.2 in this config): 64 draws.

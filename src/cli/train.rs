@@ -171,8 +171,7 @@ impl TrainObserver for Progress {
     }
 
     fn saved(&mut self, dir: &Path) {
-        self.bar
-            .suspend(|| eprintln!("saved {}", dir.display()));
+        self.bar.suspend(|| eprintln!("saved {}", dir.display()));
     }
 }
 

@@ -298,7 +298,10 @@ impl TrainBatch {
             &rows(|f| &f.input_ids),
             &rows(|f| &f.token_type_ids),
             &rows(|f| &f.attention_mask),
-            &features.iter().map(|f| f.start_position).collect::<Vec<_>>(),
+            &features
+                .iter()
+                .map(|f| f.start_position)
+                .collect::<Vec<_>>(),
             &features.iter().map(|f| f.end_position).collect::<Vec<_>>(),
             device,
         )
@@ -347,7 +350,16 @@ mod tests {
     #[test]
     fn label_span_finds_the_tokens_of_the_answer() {
         // [CLS] q [SEP] "the" "big" "cat" [SEP] pad
-        let offsets = [(0, 0), (0, 1), (0, 0), (0, 3), (4, 7), (8, 11), (0, 0), (0, 0)];
+        let offsets = [
+            (0, 0),
+            (0, 1),
+            (0, 0),
+            (0, 3),
+            (4, 7),
+            (8, 11),
+            (0, 0),
+            (0, 0),
+        ];
         let seq = [None, Some(0), None, Some(1), Some(1), Some(1), None];
         assert_eq!(label_span(&offsets, &seq, 4, 7), (4, 4));
         assert_eq!(label_span(&offsets, &seq, 0, 7), (3, 4));

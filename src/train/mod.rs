@@ -361,14 +361,13 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
         None => (base_config, files.weights.clone()),
     };
     let vb = checkpoint::open_weights(&weights, candle_core::DType::F32, device)?;
-    let model =
-        TrainableModel::new(&config, vb, options.seed, device).map_err(|e| match e {
-            Error::Candle(err) => Error::Checkpoint {
-                path: weights.path().into(),
-                message: format!("does not fit config.json: {err}"),
-            },
-            other => other,
-        })?;
+    let model = TrainableModel::new(&config, vb, options.seed, device).map_err(|e| match e {
+        Error::Candle(err) => Error::Checkpoint {
+            path: weights.path().into(),
+            message: format!("does not fit config.json: {err}"),
+        },
+        other => other,
+    })?;
     let mut optimizer = AdamW::new(
         model.params().iter().map(|p| (p.var.clone(), p.decay)),
         AdamWConfig {
@@ -479,9 +478,9 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
                 } else {
                     loss
                 };
-                let mut store = scaled.backward()?;
-                for (acc, p) in grads.iter_mut().zip(model.params()) {
-                    if let Some(g) = store.remove(p.var.as_tensor()) {
+                let step_grads = model.backward(&scaled)?;
+                for (acc, g) in grads.iter_mut().zip(step_grads) {
+                    if let Some(g) = g {
                         *acc = Some(match acc.take() {
                             Some(a) => (a + g)?,
                             None => g,
@@ -585,7 +584,12 @@ fn check_same_settings(saved: &RunSettings, now: &RunSettings, dir: &Path) -> Re
         .into_iter()
         .flatten()
         .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-        .map(|(k, v)| format!("{k}: {v} then, {} now", b.get(k.as_str()).cloned().unwrap_or_default()))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v} then, {} now",
+                b.get(k.as_str()).cloned().unwrap_or_default()
+            )
+        })
         .collect();
     Err(Error::InvalidInput(format!(
         "--resume: the checkpoint in {} was made with other settings ({}); rerun with the same \

@@ -32,6 +32,9 @@ pub struct TrainableModel {
     config: serde_json::Value,
     params: Vec<Param>,
     initialised: Vec<String>,
+    /// Per parameter, a `[rows, 1]` mask that zeroes the gradient of the padding row of an
+    /// embedding (`nn.Embedding(padding_idx=pad_token_id)` never updates that row).
+    padding_masks: Vec<Option<Tensor>>,
 }
 
 /// Serves tensors to the architecture's constructor: each one is read from the checkpoint
@@ -126,7 +129,10 @@ impl SimpleBackend for TrainableWeights {
     ) -> candle_core::Result<Tensor> {
         if let Some(t) = self.existing(name) {
             if t.shape() != &s {
-                candle_core::bail!("tensor `{name}` requested with shapes {s:?} and {:?}", t.shape());
+                candle_core::bail!(
+                    "tensor `{name}` requested with shapes {s:?} and {:?}",
+                    t.shape()
+                );
             }
             return Ok(t);
         }
@@ -144,7 +150,12 @@ impl SimpleBackend for TrainableWeights {
         self.record(name, tensor)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         if let Some(t) = self.existing(name) {
             return Ok(t);
         }
@@ -182,6 +193,34 @@ pub fn zero_dropout(config: &mut serde_json::Value) {
             }
         }
     }
+}
+
+/// Masks for the embeddings that transformers creates with `padding_idx = pad_token_id`: word
+/// embeddings everywhere, position embeddings too in RoBERTa-style models.
+fn padding_masks(
+    config: &serde_json::Value,
+    model_type: &str,
+    params: &[Param],
+    device: &Device,
+) -> Result<Vec<Option<Tensor>>> {
+    let Some(pad) = config.get("pad_token_id").and_then(|v| v.as_u64()) else {
+        return Ok(vec![None; params.len()]);
+    };
+    let roberta_like = matches!(model_type, "roberta" | "xlm-roberta" | "camembert");
+    params
+        .iter()
+        .map(|p| {
+            let padded = p.name.ends_with("word_embeddings.weight")
+                || (roberta_like && p.name.ends_with("position_embeddings.weight"));
+            let rows = p.var.as_tensor().dim(0)?;
+            if !padded || pad as usize >= rows {
+                return Ok(None);
+            }
+            let mut mask = vec![1f32; rows];
+            mask[pad as usize] = 0.0;
+            Ok(Some(Tensor::from_vec(mask, (rows, 1), device)?))
+        })
+        .collect()
 }
 
 /// transformers' class name for a QA model of `model_type`.
@@ -248,12 +287,14 @@ impl TrainableModel {
                 serde_json::json!([qa_architecture(&info.model_type)]),
             );
         }
+        let padding_masks = padding_masks(&config, &info.model_type, &params, device)?;
         Ok(Self {
             model: Arc::from(model),
             info,
             config,
             params,
             initialised,
+            padding_masks,
         })
     }
 
@@ -295,6 +336,23 @@ impl TrainableModel {
         let start = candle_nn::loss::cross_entropy(&logits.start, &batch.start_positions)?;
         let end = candle_nn::loss::cross_entropy(&logits.end, &batch.end_positions)?;
         Ok((((start + end)? / 2.0)?, logits))
+    }
+
+    /// Back-propagates `loss` and returns each parameter's gradient (in [`Self::params`] order;
+    /// `None` for a parameter the loss does not depend on). Embedding rows of the padding token get
+    /// a zero gradient, as transformers' `padding_idx` embeddings do.
+    pub fn backward(&self, loss: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let mut store = loss.backward()?;
+        self.params
+            .iter()
+            .zip(&self.padding_masks)
+            .map(|(p, mask)| {
+                Ok(match (store.remove(p.var.as_tensor()), mask) {
+                    (Some(g), Some(m)) => Some(g.broadcast_mul(m)?),
+                    (g, _) => g,
+                })
+            })
+            .collect()
     }
 
     /// Current parameter values by name.

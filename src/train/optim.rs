@@ -124,7 +124,8 @@ impl LinearSchedule {
         let factor = if step < self.warmup {
             step as f64 / self.warmup.max(1) as f64
         } else {
-            ((self.total as f64 - step as f64) / (self.total.saturating_sub(self.warmup)).max(1) as f64)
+            ((self.total as f64 - step as f64)
+                / (self.total.saturating_sub(self.warmup)).max(1) as f64)
                 .max(0.0)
         };
         self.base_lr * factor
@@ -189,7 +190,9 @@ mod tests {
         assert!(decays("qa_outputs.weight"));
         assert!(!decays("qa_outputs.bias"));
         assert!(!decays("bert.embeddings.LayerNorm.weight"));
-        assert!(!decays("distilbert.transformer.layer.0.sa_layer_norm.weight"));
+        assert!(!decays(
+            "distilbert.transformer.layer.0.sa_layer_norm.weight"
+        ));
         assert!(!decays("bert.encoder.layer.1.output.LayerNorm.bias"));
     }
 
