@@ -25,6 +25,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod server;
 pub mod squad;
+pub mod train;
 
 pub use checkpoint::{HubOptions, DEFAULT_MODEL};
 pub use decode::{Answer, DecodeParams};

@@ -94,11 +94,103 @@ pub fn softmax_last_dim(x: &Tensor, train: bool) -> Result<Tensor> {
 }
 
 /// Dropout with probability `p`, active only in training.
+///
+/// Masks come from this thread's dropout generator (see [`seed_dropout`]) rather than candle's
+/// unseedable one, so that a training run can be reproduced and resumed exactly.
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        candle_nn::ops::dropout(x, p as f32)
-    } else {
-        Ok(x.clone())
+    if !(train && p > 0.0) {
+        return Ok(x.clone());
+    }
+    if p >= 1.0 {
+        return x.zeros_like();
+    }
+    let mask = dropout_rng::mask(x.elem_count(), p);
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
+/// Seeds this thread's dropout generator (ChaCha8 keyed by `seed`). Training seeds it once at the
+/// start; unseeded threads draw a seed from the OS on first use.
+pub fn seed_dropout(seed: u64) {
+    dropout_rng::restore(DropoutRngState { seed, word_pos: 0 });
+}
+
+/// Where this thread's dropout generator stands: its seed and how many 32-bit words it has used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DropoutRngState {
+    /// The seed given to [`seed_dropout`].
+    pub seed: u64,
+    /// Words of the ChaCha8 stream consumed so far (one per masked element).
+    pub word_pos: u64,
+}
+
+/// The state of this thread's dropout generator, to save alongside a training checkpoint.
+pub fn dropout_rng_state() -> DropoutRngState {
+    dropout_rng::state()
+}
+
+/// Puts this thread's dropout generator back where [`dropout_rng_state`] found it.
+pub fn restore_dropout_rng(state: DropoutRngState) {
+    dropout_rng::restore(state);
+}
+
+mod dropout_rng {
+    use std::cell::Cell;
+
+    use rand::{RngCore, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use rayon::prelude::*;
+
+    use super::DropoutRngState;
+
+    /// Elements per independently positioned chunk, so that masks are generated in parallel
+    /// yet identical for any number of threads.
+    const CHUNK: usize = 1 << 16;
+
+    thread_local! {
+        static STATE: Cell<Option<DropoutRngState>> = const { Cell::new(None) };
+    }
+
+    pub(super) fn state() -> DropoutRngState {
+        STATE.with(|s| match s.get() {
+            Some(state) => state,
+            None => {
+                let state = DropoutRngState {
+                    seed: rand::random(),
+                    word_pos: 0,
+                };
+                s.set(Some(state));
+                state
+            }
+        })
+    }
+
+    pub(super) fn restore(state: DropoutRngState) {
+        STATE.with(|s| s.set(Some(state)));
+    }
+
+    /// `n` mask values: 0 with probability `p`, else `1 / (1 - p)`. Element `i` uses word
+    /// `word_pos + i` of the stream.
+    pub(super) fn mask(n: usize, p: f64) -> Vec<f32> {
+        let start = state();
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(start.seed);
+                rng.set_word_pos(start.word_pos as u128 + (c * CHUNK) as u128);
+                for v in chunk.iter_mut() {
+                    // 24 random bits → a uniform float in [0, 1).
+                    let u = (rng.next_u32() >> 8) as f64 * (1.0 / (1u32 << 24) as f64);
+                    *v = if u >= p { scale } else { 0.0 };
+                }
+            });
+        restore(DropoutRngState {
+            seed: start.seed,
+            word_pos: start.word_pos + n as u64,
+        });
+        out
     }
 }
 

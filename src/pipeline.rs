@@ -155,6 +155,25 @@ impl QaPipeline {
         })
     }
 
+    /// Wraps a model built elsewhere (e.g. one being fine-tuned) with the tokenizer of `files`.
+    pub fn from_model(
+        files: CheckpointFiles,
+        model: Box<dyn QaModel>,
+        info: ArchInfo,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let tokenizer = QaTokenizer::from_checkpoint(&files)?;
+        Ok(Self {
+            tokenizer,
+            model,
+            info,
+            files,
+            device: options.device.clone(),
+            batch_size: options.batch_size.max(1),
+            max_context_chars: options.max_context_chars,
+        })
+    }
+
     /// The architecture.
     pub fn arch(&self) -> &ArchInfo {
         &self.info

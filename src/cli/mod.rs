@@ -4,6 +4,7 @@ mod ask;
 mod eval;
 mod output;
 mod serve;
+mod train;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Serve question answering over HTTP, batching requests dynamically.
     Serve(serve::ServeArgs),
+    /// Fine-tune a model for extractive QA on SQuAD-format data.
+    Train(train::TrainArgs),
 }
 
 /// Options every subcommand takes.
@@ -123,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Ask(args) => ask::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,99 @@
+//! `bertqa train` on bad input: clear messages and exit status 2.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bertqa-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn train(data: &std::path::Path, output: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bertqa"))
+        .args(["train", "--model"])
+        .arg(common::fixture("bert-uncased"))
+        .arg("--train-data")
+        .arg(data)
+        .arg("--output")
+        .arg(output)
+        .args([
+            "--max-seq-len",
+            "48",
+            "--doc-stride",
+            "16",
+            "--max-steps",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn malformed_squad_names_the_question() {
+    let dir = temp_dir("malformed");
+    let data = dir.join("bad.json");
+    let json = r#"{"data": [{"title": "Cats", "paragraphs": [{"context": "Cats purr.",
+        "qas": [{"id": "q-17", "answers": []}]}]}]}"#;
+    std::fs::write(&data, json).unwrap();
+    let (code, err) = train(&data, &dir.join("out"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("q-17") && err.contains("Cats") && err.contains("question"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn empty_data_and_unwritable_output_exit_2() {
+    let dir = temp_dir("empty");
+    let data = dir.join("empty.json");
+    std::fs::write(&data, r#"{"data": []}"#).unwrap();
+    let (code, err) = train(&data, &dir.join("out"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no questions"), "{err}");
+
+    // An output path below a regular file cannot be created.
+    let blocker = dir.join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let (code, err) = train(&data, &blocker.join("out"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("file/out") || err.contains("file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn misaligned_answers_are_skipped_and_counted() {
+    let dir = temp_dir("misaligned");
+    let data = dir.join("train.json");
+    let json = r#"{"data": [{"title": "Cats", "paragraphs": [{"context": "Cats purr when they are content.",
+        "qas": [
+          {"id": "ok", "question": "What do cats do?", "answers": [{"text": "purr", "answer_start": 5}]},
+          {"id": "off", "question": "When?", "answers": [{"text": "content", "answer_start": 3}]}
+        ]}]}]}"#;
+    std::fs::write(&data, json).unwrap();
+    let out = dir.join("out");
+    let (code, err) = train(&data, &out);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipped 1 question"), "{err}");
+    assert!(out.join("model.safetensors").is_file());
+    // All questions misaligned → nothing to train on.
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        json.replace(r#""answer_start": 5"#, r#""answer_start": 6"#),
+    )
+    .unwrap();
+    let (code, err) = train(&bad, &dir.join("out2"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no usable question"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
