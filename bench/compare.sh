@@ -9,8 +9,9 @@ THREADS=${THREADS:-2}
 SHARED=${BERTQA_SHARED:-../shared}
 MODEL=$SHARED/models/minilm-xquad-qa
 DATA=$SHARED/data/xquad-en-train.json
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# Results (and the random-weight models) stay in bench/out/compare for inspection.
+WORK=${WORK:-bench/out/compare}
+mkdir -p "$WORK"
 
 if [ ! -x bench/.venv/bin/python ]; then
   python3 -m venv bench/.venv
@@ -27,9 +28,9 @@ echo "== bertqa eval" >&2
 $BERTQA eval --threads "$THREADS" --model "$MODEL" --data "$DATA" --json --predictions "$WORK/bertqa_predictions.json" > "$WORK/bertqa.json"
 
 echo "== cold start" >&2
-t0=$(date +%s.%N); bench/.venv/bin/python bench/cold_start.py "$MODEL" >/dev/null 2>&1; t1=$(date +%s.%N)
-$BERTQA ask --threads "$THREADS" --model "$MODEL" -q "Who won?" -c "Marie Curie won the Nobel Prize in 1903." >/dev/null; t2=$(date +%s.%N)
-echo "{\"torch_cold_s\": $(echo "$t1 - $t0" | bc), \"bertqa_cold_s\": $(echo "$t2 - $t1" | bc)}" > "$WORK/cold.json"
+t0=$(date +%s%N); bench/.venv/bin/python bench/cold_start.py "$MODEL" >/dev/null 2>&1; t1=$(date +%s%N)
+$BERTQA ask --threads "$THREADS" --model "$MODEL" -q "Who won?" -c "Marie Curie won the Nobel Prize in 1903." >/dev/null; t2=$(date +%s%N)
+echo "{\"torch_cold_s\": $(( (t1 - t0) / 1000000 ))e-3, \"bertqa_cold_s\": $(( (t2 - t1) / 1000000 ))e-3}" > "$WORK/cold.json"
 
 for size in base large; do
   dir=$WORK/bert-$size-random
