@@ -39,8 +39,11 @@ pub fn excerpt(context: &str, answer: &Answer) -> String {
             to = i;
             break;
         }
-        if matches!(c, '.' | '!' | '?') {
-            to = i + c.len_utf8();
+        let end = i + c.len_utf8();
+        if matches!(c, '.' | '!' | '?')
+            && (after[end..].is_empty() || after[end..].starts_with(char::is_whitespace))
+        {
+            to = end;
             break;
         }
     }
@@ -96,6 +99,15 @@ mod tests {
         assert_eq!(
             excerpt(ctx, &answer(ctx, "1903")),
             "Marie Curie won in [1903]."
+        );
+    }
+
+    #[test]
+    fn a_decimal_point_does_not_end_the_sentence() {
+        let ctx = "It works with TensorFlow 2.0 and PyTorch. Next sentence.";
+        assert_eq!(
+            excerpt(ctx, &answer(ctx, "TensorFlow 2")),
+            "It works with [TensorFlow 2].0 and PyTorch."
         );
     }
 
