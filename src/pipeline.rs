@@ -135,7 +135,6 @@ impl QaPipeline {
     /// Loads a located checkpoint.
     pub fn from_files(files: CheckpointFiles, options: &LoadOptions) -> Result<Self> {
         let config = checkpoint::read_json(&files.config)?;
-        let tokenizer = QaTokenizer::from_checkpoint(&files)?;
         let vb = checkpoint::open_weights(&files.weights, DType::F32, &options.device)?;
         let (model, info) = models::build(&config, vb).map_err(|e| match e {
             Error::Candle(err) => Error::Checkpoint {
@@ -144,15 +143,7 @@ impl QaPipeline {
             },
             other => other,
         })?;
-        Ok(Self {
-            tokenizer,
-            model,
-            info,
-            files,
-            device: options.device.clone(),
-            batch_size: options.batch_size.max(1),
-            max_context_chars: options.max_context_chars,
-        })
+        Self::from_model(files, model, info, options)
     }
 
     /// Wraps a model built elsewhere (e.g. one being fine-tuned) with the tokenizer of `files`.
