@@ -40,6 +40,8 @@ pub struct CheckpointFiles {
     pub tokenizer_json: Option<PathBuf>,
     /// vocab.txt (WordPiece fallback when there is no tokenizer.json).
     pub vocab_txt: Option<PathBuf>,
+    /// vocab.json + merges.txt (byte-level BPE fallback when there is no tokenizer.json).
+    pub bpe_files: Option<(PathBuf, PathBuf)>,
     /// tokenizer_config.json (lower-casing, model_max_length).
     pub tokenizer_config: Option<PathBuf>,
     /// The weights.
@@ -136,6 +138,7 @@ fn from_dir(name: &str, dir: &Path) -> Result<CheckpointFiles> {
         config,
         tokenizer_json: file("tokenizer.json"),
         vocab_txt: file("vocab.txt"),
+        bpe_files: file("vocab.json").zip(file("merges.txt")),
         tokenizer_config: file("tokenizer_config.json"),
         weights,
     };
@@ -145,10 +148,11 @@ fn from_dir(name: &str, dir: &Path) -> Result<CheckpointFiles> {
 
 impl CheckpointFiles {
     fn check_tokenizer(&self) -> Result<()> {
-        if self.tokenizer_json.is_none() && self.vocab_txt.is_none() {
+        if self.tokenizer_json.is_none() && self.vocab_txt.is_none() && self.bpe_files.is_none() {
             return Err(Error::ModelNotFound {
                 model: self.name.clone(),
-                message: "no tokenizer.json (nor vocab.txt for a WordPiece tokenizer); \
+                message: "no tokenizer.json (nor vocab.txt for WordPiece, nor vocab.json + \
+                          merges.txt for byte-level BPE); \
                           save the tokenizer next to the model (tokenizer.save_pretrained)"
                     .into(),
             });
@@ -214,11 +218,17 @@ fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
     } else {
         None
     };
+    let bpe_files = if tokenizer_json.is_none() && vocab_txt.is_none() {
+        get("vocab.json").zip(get("merges.txt"))
+    } else {
+        None
+    };
     let files = CheckpointFiles {
         name: model_id.into(),
         config,
         tokenizer_json,
         vocab_txt,
+        bpe_files,
         tokenizer_config: get("tokenizer_config.json"),
         weights,
     };

@@ -80,16 +80,19 @@ impl QaTokenizer {
             .map(|p| read_json(&p))
             .transpose()?
             .unwrap_or(serde_json::Value::Null);
-        let mut base = match (&files.tokenizer_json, &files.vocab_txt) {
-            (Some(path), _) => Tokenizer::from_file(path).map_err(|e| Error::Checkpoint {
+        let mut base = match (&files.tokenizer_json, &files.vocab_txt, &files.bpe_files) {
+            (Some(path), _, _) => Tokenizer::from_file(path).map_err(|e| Error::Checkpoint {
                 path: path.clone(),
                 message: format!("cannot load tokenizer: {e}"),
             })?,
-            (None, Some(vocab)) => wordpiece_from_vocab(vocab, &tok_config)?,
-            (None, None) => {
+            (None, Some(vocab), _) => wordpiece_from_vocab(vocab, &tok_config)?,
+            (None, None, Some((vocab, merges))) => {
+                byte_level_bpe_from_files(vocab, merges, &tok_config)?
+            }
+            (None, None, None) => {
                 return Err(Error::ModelNotFound {
                     model: files.name.clone(),
-                    message: "no tokenizer.json nor vocab.txt".into(),
+                    message: "no tokenizer.json, vocab.txt nor vocab.json + merges.txt".into(),
                 })
             }
         };
@@ -239,5 +242,67 @@ fn wordpiece_from_vocab(vocab: &std::path::Path, config: &serde_json::Value) -> 
     };
     let (sep_id, cls_id) = (id(&sep)?, id(&cls)?);
     tokenizer.with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
+    Ok(tokenizer)
+}
+
+/// A RoBERTa-style byte-level BPE tokenizer from vocab.json + merges.txt, set up as
+/// transformers' converter does (`RobertaConverter`): byte-level pre-tokenizer, `<s> A </s></s> B
+/// </s>` pairs, offsets trimmed of the leading space.
+fn byte_level_bpe_from_files(
+    vocab: &std::path::Path,
+    merges: &std::path::Path,
+    config: &serde_json::Value,
+) -> Result<Tokenizer> {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::processors::roberta::RobertaProcessing;
+    use tokenizers::AddedToken;
+    let bad = |e: &dyn std::fmt::Display| Error::Checkpoint {
+        path: vocab.into(),
+        message: format!("cannot build a byte-level BPE tokenizer: {e}"),
+    };
+    let path_str = |p: &std::path::Path| {
+        p.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| bad(&"path is not UTF-8"))
+    };
+    let bpe = BPE::from_file(&path_str(vocab)?, &path_str(merges)?)
+        .build()
+        .map_err(|e| bad(&e))?;
+    let flag =
+        |key: &str, default: bool| config.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
+    let add_prefix_space = flag("add_prefix_space", false);
+    let trim_offsets = flag("trim_offsets", true);
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(
+        ByteLevel::default()
+            .add_prefix_space(add_prefix_space)
+            .trim_offsets(trim_offsets),
+    ));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    let name = |key: &str, default: &str| token_name(config, key).unwrap_or_else(|| default.into());
+    let (cls, sep) = (name("cls_token", "<s>"), name("sep_token", "</s>"));
+    let specials: Vec<AddedToken> = [
+        cls.clone(),
+        name("pad_token", "<pad>"),
+        sep.clone(),
+        name("unk_token", "<unk>"),
+        name("mask_token", "<mask>"),
+    ]
+    .into_iter()
+    .map(|t| AddedToken::from(t, true))
+    .collect();
+    tokenizer.add_special_tokens(&specials);
+    let id = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .ok_or_else(|| bad(&format!("special token {t} is not in the vocabulary")))
+    };
+    let (sep_id, cls_id) = (id(&sep)?, id(&cls)?);
+    tokenizer.with_post_processor(Some(
+        RobertaProcessing::new((sep, sep_id), (cls, cls_id))
+            .trim_offsets(trim_offsets)
+            .add_prefix_space(add_prefix_space),
+    ));
     Ok(tokenizer)
 }

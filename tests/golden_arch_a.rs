@@ -143,3 +143,32 @@ fn distilbert_cased_training_gradients_match_transformers() {
 fn roberta_training_gradients_match_transformers() {
     check_train_step_gradients("roberta");
 }
+
+/// Checkpoints published without tokenizer.json (only vocab.json + merges.txt) get the same
+/// byte-level BPE tokenizer, so the same windows and answers.
+#[test]
+fn roberta_from_vocab_and_merges_matches_transformers() {
+    let src = common::fixture("roberta");
+    let dir = std::env::temp_dir().join(format!("bertqa-roberta-bpe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(name), dir.join(name)).unwrap();
+    }
+    let qa = common::load_pipeline(&dir);
+    assert!(qa.files().tokenizer_json.is_none() && qa.files().bpe_files.is_some());
+    let golden = common::load_golden(&src.join("golden.json"));
+    let errors: Vec<String> = golden
+        .cases
+        .iter()
+        .flat_map(|c| common::check_case(&qa, c))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
