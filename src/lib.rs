@@ -19,6 +19,7 @@
 pub mod checkpoint;
 pub mod decode;
 pub mod error;
+pub mod fast;
 pub mod features;
 pub mod models;
 pub mod nn;
@@ -30,4 +31,4 @@ pub mod train;
 pub use checkpoint::{HubOptions, DEFAULT_MODEL};
 pub use decode::{Answer, DecodeParams};
 pub use error::{Error, Result};
-pub use pipeline::{LoadOptions, QaParams, QaPipeline, QaRequest};
+pub use pipeline::{EngineChoice, LoadOptions, QaParams, QaPipeline, QaRequest};

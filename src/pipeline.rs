@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint::{self, CheckpointFiles, HubOptions};
 use crate::decode::{decode, Answer, DecodeParams, WindowLogits};
 use crate::error::{Error, Result};
+use crate::fast::{FastQaModel, Tokens};
 use crate::features::{QaTokenizer, Window};
 use crate::models::{self, ArchInfo, ModelInput, QaModel};
 
@@ -98,6 +99,25 @@ pub struct LoadOptions {
     pub batch_size: usize,
     /// Longest context accepted, in characters (bounds memory: windows are built all at once).
     pub max_context_chars: usize,
+    /// Which implementation runs the model.
+    pub engine: EngineChoice,
+}
+
+/// Which implementation runs the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// The fast engine ([`crate::fast`]) where it covers the architecture and the device is
+    /// the CPU; the reference models otherwise.
+    #[default]
+    Auto,
+    /// Always the reference models of [`crate::models`] (the code that also trains).
+    Reference,
+}
+
+/// The implementation that runs the model.
+enum Engine {
+    Fast(FastQaModel),
+    Reference(Box<dyn QaModel>),
 }
 
 impl Default for LoadOptions {
@@ -107,6 +127,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             batch_size: 8,
             max_context_chars: DEFAULT_MAX_CONTEXT_CHARS,
+            engine: EngineChoice::Auto,
         }
     }
 }
@@ -117,7 +138,7 @@ pub const DEFAULT_MAX_CONTEXT_CHARS: usize = 1_000_000;
 /// A loaded model and tokenizer that answers questions.
 pub struct QaPipeline {
     tokenizer: QaTokenizer,
-    model: Box<dyn QaModel>,
+    engine: Engine,
     info: ArchInfo,
     files: CheckpointFiles,
     device: Device,
@@ -136,13 +157,20 @@ impl QaPipeline {
     pub fn from_files(files: CheckpointFiles, options: &LoadOptions) -> Result<Self> {
         let config = checkpoint::read_json(&files.config)?;
         let vb = checkpoint::open_weights(&files.weights, DType::F32, &options.device)?;
-        let (model, info) = models::build(&config, vb).map_err(|e| match e {
+        let misfit = |e| match e {
             Error::Candle(err) => Error::Checkpoint {
                 path: files.weights.path().into(),
                 message: format!("does not fit config.json: {err}"),
             },
             other => other,
-        })?;
+        };
+        if options.engine == EngineChoice::Auto && options.device.is_cpu() {
+            let info = models::arch_info(&config)?;
+            if let Some(fast) = FastQaModel::load(&config, &vb).map_err(misfit)? {
+                return Self::assemble(files, Engine::Fast(fast), info, options);
+            }
+        }
+        let (model, info) = models::build(&config, vb).map_err(misfit)?;
         Self::from_model(files, model, info, options)
     }
 
@@ -153,10 +181,19 @@ impl QaPipeline {
         info: ArchInfo,
         options: &LoadOptions,
     ) -> Result<Self> {
+        Self::assemble(files, Engine::Reference(model), info, options)
+    }
+
+    fn assemble(
+        files: CheckpointFiles,
+        engine: Engine,
+        info: ArchInfo,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let tokenizer = QaTokenizer::from_checkpoint(&files)?;
         Ok(Self {
             tokenizer,
-            model,
+            engine,
             info,
             files,
             device: options.device.clone(),
@@ -180,9 +217,18 @@ impl QaPipeline {
         &self.tokenizer
     }
 
-    /// The model.
-    pub fn model(&self) -> &dyn QaModel {
-        self.model.as_ref()
+    /// The reference model, when that is what runs (see [`EngineChoice`]); `None` when the
+    /// fast engine runs.
+    pub fn model(&self) -> Option<&dyn QaModel> {
+        match &self.engine {
+            Engine::Reference(model) => Some(model.as_ref()),
+            Engine::Fast(_) => None,
+        }
+    }
+
+    /// Whether the fast engine runs the model.
+    pub fn is_fast(&self) -> bool {
+        matches!(self.engine, Engine::Fast(_))
     }
 
     /// Default window length: min(tokenizer's model_max_length, 384, position embeddings).
@@ -257,8 +303,21 @@ impl QaPipeline {
         if windows.is_empty() {
             return Ok(Vec::new());
         }
+        let model = match &self.engine {
+            Engine::Fast(fast) => {
+                let tokens: Vec<Tokens> = windows
+                    .iter()
+                    .map(|w| Tokens {
+                        input_ids: w.input_ids(),
+                        token_type_ids: w.token_type_ids(),
+                    })
+                    .collect();
+                return fast.forward(&tokens);
+            }
+            Engine::Reference(model) => model,
+        };
         let input = self.batch_input(windows)?;
-        let logits = self.model.forward(&input, false)?;
+        let logits = model.forward(&input, false)?;
         let start: Vec<Vec<f32>> = logits.start.to_vec2()?;
         let end: Vec<Vec<f32>> = logits.end.to_vec2()?;
         Ok(windows

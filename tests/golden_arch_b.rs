@@ -44,6 +44,7 @@ fn check_training_path(arch: &str) {
     let input = qa.batch_input(&windows).expect("batch");
     let eval = qa
         .model()
+        .expect("the reference engine runs this architecture")
         .forward(&input, false)
         .expect("inference forward");
 

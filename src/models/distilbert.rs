@@ -52,7 +52,7 @@ pub struct Config {
 
 /// The fixed table of `sinusoidal_pos_embds`: sin on even and cos on odd columns of
 /// `pos / 10000^(2⌊j/2⌋/dim)`, computed in f64 as numpy does in transformers.
-fn sinusoidal_table(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
+pub(crate) fn sinusoidal_table(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
     let mut table = Vec::with_capacity(positions * dim);
     for pos in 0..positions {
         for j in 0..dim {

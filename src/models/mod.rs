@@ -102,69 +102,79 @@ pub struct ArchInfo {
     pub max_position_embeddings: usize,
 }
 
-/// Builds the architecture named by `config["model_type"]` from weights under `vb`.
-pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaModel>, ArchInfo)> {
+/// Reads what the pipeline needs to know about the architecture from config.json, without
+/// loading weights. Fails for a `model_type` bertqa cannot run.
+pub fn arch_info(config: &serde_json::Value) -> Result<ArchInfo> {
     let model_type = config
         .get("model_type")
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
+    if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+        return Err(Error::UnsupportedModel {
+            model_type,
+            supported: SUPPORTED_MODEL_TYPES.to_vec(),
+        });
+    }
     let parse = |e: serde_json::Error| Error::InvalidInput(format!("config.json: {e}"));
-    let max_position_embeddings = config
-        .get("max_position_embeddings")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(512) as usize;
-    let (model, max_position_embeddings): (Box<dyn QaModel>, usize) = match model_type.as_str() {
+    let max_position_embeddings = match model_type.as_str() {
+        "roberta" | "xlm-roberta" => {
+            let cfg: roberta::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            // Positions start after the padding index, so fewer tokens fit than the table has.
+            cfg.max_input_len()
+        }
+        _ => config
+            .get("max_position_embeddings")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(512) as usize,
+    };
+    Ok(ArchInfo {
+        model_type,
+        max_position_embeddings,
+    })
+}
+
+/// Builds the architecture named by `config["model_type"]` from weights under `vb`.
+pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaModel>, ArchInfo)> {
+    let info = arch_info(config)?;
+    let parse = |e: serde_json::Error| Error::InvalidInput(format!("config.json: {e}"));
+    let model: Box<dyn QaModel> = match info.model_type.as_str() {
         "bert" => {
             let cfg: bert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            let model = bert::BertForQuestionAnswering::new(&cfg, vb)?;
-            (Box::new(model), max_position_embeddings)
+            Box::new(bert::BertForQuestionAnswering::new(&cfg, vb)?)
         }
         "distilbert" => {
             let cfg: distilbert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            let model = distilbert::DistilBertForQuestionAnswering::new(&cfg, vb)?;
-            (Box::new(model), cfg.max_position_embeddings)
+            Box::new(distilbert::DistilBertForQuestionAnswering::new(&cfg, vb)?)
         }
         "electra" => {
             let cfg: electra::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            let model = electra::ElectraForQuestionAnswering::new(&cfg, vb)?;
-            (Box::new(model), cfg.bert.max_position_embeddings)
+            Box::new(electra::ElectraForQuestionAnswering::new(&cfg, vb)?)
         }
         "roberta" | "xlm-roberta" => {
             let cfg: roberta::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            let model = roberta::RobertaForQuestionAnswering::new(&cfg, vb)?;
-            // Positions start after the padding index, so fewer tokens fit than the table has.
-            (Box::new(model), cfg.max_input_len())
+            Box::new(roberta::RobertaForQuestionAnswering::new(&cfg, vb)?)
         }
         "albert" => {
             let cfg: albert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            let model = albert::AlbertForQuestionAnswering::new(&cfg, vb)?;
-            (Box::new(model), max_position_embeddings)
+            Box::new(albert::AlbertForQuestionAnswering::new(&cfg, vb)?)
         }
         "mobilebert" => {
             let cfg: mobilebert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            let model = mobilebert::MobileBertForQuestionAnswering::new(&cfg, vb)?;
-            (Box::new(model), max_position_embeddings)
+            Box::new(mobilebert::MobileBertForQuestionAnswering::new(&cfg, vb)?)
         }
         "deberta-v2" => {
             let cfg: deberta_v2::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            let model = deberta_v2::DebertaV2ForQuestionAnswering::new(&cfg, vb)?;
-            (Box::new(model), max_position_embeddings)
+            Box::new(deberta_v2::DebertaV2ForQuestionAnswering::new(&cfg, vb)?)
         }
         _ => {
             return Err(Error::UnsupportedModel {
-                model_type,
+                model_type: info.model_type,
                 supported: SUPPORTED_MODEL_TYPES.to_vec(),
             })
         }
     };
-    Ok((
-        model,
-        ArchInfo {
-            model_type,
-            max_position_embeddings,
-        },
-    ))
+    Ok((model, info))
 }
 
 #[cfg(test)]

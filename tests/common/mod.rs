@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bertqa::{LoadOptions, QaParams, QaPipeline, QaRequest};
+use bertqa::{EngineChoice, LoadOptions, QaParams, QaPipeline, QaRequest};
 use serde::Deserialize;
 
 /// The read-only reference folder beside the repository (override with BERTQA_SHARED).
@@ -56,8 +56,16 @@ pub fn load_golden(path: &std::path::Path) -> Golden {
 }
 
 pub fn load_pipeline(dir: &std::path::Path) -> QaPipeline {
+    load_pipeline_with(dir, EngineChoice::Auto)
+}
+
+pub fn load_pipeline_with(dir: &std::path::Path, engine: EngineChoice) -> QaPipeline {
     let dir = dir.to_str().expect("utf-8 path");
-    QaPipeline::load(dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("load {dir}: {e}"))
+    let options = LoadOptions {
+        engine,
+        ..LoadOptions::default()
+    };
+    QaPipeline::load(dir, &options).unwrap_or_else(|e| panic!("load {dir}: {e}"))
 }
 
 pub const TOL: f64 = 1e-4;
@@ -157,16 +165,26 @@ pub fn compare_answers(id: &str, got: &[bertqa::Answer], want: &[Expected]) -> V
     errors
 }
 
-/// Checks every case of `<fixture>/golden.json`; panics listing all mismatches.
+/// Checks every case of `<fixture>/golden.json` with both engines (the fast one where it covers
+/// the architecture, and the reference models); panics listing all mismatches.
 pub fn check_fixture(arch: &str) {
     let dir = fixture(arch);
-    let qa = load_pipeline(&dir);
     let golden = load_golden(&dir.join("golden.json"));
-    let errors: Vec<String> = golden
-        .cases
-        .iter()
-        .flat_map(|c| check_case(&qa, c))
-        .collect();
+    let mut errors: Vec<String> = Vec::new();
+    for engine in [EngineChoice::Auto, EngineChoice::Reference] {
+        let qa = load_pipeline_with(&dir, engine);
+        let name = if qa.is_fast() { "fast" } else { "reference" };
+        if engine == EngineChoice::Auto && !qa.is_fast() {
+            continue; // the reference pass below covers it
+        }
+        errors.extend(
+            golden
+                .cases
+                .iter()
+                .flat_map(|c| check_case(&qa, c))
+                .map(|e| format!("[{name}] {e}")),
+        );
+    }
     assert!(
         errors.is_empty(),
         "{arch}: {} mismatches:\n{}",

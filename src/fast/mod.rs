@@ -1,0 +1,11 @@
+//! The fast CPU inference engine for BERT-style encoders.
+//!
+//! [`FastQaModel`] runs the same math as the reference models in [`crate::models`] for
+//! `bert`, `roberta`, `xlm-roberta`, `electra` and `distilbert`, without padding, with fused
+//! kernels and weights laid out once at load. Training always uses the reference models.
+
+pub mod encoder;
+pub mod kernels;
+pub mod linear;
+
+pub use encoder::{FastQaModel, Tokens};
