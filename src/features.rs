@@ -73,14 +73,7 @@ impl QaTokenizer {
             Some(p) => read_json(p)?,
             None => serde_json::Value::Null,
         };
-        let special_map = files
-            .config
-            .parent()
-            .map(|d| d.join("special_tokens_map.json"))
-            .filter(|p| p.is_file())
-            .map(|p| read_json(&p))
-            .transpose()?
-            .unwrap_or(serde_json::Value::Null);
+        let special_map = json_beside_config(files, "special_tokens_map.json")?;
         let mut base = if let Some(path) = &files.tokenizer_json {
             Tokenizer::from_file(path).map_err(|e| Error::Checkpoint {
                 path: path.clone(),
@@ -206,6 +199,18 @@ impl QaTokenizer {
     }
 }
 
+/// An optional JSON file of the checkpoint, next to config.json; `Null` when absent.
+fn json_beside_config(files: &CheckpointFiles, name: &str) -> Result<serde_json::Value> {
+    files
+        .config
+        .parent()
+        .map(|d| d.join(name))
+        .filter(|p| p.is_file())
+        .map(|p| read_json(&p))
+        .transpose()
+        .map(|v| v.unwrap_or(serde_json::Value::Null))
+}
+
 /// The tokenizer transformers converts from a SentencePiece model; config.json's
 /// `model_type` and the token files beside it say how.
 fn sentencepiece_from_model(
@@ -215,14 +220,7 @@ fn sentencepiece_from_model(
     special_map: &serde_json::Value,
 ) -> Result<Tokenizer> {
     let config = read_json(&files.config)?;
-    let added_tokens = files
-        .config
-        .parent()
-        .map(|d| d.join("added_tokens.json"))
-        .filter(|p| p.is_file())
-        .map(|p| read_json(&p))
-        .transpose()?
-        .unwrap_or(serde_json::Value::Null);
+    let added_tokens = json_beside_config(files, "added_tokens.json")?;
     crate::sentencepiece::tokenizer_from_model_file(
         model,
         &crate::sentencepiece::ConversionInputs {
