@@ -42,6 +42,9 @@ pub struct CheckpointFiles {
     pub vocab_txt: Option<PathBuf>,
     /// vocab.json + merges.txt (byte-level BPE fallback when there is no tokenizer.json).
     pub bpe_files: Option<(PathBuf, PathBuf)>,
+    /// A SentencePiece model (spiece.model, sentencepiece.bpe.model or spm.model), converted
+    /// when there is no tokenizer.json.
+    pub spm_model: Option<PathBuf>,
     /// tokenizer_config.json (lower-casing, model_max_length).
     pub tokenizer_config: Option<PathBuf>,
     /// The weights.
@@ -139,6 +142,9 @@ fn from_dir(name: &str, dir: &Path) -> Result<CheckpointFiles> {
         tokenizer_json: file("tokenizer.json"),
         vocab_txt: file("vocab.txt"),
         bpe_files: file("vocab.json").zip(file("merges.txt")),
+        spm_model: crate::sentencepiece::MODEL_FILE_NAMES
+            .iter()
+            .find_map(|f| file(f)),
         tokenizer_config: file("tokenizer_config.json"),
         weights,
     };
@@ -148,11 +154,15 @@ fn from_dir(name: &str, dir: &Path) -> Result<CheckpointFiles> {
 
 impl CheckpointFiles {
     fn check_tokenizer(&self) -> Result<()> {
-        if self.tokenizer_json.is_none() && self.vocab_txt.is_none() && self.bpe_files.is_none() {
+        if self.tokenizer_json.is_none()
+            && self.vocab_txt.is_none()
+            && self.bpe_files.is_none()
+            && self.spm_model.is_none()
+        {
             return Err(Error::ModelNotFound {
                 model: self.name.clone(),
                 message: "no tokenizer.json (nor vocab.txt for WordPiece, nor vocab.json + \
-                          merges.txt for byte-level BPE); \
+                          merges.txt for byte-level BPE, nor a SentencePiece .model); \
                           save the tokenizer next to the model (tokenizer.save_pretrained)"
                     .into(),
             });
@@ -223,12 +233,25 @@ fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
     } else {
         None
     };
+    let spm_model = if tokenizer_json.is_none() && vocab_txt.is_none() && bpe_files.is_none() {
+        crate::sentencepiece::MODEL_FILE_NAMES
+            .iter()
+            .find_map(|f| get(f))
+    } else {
+        None
+    };
+    if spm_model.is_some() {
+        // Read from config.json's directory by the conversion; optional, so a miss is fine.
+        let _ = get("special_tokens_map.json");
+        let _ = get("added_tokens.json");
+    }
     let files = CheckpointFiles {
         name: model_id.into(),
         config,
         tokenizer_json,
         vocab_txt,
         bpe_files,
+        spm_model,
         tokenizer_config: get("tokenizer_config.json"),
         weights,
     };

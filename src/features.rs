@@ -65,36 +65,33 @@ fn token_name(config: &serde_json::Value, key: &str) -> Option<String> {
 }
 
 impl QaTokenizer {
-    /// Loads tokenizer.json, or builds a BERT WordPiece tokenizer from vocab.txt (lower-casing
-    /// as tokenizer_config.json says) when there is none.
+    /// Loads tokenizer.json, or when there is none builds the tokenizer transformers would:
+    /// BERT WordPiece from vocab.txt (lower-casing as tokenizer_config.json says), byte-level
+    /// BPE from vocab.json + merges.txt, or a converted SentencePiece model.
     pub fn from_checkpoint(files: &CheckpointFiles) -> Result<Self> {
         let tok_config = match &files.tokenizer_config {
             Some(p) => read_json(p)?,
             None => serde_json::Value::Null,
         };
-        let special_map = files
-            .config
-            .parent()
-            .map(|d| d.join("special_tokens_map.json"))
-            .filter(|p| p.is_file())
-            .map(|p| read_json(&p))
-            .transpose()?
-            .unwrap_or(serde_json::Value::Null);
-        let mut base = match (&files.tokenizer_json, &files.vocab_txt, &files.bpe_files) {
-            (Some(path), _, _) => Tokenizer::from_file(path).map_err(|e| Error::Checkpoint {
+        let special_map = json_beside_config(files, "special_tokens_map.json")?;
+        let mut base = if let Some(path) = &files.tokenizer_json {
+            Tokenizer::from_file(path).map_err(|e| Error::Checkpoint {
                 path: path.clone(),
                 message: format!("cannot load tokenizer: {e}"),
-            })?,
-            (None, Some(vocab), _) => wordpiece_from_vocab(vocab, &tok_config)?,
-            (None, None, Some((vocab, merges))) => {
-                byte_level_bpe_from_files(vocab, merges, &tok_config)?
-            }
-            (None, None, None) => {
-                return Err(Error::ModelNotFound {
-                    model: files.name.clone(),
-                    message: "no tokenizer.json, vocab.txt nor vocab.json + merges.txt".into(),
-                })
-            }
+            })?
+        } else if let Some(vocab) = &files.vocab_txt {
+            wordpiece_from_vocab(vocab, &tok_config)?
+        } else if let Some((vocab, merges)) = &files.bpe_files {
+            byte_level_bpe_from_files(vocab, merges, &tok_config)?
+        } else if let Some(model) = &files.spm_model {
+            sentencepiece_from_model(files, model, &tok_config, &special_map)?
+        } else {
+            return Err(Error::ModelNotFound {
+                model: files.name.clone(),
+                message: "no tokenizer.json, vocab.txt, vocab.json + merges.txt \
+                          nor SentencePiece .model"
+                    .into(),
+            });
         };
         base.with_padding(None);
         base.with_truncation(None)
@@ -200,6 +197,39 @@ impl QaTokenizer {
         }
         Ok(windows)
     }
+}
+
+/// An optional JSON file of the checkpoint, next to config.json; `Null` when absent.
+fn json_beside_config(files: &CheckpointFiles, name: &str) -> Result<serde_json::Value> {
+    files
+        .config
+        .parent()
+        .map(|d| d.join(name))
+        .filter(|p| p.is_file())
+        .map(|p| read_json(&p))
+        .transpose()
+        .map(|v| v.unwrap_or(serde_json::Value::Null))
+}
+
+/// The tokenizer transformers converts from a SentencePiece model; config.json's
+/// `model_type` and the token files beside it say how.
+fn sentencepiece_from_model(
+    files: &CheckpointFiles,
+    model: &std::path::Path,
+    tok_config: &serde_json::Value,
+    special_map: &serde_json::Value,
+) -> Result<Tokenizer> {
+    let config = read_json(&files.config)?;
+    let added_tokens = json_beside_config(files, "added_tokens.json")?;
+    crate::sentencepiece::tokenizer_from_model_file(
+        model,
+        &crate::sentencepiece::ConversionInputs {
+            tokenizer_config: tok_config,
+            special_tokens_map: special_map,
+            added_tokens: &added_tokens,
+            model_type: config.get("model_type").and_then(|v| v.as_str()),
+        },
+    )
 }
 
 fn wordpiece_from_vocab(vocab: &std::path::Path, config: &serde_json::Value) -> Result<Tokenizer> {

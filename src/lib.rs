@@ -24,6 +24,7 @@ pub mod features;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod sentencepiece;
 pub mod server;
 pub mod squad;
 pub mod train;
