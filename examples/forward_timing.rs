@@ -1,10 +1,12 @@
-//! Times one forward pass of a checkpoint on a full-length window (for quick profiling).
-//! Usage: cargo run --release --example forward_timing -- MODEL_DIR [SEQ] [BATCH] [ITERS]
+//! Times the model on full-length windows (for quick profiling and bench/compare.sh).
+//!
+//! Usage: forward_timing MODEL_DIR [SEQ] [BATCH] [ITERS]
+//! BERTQA_ENGINE=reference times the reference models instead of the fast engine.
 
 use std::time::Instant;
 
-use bertqa::{LoadOptions, QaPipeline};
-use candle_core::{Device, Tensor};
+use bertqa::fast::Tokens;
+use bertqa::{EngineChoice, LoadOptions, QaPipeline};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,23 +19,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seq: usize = args.get(2).map_or(Ok(384), |s| s.parse())?;
     let batch: usize = args.get(3).map_or(Ok(1), |s| s.parse())?;
     let iters: usize = args.get(4).map_or(Ok(5), |s| s.parse())?;
-    let qa = QaPipeline::load(model, &LoadOptions::default())?;
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|i| 1000 + (i as u32 * 7919) % 20000)
-        .collect();
-    let input = bertqa::models::ModelInput {
-        input_ids: Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?,
-        token_type_ids: Tensor::zeros((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
-        attention_mask: Tensor::ones((batch, seq), candle_core::DType::U32, &Device::Cpu)?,
+    let engine = match std::env::var("BERTQA_ENGINE").as_deref() {
+        Ok("reference") => EngineChoice::Reference,
+        _ => EngineChoice::Auto,
     };
-    qa.model().forward(&input, false)?;
+    let options = LoadOptions {
+        engine,
+        ..LoadOptions::default()
+    };
+    let qa = QaPipeline::load(model, &options)?;
+    let ids: Vec<Vec<u32>> = (0..batch)
+        .map(|b| {
+            (0..seq)
+                .map(|i| 1000 + ((b * seq + i) as u32 * 7919) % 20000)
+                .collect()
+        })
+        .collect();
+    let types = vec![0u32; seq];
+    let windows: Vec<Tokens> = ids
+        .iter()
+        .map(|ids| Tokens {
+            input_ids: ids,
+            token_type_ids: &types,
+        })
+        .collect();
+    qa.run_tokens(&windows)?;
     let t = Instant::now();
     for _ in 0..iters {
-        qa.model().forward(&input, false)?;
+        qa.run_tokens(&windows)?;
     }
     let ms = t.elapsed().as_secs_f64() * 1000.0 / iters as f64;
+    let engine = if qa.is_fast() { "fast" } else { "reference" };
     println!(
-        "{model}: seq {seq} batch {batch}: {ms:.1} ms per forward ({:.1} ms per sequence)",
+        "{model} ({engine}): seq {seq} batch {batch}: {ms:.1} ms per forward ({:.1} ms per sequence)",
         ms / batch as f64
     );
     Ok(())

@@ -297,26 +297,41 @@ impl QaPipeline {
         })
     }
 
-    /// Runs the model on windows as one padded batch; returns each window's start and end logits
-    /// (trimmed to its length).
+    /// Runs the model on windows as one batch; returns each window's start and end logits
+    /// (one per token).
     pub fn run_windows(&self, windows: &[&Window]) -> Result<Vec<WindowLogits>> {
+        let tokens: Vec<Tokens> = windows
+            .iter()
+            .map(|w| Tokens {
+                input_ids: w.input_ids(),
+                token_type_ids: w.token_type_ids(),
+            })
+            .collect();
+        self.run_tokens(&tokens)
+    }
+
+    /// Runs the model on token windows as one batch (the fast engine packs them without
+    /// padding; the reference models pad them to the longest) and returns each window's start
+    /// and end logits (one per token).
+    pub fn run_tokens(&self, windows: &[Tokens]) -> Result<Vec<WindowLogits>> {
         if windows.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(w) = windows
+            .iter()
+            .find(|w| w.token_type_ids.len() != w.input_ids.len())
+        {
+            return Err(Error::InvalidInput(format!(
+                "a window has {} token ids but {} token type ids; give one type per token",
+                w.input_ids.len(),
+                w.token_type_ids.len()
+            )));
+        }
         let model = match &self.engine {
-            Engine::Fast(fast) => {
-                let tokens: Vec<Tokens> = windows
-                    .iter()
-                    .map(|w| Tokens {
-                        input_ids: w.input_ids(),
-                        token_type_ids: w.token_type_ids(),
-                    })
-                    .collect();
-                return fast.forward(&tokens);
-            }
+            Engine::Fast(fast) => return fast.forward(windows),
             Engine::Reference(model) => model,
         };
-        let input = self.batch_input(windows)?;
+        let input = self.padded_input(windows)?;
         let logits = model.forward(&input, false)?;
         let start: Vec<Vec<f32>> = logits.start.to_vec2()?;
         let end: Vec<Vec<f32>> = logits.end.to_vec2()?;
@@ -324,8 +339,8 @@ impl QaPipeline {
             .iter()
             .zip(start.into_iter().zip(end))
             .map(|(w, (mut s, mut e))| {
-                s.truncate(w.len());
-                e.truncate(w.len());
+                s.truncate(w.input_ids.len());
+                e.truncate(w.input_ids.len());
                 (s, e)
             })
             .collect())
@@ -333,7 +348,18 @@ impl QaPipeline {
 
     /// Pads windows to the longest and stacks them into model input tensors.
     pub fn batch_input(&self, windows: &[&Window]) -> Result<ModelInput> {
-        let len = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        let tokens: Vec<Tokens> = windows
+            .iter()
+            .map(|w| Tokens {
+                input_ids: w.input_ids(),
+                token_type_ids: w.token_type_ids(),
+            })
+            .collect();
+        self.padded_input(&tokens)
+    }
+
+    fn padded_input(&self, windows: &[Tokens]) -> Result<ModelInput> {
+        let len = windows.iter().map(|w| w.input_ids.len()).max().unwrap_or(0);
         let b = windows.len();
         let pad = self.tokenizer.pad_token_id();
         let mut ids = vec![pad; b * len];
@@ -341,9 +367,10 @@ impl QaPipeline {
         let mut mask = vec![0u32; b * len];
         for (row, w) in windows.iter().enumerate() {
             let o = row * len;
-            ids[o..o + w.len()].copy_from_slice(w.input_ids());
-            types[o..o + w.len()].copy_from_slice(w.token_type_ids());
-            mask[o..o + w.len()].iter_mut().for_each(|m| *m = 1);
+            let n = w.input_ids.len();
+            ids[o..o + n].copy_from_slice(w.input_ids);
+            types[o..o + n].copy_from_slice(&w.token_type_ids[..n]);
+            mask[o..o + n].iter_mut().for_each(|m| *m = 1);
         }
         let t = |v: Vec<u32>| Tensor::from_vec(v, (b, len), &self.device);
         Ok(ModelInput {
