@@ -394,3 +394,164 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
         LayerNormOp { eps: eps as f32 },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var, D};
+
+    use super::*;
+
+    /// Pseudo-random values in [-1, 1) (a fixed LCG, so the test needs no generator).
+    fn values_for(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn var(shape: &[usize], seed: u64) -> Var {
+        let n = shape.iter().product();
+        Var::from_tensor(&Tensor::from_vec(values_for(n, seed), shape, &Device::Cpu).unwrap())
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Every third element dropped, the rest scaled by 1 / (1 - p).
+    fn mask(n: usize, p: f64) -> (DropoutMask, Tensor) {
+        let mut bits = vec![0u64; n.div_ceil(64)];
+        let mut dense = vec![0f32; n];
+        for i in (0..n).filter(|i| i % 3 != 0) {
+            bits[i / 64] |= 1 << (i % 64);
+            dense[i] = (1.0 / (1.0 - p)) as f32;
+        }
+        let dense = Tensor::from_vec(dense, n, &Device::Cpu).unwrap();
+        (DropoutMask::new(bits, n, p), dense)
+    }
+
+    #[test]
+    fn attention_matches_composed_ops_with_dropout_and_padding() {
+        let (b, h, s, d) = (2, 3, 5, 4);
+        let (q, k, v) = (
+            var(&[b, h, s, d], 1),
+            var(&[b, h, s, d], 2),
+            var(&[b, h, s, d], 3),
+        );
+        // Second sequence: last two positions are padding.
+        let attend = Tensor::new(
+            &[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let bias = crate::nn::attention_bias(&attend, DType::F32).unwrap();
+        let weights =
+            Tensor::from_vec(values_for(b * h * s * d, 4), (b, h, s, d), &Device::Cpu).unwrap();
+        let (dropout, dense) = mask(b * h * s * s, 0.25);
+
+        let fused = attention(&q, &k, &v, &bias, Some(dropout)).unwrap();
+        let fused_grads = (&fused * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+        let probs =
+            candle_nn::ops::softmax(&scores.broadcast_add(&bias).unwrap(), D::Minus1).unwrap();
+        let dropped = (probs * dense.reshape((b, h, s, s)).unwrap()).unwrap();
+        let composed = dropped.matmul(&v).unwrap();
+        let composed_grads = (&composed * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        assert!(max_diff(&fused, &composed) < 1e-6);
+        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, b) = (fused_grads.get(x).unwrap(), composed_grads.get(x).unwrap());
+            assert!(
+                max_diff(a, b) < 1e-5,
+                "d{name} differs by {}",
+                max_diff(a, b)
+            );
+            assert!(
+                max_diff(a, &a.zeros_like().unwrap()) > 1e-3,
+                "d{name} is zero"
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_composed_ops() {
+        let (x, w, bias) = (var(&[3, 7, 16], 5), var(&[16], 6), var(&[16], 7));
+        let weights =
+            Tensor::from_vec(values_for(3 * 7 * 16, 8), (3, 7, 16), &Device::Cpu).unwrap();
+        let eps = 1e-5;
+        let fused = layer_norm(&x, &w, &bias, eps).unwrap();
+        let fused_grads = (&fused * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        let mean = (x.sum_keepdim(D::Minus1).unwrap() / 16.0).unwrap();
+        let centred = x.broadcast_sub(&mean).unwrap();
+        let var_ = (centred.sqr().unwrap().sum_keepdim(D::Minus1).unwrap() / 16.0).unwrap();
+        let normed = centred
+            .broadcast_div(&(var_ + eps).unwrap().sqrt().unwrap())
+            .unwrap();
+        let composed = normed
+            .broadcast_mul(&w)
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let composed_grads = (&composed * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        for (name, t) in [("x", &x), ("weight", &w), ("bias", &bias)] {
+            let (a, b) = (fused_grads.get(t).unwrap(), composed_grads.get(t).unwrap());
+            assert!(
+                max_diff(a, b) < 1e-4,
+                "d{name} differs by {}",
+                max_diff(a, b)
+            );
+        }
+    }
+
+    #[test]
+    fn dropout_masks_values_and_gradients_alike() {
+        let x = var(&[4, 50], 9);
+        let (m, dense) = mask(200, 0.5);
+        let y = dropout(&x, m).unwrap();
+        let dense = dense.reshape((4, 50)).unwrap();
+        assert_eq!(max_diff(&y, &(x.as_tensor() * &dense).unwrap()), 0.0);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(max_diff(grads.get(&x).unwrap(), &dense), 0.0);
+    }
+}
