@@ -272,3 +272,24 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     let (b, n, s, d) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, s, n * d))
 }
+
+/// Looks `ids` up in `embedding`. In training, rows looked up at `padding_idx` get no gradient,
+/// as with PyTorch's `nn.Embedding(padding_idx=…)`; their values are used all the same.
+pub fn embed(
+    embedding: &candle_nn::Embedding,
+    ids: &Tensor,
+    padding_idx: Option<u32>,
+    train: bool,
+) -> Result<Tensor> {
+    let x = embedding.forward(ids)?;
+    match padding_idx {
+        Some(pad) if train => {
+            // frozen + (x − frozen)·keep equals x exactly; only kept rows carry a gradient.
+            let keep = ids.ne(pad)?.to_dtype(x.dtype())?.unsqueeze(D::Minus1)?;
+            let frozen = x.detach();
+            let trained = (x - &frozen)?.broadcast_mul(&keep)?;
+            frozen + trained
+        }
+        _ => Ok(x),
+    }
+}

@@ -77,13 +77,22 @@ pub(crate) struct Embeddings {
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
     dropout: f64,
+    /// Row of `word_embeddings` (and for RoBERTa of `position_embeddings`) left untrained.
+    padding_idx: u32,
+    pad_positions: bool,
 }
 
 impl Embeddings {
     /// Loads `word_embeddings`, `position_embeddings`, `token_type_embeddings` and `LayerNorm`
-    /// under `vb`, all of width `size`. (The padding rows get no gradient in training: see
-    /// `train::model`.)
-    pub(crate) fn new(cfg: &Config, size: usize, vb: VarBuilder) -> Result<Self> {
+    /// under `vb`, all of width `size`. `padding_idx` is the padding token's id; with
+    /// `pad_positions` it is also the position of padding (RoBERTa).
+    pub(crate) fn new(
+        cfg: &Config,
+        size: usize,
+        padding_idx: u32,
+        pad_positions: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             word_embeddings: candle_nn::embedding(cfg.vocab_size, size, vb.pp("word_embeddings"))?,
             position_embeddings: candle_nn::embedding(
@@ -98,6 +107,8 @@ impl Embeddings {
             )?,
             layer_norm: LayerNorm::new(size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: cfg.hidden_dropout_prob,
+            padding_idx,
+            pad_positions,
         })
     }
 
@@ -109,9 +120,15 @@ impl Embeddings {
         position_ids: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let words = self.word_embeddings.forward(input_ids)?;
+        let words = nn::embed(
+            &self.word_embeddings,
+            input_ids,
+            Some(self.padding_idx),
+            train,
+        )?;
         let types = self.token_type_embeddings.forward(token_type_ids)?;
-        let pos = self.position_embeddings.forward(position_ids)?;
+        let pos_pad = self.pad_positions.then_some(self.padding_idx);
+        let pos = nn::embed(&self.position_embeddings, position_ids, pos_pad, train)?;
         let x = (words + types)?.broadcast_add(&pos)?;
         let x = self.layer_norm.forward(&x, train)?;
         nn::dropout(&x, self.dropout, train)
@@ -238,7 +255,13 @@ impl BertModel {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.ensure_absolute_positions()?;
         Ok(Self {
-            embeddings: Embeddings::new(cfg, cfg.hidden_size, vb.pp("embeddings"))?,
+            embeddings: Embeddings::new(
+                cfg,
+                cfg.hidden_size,
+                cfg.pad_token_id.unwrap_or(0),
+                false,
+                vb.pp("embeddings"),
+            )?,
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
         })
     }

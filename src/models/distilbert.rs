@@ -68,6 +68,7 @@ struct Embeddings {
     position_embeddings: Embedding,
     layer_norm: LayerNorm,
     dropout: f64,
+    padding_idx: u32,
 }
 
 impl Embeddings {
@@ -90,13 +91,19 @@ impl Embeddings {
             position_embeddings,
             layer_norm: LayerNorm::new(cfg.dim, LAYER_NORM_EPS, vb.pp("LayerNorm"))?,
             dropout: cfg.dropout,
+            padding_idx: cfg.pad_token_id.unwrap_or(0),
         })
     }
 
     fn forward(&self, input_ids: &Tensor, train: bool) -> Result<Tensor> {
         let (_, seq_len) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
-        let words = self.word_embeddings.forward(input_ids)?;
+        let words = nn::embed(
+            &self.word_embeddings,
+            input_ids,
+            Some(self.padding_idx),
+            train,
+        )?;
         let pos = self.position_embeddings.forward(&positions)?;
         let x = self
             .layer_norm

@@ -44,7 +44,13 @@ impl ElectraModel {
             .then(|| Linear::new(cfg.embedding_size, hidden, vb.pp("embeddings_project")))
             .transpose()?;
         Ok(Self {
-            embeddings: Embeddings::new(&cfg.bert, cfg.embedding_size, vb.pp("embeddings"))?,
+            embeddings: Embeddings::new(
+                &cfg.bert,
+                cfg.embedding_size,
+                cfg.bert.pad_token_id.unwrap_or(0),
+                false,
+                vb.pp("embeddings"),
+            )?,
             embeddings_project,
             encoder: Encoder::new(&cfg.bert, vb.pp("encoder"))?,
         })

@@ -57,7 +57,13 @@ impl RobertaModel {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.bert.ensure_absolute_positions()?;
         Ok(Self {
-            embeddings: Embeddings::new(&cfg.bert, cfg.bert.hidden_size, vb.pp("embeddings"))?,
+            embeddings: Embeddings::new(
+                &cfg.bert,
+                cfg.bert.hidden_size,
+                cfg.pad_token_id(),
+                true,
+                vb.pp("embeddings"),
+            )?,
             encoder: Encoder::new(&cfg.bert, vb.pp("encoder"))?,
             padding_idx: cfg.pad_token_id(),
         })

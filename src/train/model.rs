@@ -196,24 +196,17 @@ pub fn zero_dropout(config: &mut serde_json::Value) {
 }
 
 /// Masks for the embeddings that transformers creates with `padding_idx = pad_token_id`: word
-/// embeddings everywhere, position embeddings too in RoBERTa-style models. This is the one place
-/// that keeps padding rows untrained; the forward pass looks them up like any other row.
+/// embeddings everywhere, position embeddings too in RoBERTa-style models.
 fn padding_masks(
     config: &serde_json::Value,
     model_type: &str,
     params: &[Param],
     device: &Device,
 ) -> Result<Vec<Option<Tensor>>> {
-    let roberta_like = matches!(model_type, "roberta" | "xlm-roberta" | "camembert");
-    // Without the key, the config class's default applies (1 for RoBERTa-style models, else 0);
-    // an explicit `null` means no padding index.
-    let pad = match config.get("pad_token_id") {
-        None => Some(if roberta_like { 1 } else { 0 }),
-        Some(v) => v.as_u64(),
-    };
-    let Some(pad) = pad else {
+    let Some(pad) = config.get("pad_token_id").and_then(|v| v.as_u64()) else {
         return Ok(vec![None; params.len()]);
     };
+    let roberta_like = matches!(model_type, "roberta" | "xlm-roberta" | "camembert");
     params
         .iter()
         .map(|p| {
