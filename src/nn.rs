@@ -1,8 +1,11 @@
 //! Building blocks shared by the encoders.
 //!
-//! Every block takes a `train` flag. In training, only operations that candle can
-//! differentiate are used (candle's fused LayerNorm and last-dim softmax have no backward
-//! pass), and dropout is active. In inference the fused kernels are used and dropout is off.
+//! Every block takes a `train` flag. In training, differentiable kernels with hand-written
+//! backward passes are used (see [`train_ops`]; candle's fused LayerNorm and softmax have no
+//! backward pass), and dropout is active. In inference candle's fused kernels are used and
+//! dropout is off.
+
+mod train_ops;
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -69,7 +72,9 @@ impl LayerNorm {
 
     /// Normalises `x` over its last dimension.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train || !x.is_contiguous() {
+        if train {
+            train_ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        } else if !x.is_contiguous() {
             let n = x.dim(D::Minus1)? as f64;
             let mean = (x.sum_keepdim(D::Minus1)? / n)?;
             let centred = x.broadcast_sub(&mean)?;
@@ -104,9 +109,7 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if p >= 1.0 {
         return x.zeros_like();
     }
-    let mask = dropout_rng::mask(x.elem_count(), p);
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
+    train_ops::dropout(x, dropout_rng::mask(x.elem_count(), p))
 }
 
 /// Seeds this thread's dropout generator (ChaCha8 keyed by `seed`). Training seeds it once at the
@@ -169,28 +172,31 @@ mod dropout_rng {
         STATE.with(|s| s.set(Some(state)));
     }
 
-    /// `n` mask values: 0 with probability `p`, else `1 / (1 - p)`. Element `i` uses word
+    /// A mask of `n` elements, each dropped with probability `p`. Element `i` uses word
     /// `word_pos + i` of the stream.
-    pub(super) fn mask(n: usize, p: f64) -> Vec<f32> {
+    pub(super) fn mask(n: usize, p: f64) -> super::train_ops::DropoutMask {
         let start = state();
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let mut out = vec![0f32; n];
-        out.par_chunks_mut(CHUNK)
+        let mut bits = vec![0u64; n.div_ceil(64)];
+        bits.par_chunks_mut(CHUNK / 64)
             .enumerate()
-            .for_each(|(c, chunk)| {
+            .for_each(|(c, words)| {
                 let mut rng = ChaCha8Rng::seed_from_u64(start.seed);
                 rng.set_word_pos(start.word_pos as u128 + (c * CHUNK) as u128);
-                for v in chunk.iter_mut() {
-                    // 24 random bits → a uniform float in [0, 1).
-                    let u = (rng.next_u32() >> 8) as f64 * (1.0 / (1u32 << 24) as f64);
-                    *v = if u >= p { scale } else { 0.0 };
+                let first = c * CHUNK;
+                for (w, word) in words.iter_mut().enumerate() {
+                    let count = n.saturating_sub(first + w * 64).min(64);
+                    for j in 0..count {
+                        // 24 random bits → a uniform float in [0, 1).
+                        let u = (rng.next_u32() >> 8) as f64 * (1.0 / (1u32 << 24) as f64);
+                        *word |= u64::from(u >= p) << j;
+                    }
                 }
             });
         restore(DropoutRngState {
             seed: start.seed,
             word_pos: start.word_pos + n as u64,
         });
-        out
+        super::train_ops::DropoutMask::new(bits, n, p)
     }
 }
 
@@ -236,6 +242,15 @@ pub fn attention(
     dropout_p: f64,
     train: bool,
 ) -> Result<Tensor> {
+    if train {
+        let mask = if dropout_p > 0.0 {
+            let (b, h, s, _) = q.dims4()?;
+            Some(dropout_rng::mask(b * h * s * k.dim(2)?, dropout_p))
+        } else {
+            None
+        };
+        return train_ops::attention(q, k, v, bias, mask);
+    }
     let head_dim = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
     let scores = scores.broadcast_add(bias)?;

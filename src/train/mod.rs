@@ -11,6 +11,7 @@ pub mod state;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use rand::{RngCore, SeedableRng};
@@ -29,17 +30,26 @@ pub use model::{zero_dropout, Param};
 
 /// Everything a training run needs; defaults are those of run_qa.py and the `Trainer`
 /// (except `epochs`, 2 as the SQuAD recipe of the transformers examples).
-#[derive(Clone, Debug)]
+///
+/// Serialised, it gives the settings that shape a run, which a `--resume` must share with the
+/// run it continues (see [`state::RunSettings`]); where the data lives, where the output goes
+/// and when to stop or save are left out.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainOptions {
     /// Base checkpoint (directory or Hub id); it may lack a QA head.
+    #[serde(skip)]
     pub model: String,
     /// Hub access.
+    #[serde(skip)]
     pub hub: HubOptions,
     /// SQuAD-format training file.
+    #[serde(skip)]
     pub train_data: PathBuf,
     /// SQuAD-format file evaluated (EM/F1) after every epoch.
+    #[serde(skip)]
     pub eval_data: Option<PathBuf>,
     /// Output directory: the trained model, and `checkpoint-STEP/` directories.
+    #[serde(skip)]
     pub output: PathBuf,
     /// Epochs (may be fractional).
     pub epochs: f64,
@@ -62,14 +72,19 @@ pub struct TrainOptions {
     /// Seed of shuffling, dropout and head initialisation.
     pub seed: u64,
     /// Stop after this many optimiser steps (overrides `epochs`).
+    #[serde(skip)]
     pub max_steps: Option<usize>,
     /// Save `checkpoint-STEP/` every this many steps.
+    #[serde(skip)]
     pub save_every: Option<usize>,
     /// Continue from the most advanced checkpoint in `output`.
+    #[serde(skip)]
     pub resume: bool,
     /// Data contains unanswerable questions; evaluation may answer "no answer".
+    #[serde(skip)]
     pub version_2_with_negative: bool,
     /// Device.
+    #[serde(skip)]
     pub device: Device,
 }
 
@@ -324,20 +339,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
         .max_steps
         .unwrap_or_else(|| ((options.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
     let num_epochs = total_steps.div_ceil(steps_per_epoch);
-    let settings = RunSettings {
-        learning_rate: options.learning_rate,
-        epochs: options.epochs,
-        batch_size: options.batch_size,
-        grad_accum: options.grad_accum,
-        max_seq_len: options.max_seq_len,
-        doc_stride: options.doc_stride,
-        warmup_ratio: options.warmup_ratio,
-        weight_decay: options.weight_decay,
-        max_grad_norm: options.max_grad_norm,
-        seed: options.seed,
-        total_steps,
-        num_features: nf,
-    };
+    let settings = state::run_settings(options, total_steps, nf)?;
 
     // Model and optimizer: from the base checkpoint, or from the latest checkpoint when resuming.
     let device = &options.device;
@@ -470,7 +472,9 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
                 let rows: Vec<_> = idx.iter().map(|&i| &feats.features[i]).collect();
                 examples += rows.len();
                 let batch = TrainBatch::from_features(&rows, device)?;
+                let started = Instant::now();
                 let (loss, _) = model.loss(&batch)?;
+                let forward_s = started.elapsed().as_secs_f64();
                 step_loss += loss.to_scalar::<f32>()? as f64;
                 // The Trainer divides each batch's loss by the batches in the step.
                 let scaled = if group.len() > 1 {
@@ -478,7 +482,14 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
                 } else {
                     loss
                 };
+                let started = Instant::now();
                 let step_grads = model.backward(&scaled)?;
+                tracing::debug!(
+                    forward_s,
+                    backward_s = started.elapsed().as_secs_f64(),
+                    "batch of {}",
+                    rows.len()
+                );
                 for (acc, g) in grads.iter_mut().zip(step_grads) {
                     if let Some(g) = g {
                         *acc = Some(match acc.take() {
@@ -488,6 +499,7 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
                     }
                 }
             }
+            let started = Instant::now();
             let grad_norm = if options.max_grad_norm > 0.0 {
                 optim::clip_grad_norm(&mut grads, options.max_grad_norm)?
             } else {
@@ -495,6 +507,10 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
             };
             let lr = schedule.lr(global_step);
             optimizer.step(&grads, lr)?;
+            tracing::debug!(
+                optimizer_s = started.elapsed().as_secs_f64(),
+                "clipping and AdamW"
+            );
             global_step += 1;
             next_batch = group_end;
             let loss = step_loss / group.len() as f64;
@@ -577,17 +593,18 @@ fn check_same_settings(saved: &RunSettings, now: &RunSettings, dir: &Path) -> Re
     if saved == now {
         return Ok(());
     }
-    let a = serde_json::to_value(saved).unwrap_or_default();
-    let b = serde_json::to_value(now).unwrap_or_default();
-    let diffs: Vec<String> = a
-        .as_object()
+    let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let shown = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+    let diffs: Vec<String> = keys
         .into_iter()
-        .flatten()
-        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-        .map(|(k, v)| {
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .map(|k| {
             format!(
-                "{k}: {v} then, {} now",
-                b.get(k.as_str()).cloned().unwrap_or_default()
+                "{k}: {} then, {} now",
+                shown(saved.get(k)),
+                shown(now.get(k))
             )
         })
         .collect();

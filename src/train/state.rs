@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::TrainableModel;
 use super::optim::AdamW;
+use super::TrainOptions;
 use crate::checkpoint::CheckpointFiles;
 use crate::error::{Error, Result};
 use crate::nn::DropoutRngState;
@@ -39,33 +40,37 @@ const TOKENIZER_FILES: &[&str] = &[
     "sentencepiece.bpe.model",
 ];
 
-/// Settings that must not change between a run and its resumption.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunSettings {
-    /// Peak learning rate.
-    pub learning_rate: f64,
-    /// Epochs asked for.
-    pub epochs: f64,
-    /// Features per batch.
-    pub batch_size: usize,
-    /// Batches per optimiser step.
-    pub grad_accum: usize,
-    /// Window length.
-    pub max_seq_len: usize,
-    /// Window overlap.
-    pub doc_stride: usize,
-    /// Warm-up fraction.
-    pub warmup_ratio: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Clipping norm (0: none).
-    pub max_grad_norm: f64,
-    /// Seed of shuffling, dropout and head initialisation.
-    pub seed: u64,
-    /// Total optimiser steps of the run.
-    pub total_steps: usize,
-    /// Training features (identifies the data and its preprocessing).
-    pub num_features: usize,
+/// Settings that must not change between a run and its resumption: the serialised
+/// [`TrainOptions`] (the fields that shape the run: learning rate, epochs, batch size, …) with
+/// the run's total steps and number of training features (which identifies the data and its
+/// preprocessing).
+pub type RunSettings = serde_json::Map<String, serde_json::Value>;
+
+/// [`RunSettings`] of a run of `options` over `num_features` windows in `total_steps` steps.
+pub fn run_settings(
+    options: &TrainOptions,
+    total_steps: usize,
+    num_features: usize,
+) -> Result<RunSettings> {
+    #[derive(Serialize)]
+    struct Settings<'a> {
+        #[serde(flatten)]
+        options: &'a TrainOptions,
+        total_steps: usize,
+        num_features: usize,
+    }
+    let settings = Settings {
+        options,
+        total_steps,
+        num_features,
+    };
+    match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::InvalidInput(
+            "run settings: not a JSON object".into(),
+        )),
+        Err(e) => Err(Error::InvalidInput(format!("run settings: {e}"))),
+    }
 }
 
 /// Where a run stands, saved with each checkpoint.

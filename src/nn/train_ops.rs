@@ -1,0 +1,557 @@
+//! Differentiable training kernels with hand-written backward passes (candle `CustomOp`s).
+//!
+//! Built from candle's small differentiable ops, attention keeps half a dozen `[b, heads, s, s]`
+//! tensors per layer alive for the backward pass, LayerNorm eight `[b, s, h]` ones, and every
+//! dropout an f32 mask. These ops keep only their inputs (and dropout masks as bits):
+//! attention recomputes its probabilities in the backward pass, LayerNorm its statistics.
+//! They run on the CPU in f32, the dtype training uses.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows handled per parallel task in the row-wise kernels.
+const ROWS_PER_TASK: usize = 64;
+
+/// A dropout mask: one bit per element (1 = kept), kept elements scaled by `1 / (1 - p)`.
+#[derive(Clone, Debug)]
+pub(crate) struct DropoutMask {
+    bits: Vec<u64>,
+    len: usize,
+    scale: f32,
+}
+
+impl DropoutMask {
+    /// Wraps `bits` (element `i` kept when bit `i % 64` of word `i / 64` is set).
+    pub(crate) fn new(bits: Vec<u64>, len: usize, p: f64) -> Self {
+        Self {
+            bits,
+            len,
+            scale: (1.0 / (1.0 - p)) as f32,
+        }
+    }
+
+    /// Multiplies `values` (of the mask's length) by the mask, in place.
+    fn apply(&self, values: &mut [f32]) {
+        debug_assert_eq!(values.len(), self.len);
+        values
+            .par_chunks_mut(64 * 1024)
+            .zip(self.bits.par_chunks(1024))
+            .for_each(|(chunk, words)| {
+                for (vals, &word) in chunk.chunks_mut(64).zip(words) {
+                    for (j, v) in vals.iter_mut().enumerate() {
+                        *v = if word >> j & 1 == 1 {
+                            *v * self.scale
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            });
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: training runs in f32")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: expects a contiguous tensor"),
+    }
+}
+
+/// A tensor's values, row-major.
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+fn cpu_tensor(storage: &CpuStorage, layout: &Layout, op: &str) -> Result<Tensor> {
+    Tensor::from_slice(
+        f32_slice(storage, layout, op)?,
+        layout.shape(),
+        &Device::Cpu,
+    )
+}
+
+fn into_storage(t: Tensor) -> Result<(CpuStorage, Shape)> {
+    let shape = t.shape().clone();
+    Ok((CpuStorage::F32(values(&t)?), shape))
+}
+
+fn require_cpu(t: &Tensor, op: &str) -> Result<()> {
+    if !t.device().is_cpu() {
+        bail!("{op}: training runs on the CPU only");
+    }
+    Ok(())
+}
+
+/// Inverted dropout with a precomputed mask; the backward pass applies the same mask.
+struct DropoutOp {
+    mask: DropoutMask,
+}
+
+impl CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut out = f32_slice(storage, layout, self.name())?.to_vec();
+        self.mask.apply(&mut out);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let mut g = values(grad)?;
+        self.mask.apply(&mut g);
+        Ok(Some(Tensor::from_vec(g, grad.shape(), grad.device())?))
+    }
+}
+
+/// `x ⊙ mask`, differentiable, keeping the mask as bits.
+pub(crate) fn dropout(x: &Tensor, mask: DropoutMask) -> Result<Tensor> {
+    require_cpu(x, "dropout")?;
+    if mask.len != x.elem_count() {
+        bail!(
+            "dropout: mask of {} for {} elements",
+            mask.len,
+            x.elem_count()
+        );
+    }
+    x.contiguous()?.apply_op1(DropoutOp { mask })
+}
+
+/// `softmax(scale·scores + bias)` over rows of length `s`, in place; `bias` holds one row per
+/// batch entry, shared by the `rows_per_batch` rows of that entry.
+fn softmax_rows(scores: &mut [f32], s: usize, rows_per_batch: usize, bias: &[f32], scale: f32) {
+    scores
+        .par_chunks_mut(s * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (i, row) in chunk.chunks_mut(s).enumerate() {
+                let batch = (task * ROWS_PER_TASK + i) / rows_per_batch;
+                let bias = &bias[batch * s..(batch + 1) * s];
+                let mut max = f32::NEG_INFINITY;
+                for (x, b) in row.iter_mut().zip(bias) {
+                    *x = *x * scale + b;
+                    max = max.max(*x);
+                }
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in row.iter_mut() {
+                    *x /= sum;
+                }
+            }
+        });
+}
+
+/// Softmax backward, in place: `dp ← scale · p ⊙ (dp − Σ dp ⊙ p)` row by row (the scale is
+/// that of the scores).
+fn softmax_grad_rows(dp: &mut [f32], p: &[f32], s: usize, scale: f32) {
+    dp.par_chunks_mut(s * ROWS_PER_TASK)
+        .zip(p.par_chunks(s * ROWS_PER_TASK))
+        .for_each(|(dchunk, pchunk)| {
+            for (drow, prow) in dchunk.chunks_mut(s).zip(pchunk.chunks(s)) {
+                let dot: f32 = drow.iter().zip(prow).map(|(d, p)| d * p).sum();
+                for (d, p) in drow.iter_mut().zip(prow) {
+                    *d = scale * p * (*d - dot);
+                }
+            }
+        });
+}
+
+/// `dropout(softmax(q kᵀ · scale + bias)) v` over `[b, heads, s, d]` tensors. Only `q`, `k`,
+/// `v` are kept for the backward pass, which recomputes the probabilities.
+struct AttentionOp {
+    /// Additive bias, one row of `s` per batch entry.
+    bias: Vec<f32>,
+    scale: f32,
+    mask: Option<DropoutMask>,
+}
+
+impl AttentionOp {
+    /// Attention probabilities (before dropout), `[b, h, s, s]` row-major.
+    fn probs(&self, q: &Tensor, k: &Tensor) -> Result<Vec<f32>> {
+        let (_, h, s, _) = q.dims4()?;
+        let mut p = values(&q.matmul(&k.t()?)?)?;
+        softmax_rows(&mut p, s, h * s, &self.bias, self.scale);
+        Ok(p)
+    }
+
+    fn dropped(&self, mut p: Vec<f32>) -> Vec<f32> {
+        if let Some(mask) = &self.mask {
+            mask.apply(&mut p);
+        }
+        p
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = cpu_tensor(s1, l1, self.name())?;
+        let k = cpu_tensor(s2, l2, self.name())?;
+        let v = cpu_tensor(s3, l3, self.name())?;
+        let (b, h, s, _) = q.dims4()?;
+        let p = self.dropped(self.probs(&q, &k)?);
+        let p = Tensor::from_vec(p, (b, h, s, s), &Device::Cpu)?;
+        into_storage(p.matmul(&v)?)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, grad) = (q.detach(), k.detach(), v.detach(), grad.detach());
+        let (b, h, s, _) = q.dims4()?;
+        let probs = self.probs(&q, &k)?;
+        // dV = dropout(P)ᵀ dO
+        let dropped = Tensor::from_vec(self.dropped(probs.clone()), (b, h, s, s), q.device())?;
+        let dv = dropped.t()?.matmul(&grad)?;
+        drop(dropped);
+        // dP = dropout'(dO Vᵀ); dS = scale · P ⊙ (dP − Σ dP ⊙ P)
+        let mut ds = self.dropped(values(&grad.matmul(&v.t()?)?)?);
+        softmax_grad_rows(&mut ds, &probs, s, self.scale);
+        drop(probs);
+        let ds = Tensor::from_vec(ds, (b, h, s, s), q.device())?;
+        let dq = ds.matmul(&k)?;
+        let dk = ds.t()?.matmul(&q)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// Scaled dot-product attention for training: `dropout(softmax(q kᵀ / √d + bias)) v` over
+/// `[b, heads, s, d]` tensors, `bias` broadcastable to `[b, 1, 1, s]`.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    mask: Option<DropoutMask>,
+) -> Result<Tensor> {
+    require_cpu(q, "attention")?;
+    let (b, h, s, d) = q.dims4()?;
+    if let Some(m) = &mask {
+        if m.len != b * h * s * s {
+            bail!(
+                "attention: dropout mask of {} for {} weights",
+                m.len,
+                b * h * s * s
+            );
+        }
+    }
+    let bias = values(
+        &bias
+            .to_dtype(candle_core::DType::F32)?
+            .broadcast_as((b, 1, 1, s))?,
+    )?;
+    let op = AttentionOp {
+        bias,
+        scale: (1.0 / (d as f64).sqrt()) as f32,
+        mask,
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// Layer normalisation over the last dimension, `(x − mean) / √(var + eps) · weight + bias`,
+/// with the statistics recomputed in the backward pass.
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and `√(var + eps)` of a row.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+    (mean, (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let b = f32_slice(s3, l3, self.name())?;
+        let n = w.len();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(x.par_chunks(n * ROWS_PER_TASK))
+            .for_each(|(ochunk, xchunk)| {
+                for (orow, xrow) in ochunk.chunks_mut(n).zip(xchunk.chunks(n)) {
+                    let (mean, std) = row_stats(xrow, self.eps);
+                    for (((o, x), w), b) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
+                        *o = (x - mean) / std * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (xs, ws, dys) = (values(x)?, values(w)?, values(grad)?);
+        let n = ws.len();
+        let mut dx = vec![0f32; xs.len()];
+        // Per task: partial sums of dy ⊙ x̂ and dy, added up in task order so that the result
+        // does not depend on the number of threads.
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(xs.par_chunks(n * ROWS_PER_TASK))
+            .zip(dys.par_chunks(n * ROWS_PER_TASK))
+            .map(|((dxchunk, xchunk), dychunk)| {
+                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+                let mut xhat = vec![0f32; n];
+                for ((dxrow, xrow), dyrow) in dxchunk
+                    .chunks_mut(n)
+                    .zip(xchunk.chunks(n))
+                    .zip(dychunk.chunks(n))
+                {
+                    let (mean, std) = row_stats(xrow, self.eps);
+                    let (mut mean_g, mut mean_gx) = (0f32, 0f32);
+                    for i in 0..n {
+                        xhat[i] = (xrow[i] - mean) / std;
+                        let g = dyrow[i] * ws[i];
+                        mean_g += g;
+                        mean_gx += g * xhat[i];
+                        dw[i] += dyrow[i] * xhat[i];
+                        db[i] += dyrow[i];
+                    }
+                    mean_g /= n as f32;
+                    mean_gx /= n as f32;
+                    for i in 0..n {
+                        let g = dyrow[i] * ws[i];
+                        dxrow[i] = (g - mean_g - xhat[i] * mean_gx) / std;
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+        for (pw, pb) in partials {
+            dw.iter_mut().zip(pw).for_each(|(a, p)| *a += p);
+            db.iter_mut().zip(pb).for_each(|(a, p)| *a += p);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// Differentiable LayerNorm of `x` over its last dimension.
+pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    require_cpu(x, "layer-norm")?;
+    let n = x.dim(candle_core::D::Minus1)?;
+    if weight.elem_count() != n || bias.elem_count() != n {
+        bail!(
+            "layer-norm: parameters of size {} for rows of {n}",
+            weight.elem_count()
+        );
+    }
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var, D};
+
+    use super::*;
+
+    /// Pseudo-random values in [-1, 1) (a fixed LCG, so the test needs no generator).
+    fn values_for(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn var(shape: &[usize], seed: u64) -> Var {
+        let n = shape.iter().product();
+        Var::from_tensor(&Tensor::from_vec(values_for(n, seed), shape, &Device::Cpu).unwrap())
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Every third element dropped, the rest scaled by 1 / (1 - p).
+    fn mask(n: usize, p: f64) -> (DropoutMask, Tensor) {
+        let mut bits = vec![0u64; n.div_ceil(64)];
+        let mut dense = vec![0f32; n];
+        for i in (0..n).filter(|i| i % 3 != 0) {
+            bits[i / 64] |= 1 << (i % 64);
+            dense[i] = (1.0 / (1.0 - p)) as f32;
+        }
+        let dense = Tensor::from_vec(dense, n, &Device::Cpu).unwrap();
+        (DropoutMask::new(bits, n, p), dense)
+    }
+
+    #[test]
+    fn attention_matches_composed_ops_with_dropout_and_padding() {
+        let (b, h, s, d) = (2, 3, 5, 4);
+        let (q, k, v) = (
+            var(&[b, h, s, d], 1),
+            var(&[b, h, s, d], 2),
+            var(&[b, h, s, d], 3),
+        );
+        // Second sequence: last two positions are padding.
+        let attend = Tensor::new(
+            &[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let bias = crate::nn::attention_bias(&attend, DType::F32).unwrap();
+        let weights =
+            Tensor::from_vec(values_for(b * h * s * d, 4), (b, h, s, d), &Device::Cpu).unwrap();
+        let (dropout, dense) = mask(b * h * s * s, 0.25);
+
+        let fused = attention(&q, &k, &v, &bias, Some(dropout)).unwrap();
+        let fused_grads = (&fused * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+        let probs =
+            candle_nn::ops::softmax(&scores.broadcast_add(&bias).unwrap(), D::Minus1).unwrap();
+        let dropped = (probs * dense.reshape((b, h, s, s)).unwrap()).unwrap();
+        let composed = dropped.matmul(&v).unwrap();
+        let composed_grads = (&composed * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        assert!(max_diff(&fused, &composed) < 1e-6);
+        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, b) = (fused_grads.get(x).unwrap(), composed_grads.get(x).unwrap());
+            assert!(
+                max_diff(a, b) < 1e-5,
+                "d{name} differs by {}",
+                max_diff(a, b)
+            );
+            assert!(
+                max_diff(a, &a.zeros_like().unwrap()) > 1e-3,
+                "d{name} is zero"
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_composed_ops() {
+        let (x, w, bias) = (var(&[3, 7, 16], 5), var(&[16], 6), var(&[16], 7));
+        let weights =
+            Tensor::from_vec(values_for(3 * 7 * 16, 8), (3, 7, 16), &Device::Cpu).unwrap();
+        let eps = 1e-5;
+        let fused = layer_norm(&x, &w, &bias, eps).unwrap();
+        let fused_grads = (&fused * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        let mean = (x.sum_keepdim(D::Minus1).unwrap() / 16.0).unwrap();
+        let centred = x.broadcast_sub(&mean).unwrap();
+        let var_ = (centred.sqr().unwrap().sum_keepdim(D::Minus1).unwrap() / 16.0).unwrap();
+        let normed = centred
+            .broadcast_div(&(var_ + eps).unwrap().sqrt().unwrap())
+            .unwrap();
+        let composed = normed
+            .broadcast_mul(&w)
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let composed_grads = (&composed * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        for (name, t) in [("x", &x), ("weight", &w), ("bias", &bias)] {
+            let (a, b) = (fused_grads.get(t).unwrap(), composed_grads.get(t).unwrap());
+            assert!(
+                max_diff(a, b) < 1e-4,
+                "d{name} differs by {}",
+                max_diff(a, b)
+            );
+        }
+    }
+
+    #[test]
+    fn dropout_masks_values_and_gradients_alike() {
+        let x = var(&[4, 50], 9);
+        let (m, dense) = mask(200, 0.5);
+        let y = dropout(&x, m).unwrap();
+        let dense = dense.reshape((4, 50)).unwrap();
+        assert_eq!(max_diff(&y, &(x.as_tensor() * &dense).unwrap()), 0.0);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(max_diff(grads.get(&x).unwrap(), &dense), 0.0);
+    }
+}
