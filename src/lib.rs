@@ -19,6 +19,7 @@
 pub mod checkpoint;
 pub mod decode;
 pub mod error;
+pub mod fast;
 pub mod features;
 pub mod models;
 pub mod nn;

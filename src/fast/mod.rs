@@ -1,0 +1,3 @@
+//! Fast CPU inference engine.
+
+pub mod int8;
