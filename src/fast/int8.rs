@@ -341,42 +341,73 @@ impl QuantizedLinear {
                         )
                     },
                 }
+                let col_sums = tile_params(&self.col_sums, first);
+                let w_scales = tile_params(&self.w_scales, first);
+                let bias = tile_params(&self.bias, first);
                 for (r, acc_row) in acc.iter().enumerate().take(tile_rows) {
                     let zero_point = acts.zero_points[r0 + r];
                     let a_scale = acts.scales[r0 + r];
                     let out_row = &mut out[(r0 + r) * out_stride + first - col0..][..width];
-                    finish_row(
-                        acc_row,
-                        zero_point,
-                        a_scale,
-                        &self.col_sums[first..first + NR],
-                        &self.w_scales[first..first + NR],
-                        &self.bias[first..first + NR],
-                        out_row,
+                    let args = (
+                        acc_row, zero_point, a_scale, col_sums, w_scales, bias, out_row,
                     );
+                    match kernel {
+                        Kernel::Scalar => finish_row(args),
+                        // SAFETY: AVX2 kernels are only selected when the CPU has AVX2.
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { finish_row_avx2(args) },
+                    }
                 }
             }
         }
     }
 }
 
+/// The per-channel parameters of the output block starting at channel `first`.
+fn tile_params<T>(all: &[T], first: usize) -> &[T; NR] {
+    all[first..first + NR]
+        .try_into()
+        .expect("per-channel parameters are padded to whole blocks")
+}
+
+/// Arguments of [`finish_row`]: one row of tile sums, the row's activation zero point and
+/// scale, the block's column sums, weight scales and bias, and the output row (≤ `NR` values).
+type FinishArgs<'a> = (
+    &'a [i32; NR],
+    i32,
+    f32,
+    &'a [i32; NR],
+    &'a [f32; NR],
+    &'a [f32; NR],
+    &'a mut [f32],
+);
+
 /// Scales one row of a tile's integer sums back to `f32`: `sa·sw·(acc − za·Σqw) + b`.
 ///
-/// The correction is done in `i32` (exact), so every kernel gives identical outputs.
+/// The correction is done in `i32` (exact) and no step is fused, so every kernel gives
+/// identical outputs.
 #[inline(always)]
-fn finish_row(
-    acc: &[i32; NR],
-    zero_point: i32,
-    a_scale: f32,
-    col_sums: &[i32],
-    w_scales: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
-) {
-    for (c, o) in out.iter_mut().enumerate() {
-        let exact = acc[c] - zero_point * col_sums[c];
-        *o = exact as f32 * (a_scale * w_scales[c]) + bias[c];
+fn finish_row((acc, zero_point, a_scale, col_sums, w_scales, bias, out): FinishArgs) {
+    for ((((o, &acc), &col_sum), &w_scale), &b) in out
+        .iter_mut()
+        .zip(acc)
+        .zip(col_sums)
+        .zip(w_scales)
+        .zip(bias)
+    {
+        let exact = acc - zero_point * col_sum;
+        *o = exact as f32 * (a_scale * w_scale) + b;
     }
+}
+
+/// [`finish_row`] compiled for AVX2, where it vectorizes to a few 256-bit instructions.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finish_row_avx2(args: FinishArgs) {
+    finish_row(args)
 }
 
 /// Quantizes one activation row to `u8` with its own scale and zero point; returns them.
