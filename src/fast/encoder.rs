@@ -111,9 +111,11 @@ impl Embeddings {
     }
 
     /// Embeds every window into consecutive rows of the returned `[tokens, hidden]` matrix.
-    fn forward(&self, windows: &[Tokens], total: usize) -> Result<Vec<f32>> {
+    fn forward(&self, windows: &[Tokens], total: usize, out: &mut Vec<f32>) -> Result<()> {
         let e = self.width;
-        let mut x = vec![0f32; total * e];
+        let mut x = std::mem::take(out);
+        x.clear();
+        x.resize(total * e, 0.0);
         let mut row = 0;
         for w in windows {
             let mut seen = 0u32;
@@ -162,14 +164,14 @@ impl Embeddings {
             }
         }
         self.norm.apply(&mut x, None);
-        Ok(match &self.project {
+        match &self.project {
             Some(project) => {
-                let mut projected = vec![0f32; total * project.out_features()];
-                project.forward(&x, total, &mut projected);
-                projected
+                out.resize(total * project.out_features(), 0.0);
+                project.forward(&x, total, out);
             }
-            None => x,
-        })
+            None => *out = x,
+        }
+        Ok(())
     }
 }
 
@@ -185,8 +187,11 @@ struct Layer {
     output_norm: Norm,
 }
 
-/// Scratch buffers reused by every layer of one forward pass.
+/// Scratch buffers reused by every layer of a forward pass, and kept between passes: fresh
+/// multi-megabyte buffers come from the OS as pages that it must zero on first touch.
+#[derive(Debug, Default)]
 struct Scratch {
+    hidden: Vec<f32>,
     qkv: Vec<f32>,
     heads: Vec<f32>,
     context: Vec<f32>,
@@ -205,6 +210,8 @@ pub struct FastQaModel {
     /// `qa_outputs`: row 0 is the start vector S, row 1 the end vector E.
     qa_weight: Vec<f32>,
     qa_bias: [f32; 2],
+    /// Buffers of finished passes, for the next ones (one per concurrent caller).
+    scratch: std::sync::Mutex<Vec<Scratch>>,
 }
 
 fn act(activation: Activation) -> Act {
@@ -388,6 +395,7 @@ impl FastQaModel {
             act,
             qa_weight: head.weight().to_vec(),
             qa_bias: [head.bias()[0], head.bias()[1]],
+            scratch: Default::default(),
         })
     }
 
@@ -400,23 +408,27 @@ impl FastQaModel {
             spans.push((start, w.input_ids.len()));
             start += w.input_ids.len();
         }
-        let mut x = self.embeddings.forward(windows, total)?;
         let inter = self
             .layers
             .first()
             .map_or(0, |l| l.intermediate.out_features());
         let h = self.hidden;
-        let mut scratch = Scratch {
-            qkv: vec![0f32; total * 3 * h],
-            heads: vec![0f32; total * h],
-            context: vec![0f32; total * h],
-            projected: vec![0f32; total * h],
-            intermediate: vec![0f32; total * inter],
-        };
+        let mut scratch = self.take_scratch();
+        let mut x = std::mem::take(&mut scratch.hidden);
+        self.embeddings.forward(windows, total, &mut x)?;
+        for (buffer, len) in [
+            (&mut scratch.qkv, total * 3 * h),
+            (&mut scratch.heads, total * h),
+            (&mut scratch.context, total * h),
+            (&mut scratch.projected, total * h),
+            (&mut scratch.intermediate, total * inter),
+        ] {
+            buffer.resize(len, 0.0);
+        }
         for layer in &self.layers {
             self.layer_forward(layer, &mut x, &spans, &mut scratch);
         }
-        Ok(spans
+        let logits = spans
             .iter()
             .map(|&(start, len)| {
                 let (s, e) = self.qa_weight.split_at(h);
@@ -428,7 +440,20 @@ impl FastQaModel {
                     })
                     .unzip()
             })
-            .collect())
+            .collect();
+        scratch.hidden = x;
+        self.return_scratch(scratch);
+        Ok(logits)
+    }
+
+    fn take_scratch(&self) -> Scratch {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        pool.pop().unwrap_or_default()
+    }
+
+    fn return_scratch(&self, scratch: Scratch) {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(scratch);
     }
 
     fn layer_forward(
