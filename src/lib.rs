@@ -32,4 +32,5 @@ pub mod train;
 pub use checkpoint::{HubOptions, DEFAULT_MODEL};
 pub use decode::{Answer, DecodeParams};
 pub use error::{Error, Result};
+pub use fast::linear::Precision;
 pub use pipeline::{EngineChoice, LoadOptions, QaParams, QaPipeline, QaRequest};

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint::{self, CheckpointFiles, HubOptions};
 use crate::decode::{decode, Answer, DecodeParams, WindowLogits};
 use crate::error::{Error, Result};
+use crate::fast::linear::Precision;
 use crate::fast::{FastQaModel, Tokens};
 use crate::features::{QaTokenizer, Window};
 use crate::models::{self, ArchInfo, ModelInput, QaModel};
@@ -101,6 +102,9 @@ pub struct LoadOptions {
     pub max_context_chars: usize,
     /// Which implementation runs the model.
     pub engine: EngineChoice,
+    /// Arithmetic of the fast engine's linear layers ([`Precision::Int8`] needs the fast
+    /// engine).
+    pub precision: Precision,
 }
 
 /// Which implementation runs the model.
@@ -128,6 +132,7 @@ impl Default for LoadOptions {
             batch_size: 8,
             max_context_chars: DEFAULT_MAX_CONTEXT_CHARS,
             engine: EngineChoice::Auto,
+            precision: Precision::F32,
         }
     }
 }
@@ -166,9 +171,19 @@ impl QaPipeline {
         };
         if options.engine == EngineChoice::Auto && options.device.is_cpu() {
             let info = models::arch_info(&config)?;
-            if let Some(fast) = FastQaModel::load(&config, &vb).map_err(misfit)? {
+            let fast = FastQaModel::load(&config, &vb, options.precision).map_err(misfit)?;
+            if let Some(fast) = fast {
                 return Self::assemble(files, Engine::Fast(fast), info, options);
             }
+        }
+        if options.precision != Precision::F32 {
+            let model_type = config.get("model_type").and_then(|v| v.as_str());
+            return Err(Error::InvalidInput(format!(
+                "int8 runs on the fast engine, which covers bert, roberta, xlm-roberta, electra \
+                 and distilbert on the CPU; this checkpoint ({}) runs in f32 only: drop the \
+                 quantization option",
+                model_type.unwrap_or("unknown model_type")
+            )));
         }
         let (model, info) = models::build(&config, vb).map_err(misfit)?;
         Self::from_model(files, model, info, options)

@@ -15,6 +15,8 @@ use super::{output, CliError, CliResult, CommonArgs};
 pub struct AskArgs {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    engine: super::EngineArgs,
     /// A question (repeat for several questions about the same context).
     #[arg(
         long,
@@ -135,6 +137,7 @@ pub fn run(args: AskArgs) -> CliResult {
         max_context_chars: args.max_context_chars,
         ..LoadOptions::default()
     };
+    let options = args.engine.apply(options);
     let qa = QaPipeline::load(&args.common.model, &options)?;
     match (&args.input, context) {
         (Some(input), _) => run_jsonl(&qa, input),

@@ -21,6 +21,8 @@ use super::{CliError, CliResult, CommonArgs};
 pub struct EvalArgs {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    engine: super::EngineArgs,
     /// SQuAD v1.1 or v2.0 JSON file (questions and gold answers).
     #[arg(long)]
     data: PathBuf,
@@ -74,6 +76,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         batch_size: args.batch_size,
         ..LoadOptions::default()
     };
+    let options = args.engine.apply(options);
     let qa = QaPipeline::load(&args.common.model, &options)?;
 
     let started = Instant::now();

@@ -12,6 +12,8 @@ use super::{CliError, CliResult, CommonArgs};
 pub struct ServeArgs {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    engine: super::EngineArgs,
     /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -105,6 +107,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         max_context_chars: args.max_context_chars,
         ..LoadOptions::default()
     };
+    let options = args.engine.apply(options);
     let qa = QaPipeline::load(&args.common.model, &options)?;
     tracing::info!(model = %qa.files().name, model_type = %qa.arch().model_type, "model loaded");
     let config = ServerConfig {

@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::kernels::{activate, add_layer_norm, matmul, softmax_rows, Act, MatMut, MatRef};
-use super::linear::DenseLinear;
+use super::linear::{DenseLinear, Linear, Precision};
 use crate::error::{Error, Result};
 use crate::models::{bert, distilbert, electra, encoder_root, roberta};
 use crate::nn::Activation;
@@ -179,11 +179,11 @@ impl Embeddings {
 /// residual + LayerNorm.
 #[derive(Debug)]
 struct Layer {
-    qkv: DenseLinear,
-    attention_output: DenseLinear,
+    qkv: Linear,
+    attention_output: Linear,
     attention_norm: Norm,
-    intermediate: DenseLinear,
-    output: DenseLinear,
+    intermediate: Linear,
+    output: Linear,
     output_norm: Norm,
 }
 
@@ -226,7 +226,12 @@ impl FastQaModel {
     /// Builds the fast engine for the checkpoint when its architecture is one it covers
     /// (`bert`, `roberta`, `xlm-roberta`, `electra`, `distilbert` with absolute positions);
     /// `Ok(None)` otherwise, so that the caller can use the reference models.
-    pub fn load(config: &serde_json::Value, vb: &VarBuilder) -> Result<Option<Self>> {
+    /// `precision` chooses the arithmetic of the encoder's linear layers.
+    pub fn load(
+        config: &serde_json::Value,
+        vb: &VarBuilder,
+        precision: Precision,
+    ) -> Result<Option<Self>> {
         let model_type = config
             .get("model_type")
             .and_then(|v| v.as_str())
@@ -277,7 +282,22 @@ impl FastQaModel {
             }
             _ => return Ok(None),
         };
-        Ok(Some(model))
+        Ok(Some(model.with_precision(precision)))
+    }
+
+    /// Converts the encoder's linear layers to `precision`.
+    fn with_precision(mut self, precision: Precision) -> Self {
+        for layer in &mut self.layers {
+            for linear in [
+                &mut layer.qkv,
+                &mut layer.attention_output,
+                &mut layer.intermediate,
+                &mut layer.output,
+            ] {
+                linear.convert(precision);
+            }
+        }
+        self
     }
 
     fn load_bert_like(
@@ -312,11 +332,18 @@ impl FastQaModel {
                 let attn = vb.pp("attention");
                 let selfa = attn.pp("self");
                 Ok(Layer {
-                    qkv: fused_qkv(h, [selfa.pp("query"), selfa.pp("key"), selfa.pp("value")])?,
-                    attention_output: linear(h, h, attn.pp("output").pp("dense"))?,
+                    qkv: Linear::Dense(fused_qkv(
+                        h,
+                        [selfa.pp("query"), selfa.pp("key"), selfa.pp("value")],
+                    )?),
+                    attention_output: Linear::Dense(linear(h, h, attn.pp("output").pp("dense"))?),
                     attention_norm: Norm::load(h, eps, attn.pp("output").pp("LayerNorm"))?,
-                    intermediate: linear(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
-                    output: linear(cfg.intermediate_size, h, vb.pp("output.dense"))?,
+                    intermediate: Linear::Dense(linear(
+                        h,
+                        cfg.intermediate_size,
+                        vb.pp("intermediate.dense"),
+                    )?),
+                    output: Linear::Dense(linear(cfg.intermediate_size, h, vb.pp("output.dense"))?),
                     output_norm: Norm::load(h, eps, vb.pp("output.LayerNorm"))?,
                 })
             })
@@ -361,11 +388,14 @@ impl FastQaModel {
                 let vb = root.pp(format!("transformer.layer.{i}"));
                 let attn = vb.pp("attention");
                 Ok(Layer {
-                    qkv: fused_qkv(d, [attn.pp("q_lin"), attn.pp("k_lin"), attn.pp("v_lin")])?,
-                    attention_output: linear(d, d, attn.pp("out_lin"))?,
+                    qkv: Linear::Dense(fused_qkv(
+                        d,
+                        [attn.pp("q_lin"), attn.pp("k_lin"), attn.pp("v_lin")],
+                    )?),
+                    attention_output: Linear::Dense(linear(d, d, attn.pp("out_lin"))?),
                     attention_norm: Norm::load(d, EPS, vb.pp("sa_layer_norm"))?,
-                    intermediate: linear(d, cfg.hidden_dim, vb.pp("ffn.lin1"))?,
-                    output: linear(cfg.hidden_dim, d, vb.pp("ffn.lin2"))?,
+                    intermediate: Linear::Dense(linear(d, cfg.hidden_dim, vb.pp("ffn.lin1"))?),
+                    output: Linear::Dense(linear(cfg.hidden_dim, d, vb.pp("ffn.lin2"))?),
                     output_norm: Norm::load(d, EPS, vb.pp("output_layer_norm"))?,
                 })
             })

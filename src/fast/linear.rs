@@ -64,3 +64,53 @@ impl DenseLinear {
         );
     }
 }
+/// The arithmetic of the encoder's linear layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout (the same answers as transformers).
+    #[default]
+    F32,
+    /// int8 weights (per output channel) and activations (per row), i32 accumulation; about
+    /// twice as fast as f32 on AVX2 machines, faster still with AVX-512 VNNI. Attention,
+    /// LayerNorm and the QA head stay f32.
+    Int8,
+}
+
+/// A linear layer in the precision chosen at load.
+#[derive(Debug)]
+pub enum Linear {
+    /// f32 weights.
+    Dense(DenseLinear),
+    /// int8 weights, per output channel; activations quantized per call.
+    Int8(super::int8::QuantizedLinear),
+}
+
+impl Linear {
+    /// Converts the layer to `precision` (f32 layers can be quantized; int8 ones stay).
+    pub fn convert(&mut self, precision: Precision) {
+        if let (Linear::Dense(dense), Precision::Int8) = (&*self, precision) {
+            *self = Linear::Int8(super::int8::QuantizedLinear::new(
+                dense.weight(),
+                Some(dense.bias()),
+                dense.out_features(),
+                dense.in_features(),
+            ));
+        }
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        match self {
+            Linear::Dense(l) => l.out_features(),
+            Linear::Int8(l) => l.out_features(),
+        }
+    }
+
+    /// `out = x·Wᵀ + b` for `rows` rows of `x`; overwrites `out`.
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        match self {
+            Linear::Dense(l) => l.forward(x, rows, out),
+            Linear::Int8(l) => l.forward(x, rows, &mut out[..rows * l.out_features()]),
+        }
+    }
+}
