@@ -1,12 +1,13 @@
 //! Times the model on full-length windows (for quick profiling and bench/compare.sh).
 //!
 //! Usage: forward_timing MODEL_DIR [SEQ] [BATCH] [ITERS]
-//! BERTQA_ENGINE=reference times the reference models instead of the fast engine.
+//! BERTQA_ENGINE=reference times the reference models instead of the fast engine;
+//! BERTQA_QUANTIZE=int8 times the fast engine with int8 linear layers.
 
 use std::time::Instant;
 
 use bertqa::fast::Tokens;
-use bertqa::{EngineChoice, LoadOptions, QaPipeline};
+use bertqa::{EngineChoice, LoadOptions, Precision, QaPipeline};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -23,8 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok("reference") => EngineChoice::Reference,
         _ => EngineChoice::Auto,
     };
+    let precision = match std::env::var("BERTQA_QUANTIZE").as_deref() {
+        Ok("int8") => Precision::Int8,
+        _ => Precision::F32,
+    };
     let options = LoadOptions {
         engine,
+        precision,
         ..LoadOptions::default()
     };
     let qa = QaPipeline::load(model, &options)?;
@@ -49,7 +55,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         qa.run_tokens(&windows)?;
     }
     let ms = t.elapsed().as_secs_f64() * 1000.0 / iters as f64;
-    let engine = if qa.is_fast() { "fast" } else { "reference" };
+    let engine = match (qa.is_fast(), precision) {
+        (true, Precision::Int8) => "fast int8",
+        (true, Precision::F32) => "fast",
+        (false, _) => "reference",
+    };
     println!(
         "{model} ({engine}): seq {seq} batch {batch}: {ms:.1} ms per forward ({:.1} ms per sequence)",
         ms / batch as f64
