@@ -393,3 +393,43 @@ fn offline_hub_id_missing_from_cache_says_what_to_do() {
     assert_user_error(&out, "offline");
     assert_user_error(&out, "acme/not-downloaded");
 }
+
+#[test]
+fn reference_engine_flag_gives_the_golden_answers_too() {
+    let case = seed_case("seed-top5-impossible");
+    let out = bertqa(&[
+        "ask",
+        "--model",
+        &bert_dir(),
+        "--reference-engine",
+        "--question",
+        &case.question,
+        "--context",
+        &case.context,
+        "--top-k",
+        "5",
+        "--handle-impossible-answer",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers: Vec<bertqa::Answer> = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let errors = common::compare_answers(&case.id, &answers, &case.expected);
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn int8_on_an_architecture_without_the_fast_engine_says_what_to_do() {
+    let albert = common::fixture("albert").display().to_string();
+    let out = bertqa(&[
+        "ask",
+        "--model",
+        &albert,
+        "--quantize",
+        "int8",
+        "-q",
+        "Who?",
+        "-c",
+        "Marie won.",
+    ]);
+    assert_user_error(&out, "drop the quantization option");
+}
