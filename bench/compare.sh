@@ -37,12 +37,16 @@ die() { echo "error: $*" >&2; exit 1; }
 step() { echo "== $* ($(date +%H:%M:%S))" >&2; }
 
 [ -d "$MODEL" ] || die "$MODEL not found: set BERTQA_SHARED to the shared reference directory"
-[ -f "$DATA" ] || die "$DATA not found: set BERTQA_SHARED to the shared reference directory"
+[ -f "$DATA" ] || die "$DATA not found: set DATA, or BERTQA_SHARED to the shared reference directory"
 mkdir -p "$WORK"
 
 if [ ! -x "$PY" ]; then
-  step "creating $VENV (torch, transformers)"
+  step "creating $VENV"
   python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
+fi
+# bench/train_minilm.sh may have made the venv with the base checkpoint alone.
+if ! "$PY" -c 'import torch, transformers, safetensors' 2>/dev/null; then
+  step "installing torch and transformers 4.x into $VENV"
   "$VENV/bin/pip" install -q torch 'transformers<5' safetensors
 fi
 if ! "$PY" -c 'import onnxruntime, onnx' 2>/dev/null; then

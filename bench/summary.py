@@ -101,7 +101,7 @@ def table(work):
             preds = "bertqa_predictions.json" if variant == "f32" else "bertqa_int8_predictions.json"
             note = f"EM {b['exact_match']:.2f} / F1 {b['f1']:.2f}; {same_answers(work, preds)}"
             row(
-                f"eval minilm-xquad-qa, bertqa {variant} vs pipeline",
+                f"eval {os.path.basename(b['model'])} on {os.path.basename(b['data'])}, bertqa {variant} vs pipeline",
                 b["questions_per_second"],
                 pipe["pipeline"]["questions_per_s"],
                 "q/s",
@@ -133,7 +133,7 @@ def table(work):
         row("training step MiniLM-L6 fp32, bertqa vs PyTorch", bt["examples_per_s"], tt["examples_per_s"], "examples/s", note, rate=True)
     threads = (pipe or {}).get("threads", "?")
     header = [
-        f"bertqa vs reference on this machine, {threads} threads; ratio = bertqa / reference",
+        f"bertqa vs reference on this machine (threads: {threads}); ratio = bertqa / reference",
         "",
         "| measure | bertqa | reference | ratio | notes |",
         "|---|---|---|---|---|",
