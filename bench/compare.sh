@@ -1,58 +1,121 @@
 #!/usr/bin/env bash
-# bertqa vs PyTorch (transformers pipeline) on this machine, measured in one run.
-# Installs the reference in a throw-away venv (bench/.venv). Not part of CI.
-#   bench/compare.sh            # all cases
-#   SKIP_LARGE=1 bench/compare.sh   # skip BERT-large
+# bertqa vs PyTorch / transformers / ONNX Runtime on this machine, measured in one run: every
+# ratio the speed work is judged by, printed as one markdown table at the end. Not part of CI.
+#
+#   bench/compare.sh                  # all cases (about 25 minutes on 2 cores)
+#   SKIP_LARGE=1 bench/compare.sh     # without BERT-large (under 15 minutes)
+#
+# Environment:
+#   THREADS=2          threads of every engine (bertqa --threads, torch, ORT intra-op)
+#   SKIP_LARGE=1       skip BERT-large
+#   WORK=bench/out/compare   raw JSON, logs, random-weight models and ONNX files (kept)
+#   BIN_DIR=DIR        take bertqa and forward_timing from DIR instead of building them
+#   TRAIN_WARMUP=2 TRAIN_STEPS=4   training steps left out / timed
+# Quick check of the script itself (figures meaningless): DATA=small-squad.json LAYERS=2 ITERS_B1=1
+#   ITERS_B8=1 TRAIN_BATCH=2 TRAIN_SEQ=128 TRAIN_WARMUP=1 TRAIN_STEPS=1 THREADS=1 bench/compare.sh
+#
+# The reference runs in a throw-away venv (bench/.venv): torch, transformers 4.x, onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
+SKIP_LARGE=${SKIP_LARGE:-0}
 SHARED=${BERTQA_SHARED:-../shared}
 MODEL=$SHARED/models/minilm-xquad-qa
-DATA=$SHARED/data/xquad-en-train.json
-# Results (and the random-weight models) stay in bench/out/compare for inspection.
+DATA=${DATA:-$SHARED/data/xquad-en-train.json}
 WORK=${WORK:-bench/out/compare}
+LAYERS=${LAYERS:-0}   # 0: the real depth (12 / 24)
+ITERS_B1=${ITERS_B1:-5}
+ITERS_B8=${ITERS_B8:-2}
+TRAIN_WARMUP=${TRAIN_WARMUP:-2}
+TRAIN_STEPS=${TRAIN_STEPS:-4}
+TRAIN_BATCH=${TRAIN_BATCH:-16}
+TRAIN_SEQ=${TRAIN_SEQ:-384}
+VENV=bench/.venv
+PY=$VENV/bin/python
+
+die() { echo "error: $*" >&2; exit 1; }
+step() { echo "== $* ($(date +%H:%M:%S))" >&2; }
+
+[ -d "$MODEL" ] || die "$MODEL not found: set BERTQA_SHARED to the shared reference directory"
+[ -f "$DATA" ] || die "$DATA not found: set DATA, or BERTQA_SHARED to the shared reference directory"
 mkdir -p "$WORK"
 
-if [ ! -x bench/.venv/bin/python ]; then
-  python3 -m venv bench/.venv
-  bench/.venv/bin/pip install -q torch 'transformers<5' safetensors
+if [ ! -x "$PY" ]; then
+  step "creating $VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
 fi
-cargo build --release -q
-cargo build --release -q --example forward_timing
-BERTQA=target/release/bertqa
+# bench/train_minilm.sh may have made the venv with the base checkpoint alone.
+if ! "$PY" -c 'import torch, transformers, safetensors' 2>/dev/null; then
+  step "installing torch and transformers 4.x into $VENV"
+  "$VENV/bin/pip" install -q torch 'transformers<5' safetensors
+fi
+if ! "$PY" -c 'import onnxruntime, onnx' 2>/dev/null; then
+  step "installing onnxruntime and onnx into $VENV"
+  "$VENV/bin/pip" install -q onnxruntime onnx
+fi
+BASE=$(bench/minilm_base.sh "$VENV")
 
-echo "== PyTorch reference" >&2
-THREADS=$THREADS SKIP_LARGE=${SKIP_LARGE:-0} bench/.venv/bin/python bench/reference.py "$MODEL" "$DATA" "$WORK" > "$WORK/torch.json"
+if [ -n "${BIN_DIR:-}" ]; then
+  [ -x "$BIN_DIR/bertqa" ] && [ -x "$BIN_DIR/examples/forward_timing" ] ||
+    die "BIN_DIR=$BIN_DIR must hold bertqa and examples/forward_timing (cargo build --release --bin bertqa --example forward_timing)"
+else
+  step "cargo build --release"
+  cargo build --release -q
+  cargo build --release -q --example forward_timing
+  BIN_DIR=${CARGO_TARGET_DIR:-target}/release
+fi
+BERTQA=$BIN_DIR/bertqa
+FORWARD_TIMING=$BIN_DIR/examples/forward_timing
 
-echo "== bertqa eval" >&2
-$BERTQA eval --threads "$THREADS" --model "$MODEL" --data "$DATA" --json --predictions "$WORK/bertqa_predictions.json" > "$WORK/bertqa.json"
+# 1. Evaluation: the pipeline one question per call, bertqa eval f32 and int8.
+step "transformers pipeline on $(basename "$DATA")"
+THREADS=$THREADS "$PY" bench/reference.py pipeline "$MODEL" "$DATA" "$WORK" > "$WORK/torch_pipeline.json"
+step "bertqa eval (f32)"
+"$BERTQA" eval --threads "$THREADS" --model "$MODEL" --data "$DATA" --json \
+  --predictions "$WORK/bertqa_predictions.json" > "$WORK/bertqa.json"
+step "bertqa eval --quantize int8"
+"$BERTQA" eval --threads "$THREADS" --model "$MODEL" --data "$DATA" --json --quantize int8 \
+  --predictions "$WORK/bertqa_int8_predictions.json" > "$WORK/bertqa_int8.json"
 
-echo "== cold start" >&2
-t0=$(date +%s%N); bench/.venv/bin/python bench/cold_start.py "$MODEL" >/dev/null 2>&1; t1=$(date +%s%N)
-$BERTQA ask --threads "$THREADS" --model "$MODEL" -q "Who won?" -c "Marie Curie won the Nobel Prize in 1903." >/dev/null; t2=$(date +%s%N)
+# 2. Cold start: a fresh process that loads the model and answers one question.
+step "cold start"
+t0=$(date +%s%N)
+"$PY" bench/cold_start.py "$MODEL" >/dev/null 2>&1 || die "bench/cold_start.py failed: run it by hand to see why"
+t1=$(date +%s%N)
+"$BERTQA" ask --threads "$THREADS" --model "$MODEL" -q "Who won?" -c "Marie Curie won the Nobel Prize in 1903." >/dev/null
+t2=$(date +%s%N)
 echo "{\"torch_cold_s\": $(( (t1 - t0) / 1000000 ))e-3, \"bertqa_cold_s\": $(( (t2 - t1) / 1000000 ))e-3}" > "$WORK/cold.json"
 
-for size in base large; do
-  dir=$WORK/bert-$size-random
-  [ -d "$dir" ] || continue
-  RAYON_NUM_THREADS=$THREADS target/release/examples/forward_timing "$dir" 384 1 5 > "$WORK/$size-b1.txt"
-  RAYON_NUM_THREADS=$THREADS target/release/examples/forward_timing "$dir" 384 8 2 > "$WORK/$size-b8.txt"
+# 3. Forward latency at 384 tokens, random weights (the same checkpoint for every engine).
+sizes=base
+[ "$SKIP_LARGE" = 1 ] || sizes="base large"
+for size in $sizes; do
+  step "bert-$size: PyTorch fp32/bf16, ONNX Runtime fp32/int8"
+  THREADS=$THREADS "$PY" bench/reference.py forward "$size" "$MODEL" "$WORK" --layers "$LAYERS" \
+    --iters-b1 "$ITERS_B1" --iters-b8 "$ITERS_B8" > "$WORK/torch_forward_$size.json"
+  dir=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["dir"])' "$WORK/torch_forward_$size.json")
+  for precision in f32 int8; do
+    step "bert-$size: bertqa $precision"
+    quantize=; [ "$precision" = int8 ] && quantize=int8
+    BERTQA_QUANTIZE=$quantize RAYON_NUM_THREADS=$THREADS "$FORWARD_TIMING" "$dir" 384 1 "$ITERS_B1" > "$WORK/$size-$precision-b1.txt"
+    BERTQA_QUANTIZE=$quantize RAYON_NUM_THREADS=$THREADS "$FORWARD_TIMING" "$dir" 384 8 "$ITERS_B8" > "$WORK/$size-$precision-b8.txt"
+  done
 done
 
-python3 - "$WORK" <<'PY'
-import json, re, sys, os
-w = sys.argv[1]
-t = json.load(open(f"{w}/torch.json")); b = json.load(open(f"{w}/bertqa.json")); c = json.load(open(f"{w}/cold.json"))
-tp = json.load(open(f"{w}/torch_predictions.json")); bp = json.load(open(f"{w}/bertqa_predictions.json"))
-same = sum(tp[k] == bp.get(k) for k in tp)
-print(f"eval minilm-xquad-qa: bertqa {b['questions_per_second']:.2f} q/s vs pipeline {t['pipeline']['questions_per_s']:.2f} q/s "
-      f"-> {b['questions_per_second'] / t['pipeline']['questions_per_s']:.2f}x; identical answers {same}/{len(tp)}")
-print(f"cold start: bertqa {c['bertqa_cold_s']:.2f}s vs torch {c['torch_cold_s']:.2f}s -> {c['bertqa_cold_s'] / c['torch_cold_s']:.2f}x")
-for size in ["base", "large"]:
-    if f"bert_{size}" not in t: continue
-    r = t[f"bert_{size}"]
-    b1 = float(re.search(r"\(([\d.]+) ms per sequence", open(f"{w}/{size}-b1.txt").read()).group(1))
-    b8 = float(re.search(r"\(([\d.]+) ms per sequence", open(f"{w}/{size}-b8.txt").read()).group(1))
-    print(f"bert-{size} seq 384 b1: bertqa {b1:.0f} ms vs torch fp32 {r['fp32_b1_ms']:.0f} ms -> {b1 / r['fp32_b1_ms']:.2f}x (torch bf16 {r['bf16_b1_ms']:.0f} ms)")
-    print(f"bert-{size} seq 384 b8: bertqa {b8:.0f} ms/seq vs torch fp32 {r['fp32_b8_ms_per_seq']:.0f} ms/seq -> {b8 / r['fp32_b8_ms_per_seq']:.2f}x")
-PY
+# 4. Training step: MiniLM-L6 base + new QA head, batch 16 x 384 tokens, fp32, AdamW; bertqa's
+#    per-step times come from its -v log (forward_s, backward_s, optimizer_s).
+step "training step: PyTorch"
+THREADS=$THREADS "$PY" bench/reference.py train "$BASE" --batch-size "$TRAIN_BATCH" --max-seq-len "$TRAIN_SEQ" \
+  --warmup "$TRAIN_WARMUP" --steps "$TRAIN_STEPS" > "$WORK/torch_train.json"
+step "training step: bertqa train"
+rm -rf "$WORK/bertqa-train-out"
+"$BERTQA" train --model "$BASE" --train-data "$DATA" --output "$WORK/bertqa-train-out" \
+  --max-steps $((TRAIN_WARMUP + TRAIN_STEPS)) --batch-size "$TRAIN_BATCH" --max-seq-len "$TRAIN_SEQ" \
+  --doc-stride $((TRAIN_SEQ / 3)) --learning-rate 1e-4 --weight-decay 0.01 --threads "$THREADS" -v 2> "$WORK/bertqa_train.log" >/dev/null ||
+  { tail -5 "$WORK/bertqa_train.log" >&2; die "bertqa train failed (log: $WORK/bertqa_train.log)"; }
+"$PY" bench/summary.py train-log "$WORK/bertqa_train.log" "$TRAIN_WARMUP" > "$WORK/bertqa_train.json"
+
+echo
+"$PY" bench/summary.py "$WORK"
+echo
+echo "raw results: $WORK" >&2

@@ -1,8 +1,20 @@
-"""PyTorch / transformers reference figures for bench/compare.sh (run inside bench/.venv).
+"""PyTorch / transformers / ONNX Runtime reference figures for bench/compare.sh (run inside bench/.venv).
 
-Prints one JSON object: pipeline questions/s on a SQuAD file, cold start, and forward latency of
-BERT-base/large-sized QA models with random weights (saved as safetensors so that bertqa runs the
-very same weights)."""
+Each subcommand prints one JSON object:
+
+  pipeline MODEL DATA WORK   transformers' question-answering pipeline on a SQuAD file, one question
+                             per call (questions/s); its answers go to WORK/torch_predictions.json
+  forward SIZE TOKENIZER WORK
+                             forward latency at 384 tokens of a BERT-base/large-sized QA model with
+                             random weights (saved as safetensors in WORK/bert-SIZE-random so that
+                             bertqa runs the very same weights): PyTorch fp32 and bf16 autocast,
+                             ONNX Runtime fp32 and dynamic int8
+  train BASE                 one fine-tuning step (forward + backward + clipping + AdamW) of a
+                             BertForQuestionAnswering built from BASE, on random windows
+
+THREADS (default 2) sets the threads of PyTorch and ONNX Runtime alike.
+"""
+import argparse
 import json
 import os
 import sys
@@ -10,74 +22,276 @@ import time
 
 import torch
 
-torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+THREADS = int(os.environ.get("THREADS", "2"))
+torch.set_num_threads(THREADS)
 
 
-def pipeline_speed(model_dir, data_path):
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def pipeline_speed(args):
     from transformers import pipeline
 
-    qa = pipeline("question-answering", model=model_dir, device="cpu")
-    data = json.load(open(data_path))
+    qa = pipeline("question-answering", model=args.model, device="cpu")
+    data = json.load(open(args.data))
     items = [
         (q["id"], q["question"], p["context"])
         for a in data["data"]
         for p in a["paragraphs"]
         for q in p["qas"]
     ]
+    if args.limit:
+        items = items[: args.limit]
     answers = {}
     t = time.perf_counter()
     for qid, question, context in items:
         answers[qid] = qa(question=question, context=context)["answer"]
     seconds = time.perf_counter() - t
-    return {"questions": len(items), "seconds": seconds, "questions_per_s": len(items) / seconds}, answers
+    json.dump(answers, open(os.path.join(args.work, "torch_predictions.json"), "w"))
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "pipeline": {"questions": len(items), "seconds": seconds, "questions_per_s": len(items) / seconds},
+    }
 
 
-def random_qa_model(size, out_dir, tokenizer_dir):
+# ---------------------------------------------------------------- forward latency
+
+SIZES = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+def random_qa_model(size, out_dir, tokenizer_dir, layers=None):
     from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
-    if size == "base":
-        cfg = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-    else:
-        cfg = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+    shape = dict(SIZES[size])
+    if layers:
+        shape["num_hidden_layers"] = layers
     torch.manual_seed(0)
-    model = BertForQuestionAnswering(cfg).eval()
+    model = BertForQuestionAnswering(BertConfig(**shape)).eval()
+    # Same seed, same weights: an existing directory holds this very model.
     if not os.path.exists(os.path.join(out_dir, "model.safetensors")):
         model.save_pretrained(out_dir, safe_serialization=True)
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out_dir)
     return model
 
 
-def latency(model, batch, seq=384, iters=5, bf16=False):
-    ids = torch.randint(1000, 20000, (batch, seq))
-    mask = torch.ones_like(ids)
-    with torch.inference_mode():
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-        with ctx:
-            model(input_ids=ids, attention_mask=mask)
-            t = time.perf_counter()
-            for _ in range(iters):
-                model(input_ids=ids, attention_mask=mask)
+def random_inputs(batch, seq):
+    generator = torch.Generator().manual_seed(batch)
+    ids = torch.randint(1000, 20000, (batch, seq), generator=generator)
+    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+
+
+def ms_per_sequence(run, batch, iters):
+    """One untimed warm-up call, then the mean of `iters` calls, in milliseconds per sequence."""
+    run()
+    t = time.perf_counter()
+    for _ in range(iters):
+        run()
     return (time.perf_counter() - t) * 1000 / iters / batch
 
 
+def torch_latency(model, batch, iters, bf16=False):
+    ids, mask, types = random_inputs(batch, 384)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return ms_per_sequence(
+            lambda: model(input_ids=ids, attention_mask=mask, token_type_ids=types), batch, iters
+        )
+
+
+def export_onnx(model, path):
+    """TorchScript exporter (dynamo=False: no onnxscript needed), dynamic batch and sequence axes."""
+    if os.path.exists(path):
+        return
+    ids, mask, types = random_inputs(1, 384)
+    model.config.return_dict = False
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (ids, mask, types),
+            path + ".tmp",
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["start_logits", "end_logits"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes},
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(path + ".tmp", path)
+    model.config.return_dict = True
+
+
+def optimize_onnx(exported_path, optimized_path, size):
+    """ONNX Runtime's transformer optimizer (fused attention, SkipLayerNorm, BiasGelu), as its docs
+    recommend for BERT before running or quantizing it."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    if os.path.exists(optimized_path):
+        return
+    shape = SIZES[size]
+    model = optimize_model(
+        exported_path, model_type="bert", num_heads=shape["num_attention_heads"], hidden_size=shape["hidden_size"]
+    )
+    model.save_model_to_file(optimized_path + ".tmp")
+    os.replace(optimized_path + ".tmp", optimized_path)
+
+
+def quantize_onnx(fp32_path, int8_path):
+    """Dynamic quantization as ONNX Runtime's docs recommend on CPU: per-channel int8 (QInt8)
+    weights, uint8 (QUInt8) activations quantized at run time."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if os.path.exists(int8_path):
+        return
+    quantize_dynamic(
+        fp32_path,
+        int8_path + ".tmp",
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        # Shape inference does not type the outputs of ORT's fused (contrib) operators.
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
+    os.replace(int8_path + ".tmp", int8_path)
+
+
+def ort_session(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def ort_latency(session, batch, iters):
+    ids, mask, types = random_inputs(batch, 384)
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+    return ms_per_sequence(lambda: session.run(None, feed), batch, iters)
+
+
+def forward_latency(args):
+    import onnxruntime
+
+    name = f"bert-{args.size}" + (f"-{args.layers}layers" if args.layers else "")
+    d = os.path.join(args.work, f"{name}-random")
+    os.makedirs(d, exist_ok=True)
+    model = random_qa_model(args.size, d, args.tokenizer, args.layers)
+    out = {"dir": d, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": THREADS}
+    b1, b8 = args.iters_b1, args.iters_b8
+    log(f"   PyTorch fp32 ({args.size})")
+    out["fp32_b1_ms"] = torch_latency(model, 1, b1)
+    out["fp32_b8_ms_per_seq"] = torch_latency(model, 8, b8)
+    log(f"   PyTorch bf16 autocast ({args.size})")
+    out["bf16_b1_ms"] = torch_latency(model, 1, b1, bf16=True)
+    out["bf16_b8_ms_per_seq"] = torch_latency(model, 8, b8, bf16=True)
+    # The ONNX files stay out of the bertqa model directory, which holds the checkpoint alone.
+    onnx_dir = os.path.join(args.work, f"{name}-onnx")
+    os.makedirs(onnx_dir, exist_ok=True)
+    exported = os.path.join(onnx_dir, "model.onnx")
+    fp32_path, int8_path = os.path.join(onnx_dir, "model.opt.onnx"), os.path.join(onnx_dir, "model.opt.int8.onnx")
+    log(f"   ONNX export, optimization and dynamic int8 quantization ({args.size})")
+    export_onnx(model, exported)
+    del model
+    optimize_onnx(exported, fp32_path, args.size)
+    quantize_onnx(fp32_path, int8_path)
+    for engine, path in [("ort_fp32", fp32_path), ("ort_int8", int8_path)]:
+        log(f"   ONNX Runtime {engine[4:]} ({args.size})")
+        session = ort_session(path)
+        out[f"{engine}_b1_ms"] = ort_latency(session, 1, b1)
+        out[f"{engine}_b8_ms_per_seq"] = ort_latency(session, 8, b8)
+        del session
+    return out
+
+
+# ---------------------------------------------------------------- training step
+
+
+def train_step_speed(args):
+    from transformers import BertForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized: qa_outputs" is expected
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering.from_pretrained(args.base)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    b, s = args.batch_size, args.max_seq_len
+    ids = torch.randint(1000, 20000, (b, s))
+    types = torch.zeros_like(ids)
+    types[:, s // 4 :] = 1  # question, then context
+    mask = torch.ones_like(ids)
+    starts = torch.randint(s // 4, s - 32, (b,))
+    ends = starts + torch.randint(0, 30, (b,))
+
+    def step():
+        t0 = time.perf_counter()
+        loss = model(
+            input_ids=ids, attention_mask=mask, token_type_ids=types, start_positions=starts, end_positions=ends
+        ).loss
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        # Clipping at 1.0 as the Trainer (and bertqa train) do by default.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    for _ in range(args.warmup):
+        step()
+    times = [step() for _ in range(args.steps)]
+    mean = [sum(t[i] for t in times) / len(times) for i in range(3)]
+    step_s = sum(mean)
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "base": args.base,
+        "batch_size": b,
+        "max_seq_len": s,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "forward_s": mean[0],
+        "backward_s": mean[1],
+        "optimizer_s": mean[2],
+        "step_s": step_s,
+        "examples_per_s": b / step_s,
+    }
+
+
 def main():
-    model_dir, data_path, work = sys.argv[1:4]
-    skip_large = os.environ.get("SKIP_LARGE") == "1"
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    speed, answers = pipeline_speed(model_dir, data_path)
-    out["pipeline"] = speed
-    json.dump(answers, open(os.path.join(work, "torch_predictions.json"), "w"))
-    for size in ["base"] + ([] if skip_large else ["large"]):
-        d = os.path.join(work, f"bert-{size}-random")
-        os.makedirs(d, exist_ok=True)
-        m = random_qa_model(size, d, model_dir)
-        out[f"bert_{size}"] = {
-            "dir": d,
-            "fp32_b1_ms": latency(m, 1),
-            "fp32_b8_ms_per_seq": latency(m, 8, iters=2),
-            "bf16_b1_ms": latency(m, 1, bf16=True),
-        }
-    print(json.dumps(out))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pipeline")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("work")
+    p.add_argument("--limit", type=int, default=0, help="only the first N questions (quick checks)")
+    p.set_defaults(run=pipeline_speed)
+    p = sub.add_parser("forward")
+    p.add_argument("size", choices=sorted(SIZES))
+    p.add_argument("tokenizer", help="a checkpoint whose tokenizer the random model gets")
+    p.add_argument("work")
+    p.add_argument("--iters-b1", type=int, default=5)
+    p.add_argument("--iters-b8", type=int, default=2)
+    p.add_argument("--layers", type=int, default=0, help="fewer layers (quick checks)")
+    p.set_defaults(run=forward_latency)
+    p = sub.add_parser("train")
+    p.add_argument("base")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-seq-len", type=int, default=384)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4)
+    p.set_defaults(run=train_step_speed)
+    args = parser.parse_args()
+    print(json.dumps(args.run(args)))
 
 
 if __name__ == "__main__":

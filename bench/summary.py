@@ -1,0 +1,156 @@
+"""Reads the raw results of bench/compare.sh and prints them as one markdown table.
+
+  summary.py WORK                   the table (also written to WORK/summary.md)
+  summary.py train-log LOG WARMUP   `bertqa train -v` log -> JSON per-step times, the first WARMUP
+                                    steps left out
+
+Ratios are bertqa / reference: above 1 is better for rates (q/s, examples/s), below 1 is better
+for times (s, ms).
+"""
+import json
+import os
+import re
+import sys
+from datetime import datetime
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
+
+
+def field(line, name):
+    m = re.search(rf"\b{name}=([0-9.eE+-]+)", line)
+    return float(m.group(1)) if m else None
+
+
+def parse_train_log(path, warmup):
+    """Per-step forward/backward/optimizer seconds from the debug lines of `bertqa train -v`."""
+    batches, steps = [], []
+    for raw in open(path, encoding="utf-8", errors="replace"):
+        line = ANSI.sub("", raw)
+        stamp = STAMP.match(line)
+        when = datetime.fromisoformat(stamp.group(1)).timestamp() if stamp else None
+        if "backward_s=" in line:
+            rows = re.search(r"batch of (\d+)", line)
+            batches.append((field(line, "forward_s"), field(line, "backward_s"), int(rows.group(1)) if rows else None))
+        elif "optimizer_s=" in line:
+            steps.append((field(line, "optimizer_s"), when))
+    if len(batches) != len(steps):
+        raise SystemExit(f"{path}: {len(batches)} batch lines but {len(steps)} optimizer lines (gradient accumulation?)")
+    if len(steps) <= warmup:
+        raise SystemExit(f"{path}: {len(steps)} steps logged, need more than the {warmup} warm-up steps (is -v on?)")
+    timed = list(range(warmup, len(steps)))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    forward = mean([batches[i][0] for i in timed])
+    backward = mean([batches[i][1] for i in timed])
+    optimizer = mean([steps[i][0] for i in timed])
+    batch_size = batches[timed[0]][2]
+    # Wall time from one optimizer line to the next also counts batch assembly and logging.
+    walls = [steps[i][1] - steps[i - 1][1] for i in timed if i > 0 and None not in (steps[i][1], steps[i - 1][1])]
+    step_s = forward + backward + optimizer
+    return {
+        "batch_size": batch_size,
+        "warmup_steps": warmup,
+        "timed_steps": len(timed),
+        "forward_s": forward,
+        "backward_s": backward,
+        "optimizer_s": optimizer,
+        "step_s": step_s,
+        "examples_per_s": batch_size / step_s,
+        "step_wall_s": mean(walls) if walls else None,
+    }
+
+
+def load(work, name):
+    path = os.path.join(work, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def forward_ms(work, size, variant, batch):
+    """ms per sequence from a forward_timing output file."""
+    path = os.path.join(work, f"{size}-{variant}-b{batch}.txt")
+    if not os.path.exists(path):
+        return None
+    m = re.search(r"\(([\d.]+) ms per sequence", open(path).read())
+    return float(m.group(1)) if m else None
+
+
+def same_answers(work, ours):
+    tp, bp = load(work, "torch_predictions.json"), load(work, ours)
+    if tp is None or bp is None:
+        return None
+    return f"{sum(tp[k] == bp.get(k) for k in tp)}/{len(tp)} answers identical to the pipeline's"
+
+
+def table(work):
+    rows = []
+
+    def row(measure, ours, reference, unit, note="", rate=False):
+        if ours is None or reference is None:
+            return
+        digits = 2 if unit in ("q/s", "s", "examples/s") else 0
+        better = "higher" if rate else "lower"
+        rows.append(
+            f"| {measure} | {ours:.{digits}f} {unit} | {reference:.{digits}f} {unit} | "
+            f"**{ours / reference:.2f}x** ({better} is better) | {note} |"
+        )
+
+    pipe = load(work, "torch_pipeline.json")
+    for variant, name in [("f32", "bertqa.json"), ("int8", "bertqa_int8.json")]:
+        b = load(work, name)
+        if pipe and b:
+            preds = "bertqa_predictions.json" if variant == "f32" else "bertqa_int8_predictions.json"
+            note = f"EM {b['exact_match']:.2f} / F1 {b['f1']:.2f}; {same_answers(work, preds)}"
+            row(
+                f"eval {os.path.basename(b['model'])} on {os.path.basename(b['data'])}, bertqa {variant} vs pipeline",
+                b["questions_per_second"],
+                pipe["pipeline"]["questions_per_s"],
+                "q/s",
+                note,
+                rate=True,
+            )
+    cold = load(work, "cold.json")
+    if cold:
+        row("cold start (load + one answer), bertqa vs pipeline", cold["bertqa_cold_s"], cold["torch_cold_s"], "s")
+    for size in ["base", "large"]:
+        ref = load(work, f"torch_forward_{size}.json")
+        if not ref:
+            continue
+        for batch, suffix in [(1, "b1_ms"), (8, "b8_ms_per_seq")]:
+            f32, int8 = forward_ms(work, size, "f32", batch), forward_ms(work, size, "int8", batch)
+            what = f"bert-{size} 384 tokens batch {batch}, ms/sequence"
+            row(f"{what}: bertqa f32 vs PyTorch fp32", f32, ref[f"fp32_{suffix}"], "ms")
+            row(f"{what}: bertqa f32 vs ORT fp32", f32, ref[f"ort_fp32_{suffix}"], "ms")
+            best = min((ref[f"bf16_{suffix}"], "PyTorch bf16 autocast"), (ref[f"ort_int8_{suffix}"], "ORT int8"))
+            note = f"PyTorch bf16 {ref[f'bf16_{suffix}']:.0f} ms, ORT int8 {ref[f'ort_int8_{suffix}']:.0f} ms"
+            row(f"{what}: bertqa int8 vs best of PyTorch bf16 / ORT int8 ({best[1]})", int8, best[0], "ms", note)
+    tt, bt = load(work, "torch_train.json"), load(work, "bertqa_train.json")
+    if tt and bt:
+        split = lambda t: f"{t['forward_s']:.2f}+{t['backward_s']:.2f}+{t['optimizer_s']:.2f} s"  # noqa: E731
+        note = (
+            f"batch {tt['batch_size']} x {tt['max_seq_len']}, {tt['timed_steps']} timed steps; "
+            f"forward+backward+optimizer: bertqa {split(bt)}, PyTorch {split(tt)}"
+        )
+        row("training step MiniLM-L6 fp32, bertqa vs PyTorch", bt["examples_per_s"], tt["examples_per_s"], "examples/s", note, rate=True)
+    threads = (pipe or {}).get("threads", "?")
+    header = [
+        f"bertqa vs reference on this machine (threads: {threads}); ratio = bertqa / reference",
+        "",
+        "| measure | bertqa | reference | ratio | notes |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
+def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "train-log":
+        print(json.dumps(parse_train_log(sys.argv[2], int(sys.argv[3]))))
+    elif len(sys.argv) == 2:
+        text = table(sys.argv[1])
+        open(os.path.join(sys.argv[1], "summary.md"), "w").write(text)
+        print(text, end="")
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
