@@ -120,7 +120,7 @@ pub enum EngineChoice {
 
 /// The implementation that runs the model.
 enum Engine {
-    Fast(FastQaModel),
+    Fast(Box<FastQaModel>),
     Reference(Box<dyn QaModel>),
 }
 
@@ -173,7 +173,7 @@ impl QaPipeline {
             let info = models::arch_info(&config)?;
             let fast = FastQaModel::load(&config, &vb, options.precision).map_err(misfit)?;
             if let Some(fast) = fast {
-                return Self::assemble(files, Engine::Fast(fast), info, options);
+                return Self::assemble(files, Engine::Fast(Box::new(fast)), info, options);
             }
         }
         if options.precision != Precision::F32 {

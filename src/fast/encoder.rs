@@ -411,7 +411,7 @@ impl FastQaModel {
         act: Act,
         vb: &VarBuilder,
     ) -> Result<Self> {
-        if heads == 0 || hidden % heads != 0 {
+        if heads == 0 || !hidden.is_multiple_of(heads) {
             return Err(Error::InvalidInput(format!(
                 "config.json: hidden size {hidden} is not a multiple of {heads} attention heads"
             )));

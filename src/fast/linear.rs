@@ -19,7 +19,7 @@ impl DenseLinear {
     /// # Panics
     /// If the lengths do not agree (the loader checks shapes first).
     pub fn new(weight: Vec<f32>, bias: Vec<f32>) -> Self {
-        assert!(!bias.is_empty() && weight.len() % bias.len() == 0);
+        assert!(!bias.is_empty() && weight.len().is_multiple_of(bias.len()));
         let in_features = weight.len() / bias.len();
         Self {
             weight,
