@@ -315,14 +315,7 @@ impl QaPipeline {
     /// Runs the model on windows as one batch; returns each window's start and end logits
     /// (one per token).
     pub fn run_windows(&self, windows: &[&Window]) -> Result<Vec<WindowLogits>> {
-        let tokens: Vec<Tokens> = windows
-            .iter()
-            .map(|w| Tokens {
-                input_ids: w.input_ids(),
-                token_type_ids: w.token_type_ids(),
-            })
-            .collect();
-        self.run_tokens(&tokens)
+        self.run_tokens(&tokens_of(windows))
     }
 
     /// Runs the model on token windows as one batch (the fast engine packs them without
@@ -363,14 +356,7 @@ impl QaPipeline {
 
     /// Pads windows to the longest and stacks them into model input tensors.
     pub fn batch_input(&self, windows: &[&Window]) -> Result<ModelInput> {
-        let tokens: Vec<Tokens> = windows
-            .iter()
-            .map(|w| Tokens {
-                input_ids: w.input_ids(),
-                token_type_ids: w.token_type_ids(),
-            })
-            .collect();
-        self.padded_input(&tokens)
+        self.padded_input(&tokens_of(windows))
     }
 
     fn padded_input(&self, windows: &[Tokens]) -> Result<ModelInput> {
@@ -451,4 +437,15 @@ impl QaPipeline {
             .pop()
             .unwrap_or_default())
     }
+}
+
+/// The model's view of windows: their token ids and types.
+fn tokens_of<'a>(windows: &[&'a Window]) -> Vec<Tokens<'a>> {
+    windows
+        .iter()
+        .map(|w| Tokens {
+            input_ids: w.input_ids(),
+            token_type_ids: w.token_type_ids(),
+        })
+        .collect()
 }

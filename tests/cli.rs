@@ -53,13 +53,14 @@ fn seed_case(id: &str) -> common::Case {
     golden.cases.into_iter().find(|c| c.id == id).unwrap()
 }
 
-#[test]
-fn ask_json_gives_the_golden_answers() {
+/// `ask --json` on the seed case with five answers and "no answer" allowed, plus `extra` flags.
+fn ask_seed_case_json(extra: &[&str]) {
     let case = seed_case("seed-top5-impossible");
-    let out = bertqa(&[
+    let bert = bert_dir();
+    let mut args = vec![
         "ask",
         "--model",
-        &bert_dir(),
+        &bert,
         "--question",
         &case.question,
         "--context",
@@ -68,11 +69,18 @@ fn ask_json_gives_the_golden_answers() {
         "5",
         "--handle-impossible-answer",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = bertqa(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let answers: Vec<bertqa::Answer> = serde_json::from_slice(&out.stdout).expect("one JSON array");
     let errors = common::compare_answers(&case.id, &answers, &case.expected);
     assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn ask_json_gives_the_golden_answers() {
+    ask_seed_case_json(&[]);
 }
 
 #[test]
@@ -396,25 +404,7 @@ fn offline_hub_id_missing_from_cache_says_what_to_do() {
 
 #[test]
 fn reference_engine_flag_gives_the_golden_answers_too() {
-    let case = seed_case("seed-top5-impossible");
-    let out = bertqa(&[
-        "ask",
-        "--model",
-        &bert_dir(),
-        "--reference-engine",
-        "--question",
-        &case.question,
-        "--context",
-        &case.context,
-        "--top-k",
-        "5",
-        "--handle-impossible-answer",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let answers: Vec<bertqa::Answer> = serde_json::from_slice(&out.stdout).expect("one JSON array");
-    let errors = common::compare_answers(&case.id, &answers, &case.expected);
-    assert!(errors.is_empty(), "{errors:?}");
+    ask_seed_case_json(&["--reference-engine"]);
 }
 
 #[test]
