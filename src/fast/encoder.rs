@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::kernels::{activate, add_layer_norm, matmul, softmax_rows, Act, MatMut, MatRef};
 use super::linear::{DenseLinear, Linear, Precision};
 use crate::error::{Error, Result};
-use crate::models::{bert, distilbert, electra, encoder_root, roberta};
+use crate::models::{bert, distilbert, electra, encoder_root, parse_config, roberta};
 use crate::nn::Activation;
 
 /// The tokens of one window, unpadded.
@@ -236,7 +236,6 @@ impl FastQaModel {
             .get("model_type")
             .and_then(|v| v.as_str())
             .unwrap_or_default();
-        let parse = |e: serde_json::Error| Error::InvalidInput(format!("config.json: {e}"));
         let absolute = |cfg: &bert::Config| {
             matches!(
                 cfg.position_embedding_type.as_deref(),
@@ -245,7 +244,7 @@ impl FastQaModel {
         };
         let model = match model_type {
             "bert" => {
-                let cfg: bert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+                let cfg: bert::Config = parse_config(config)?;
                 if !absolute(&cfg) {
                     return Ok(None);
                 }
@@ -253,7 +252,7 @@ impl FastQaModel {
                 Self::load_bert_like(&cfg, cfg.hidden_size, Positions::FromZero, None, root, vb)?
             }
             "roberta" | "xlm-roberta" => {
-                let cfg: roberta::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+                let cfg: roberta::Config = parse_config(config)?;
                 if !absolute(&cfg.bert) {
                     return Ok(None);
                 }
@@ -263,7 +262,7 @@ impl FastQaModel {
                 Self::load_bert_like(&cfg.bert, hidden, positions, None, root, vb)?
             }
             "electra" => {
-                let cfg: electra::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+                let cfg: electra::Config = parse_config(config)?;
                 if !absolute(&cfg.bert) {
                     return Ok(None);
                 }
@@ -276,8 +275,7 @@ impl FastQaModel {
                 Self::load_bert_like(&cfg.bert, e, Positions::FromZero, project, root, vb)?
             }
             "distilbert" => {
-                let cfg: distilbert::Config =
-                    serde_json::from_value(config.clone()).map_err(parse)?;
+                let cfg: distilbert::Config = parse_config(config)?;
                 Self::load_distilbert(&cfg, vb)?
             }
             _ => return Ok(None),

@@ -116,10 +116,9 @@ pub fn arch_info(config: &serde_json::Value) -> Result<ArchInfo> {
             supported: SUPPORTED_MODEL_TYPES.to_vec(),
         });
     }
-    let parse = |e: serde_json::Error| Error::InvalidInput(format!("config.json: {e}"));
     let max_position_embeddings = match model_type.as_str() {
         "roberta" | "xlm-roberta" => {
-            let cfg: roberta::Config = serde_json::from_value(config.clone()).map_err(parse)?;
+            let cfg: roberta::Config = parse_config(config)?;
             // Positions start after the padding index, so fewer tokens fit than the table has.
             cfg.max_input_len()
         }
@@ -134,39 +133,39 @@ pub fn arch_info(config: &serde_json::Value) -> Result<ArchInfo> {
     })
 }
 
+/// Reads config.json into an architecture's config struct.
+pub(crate) fn parse_config<C: serde::de::DeserializeOwned>(
+    config: &serde_json::Value,
+) -> Result<C> {
+    serde_json::from_value(config.clone())
+        .map_err(|e| Error::InvalidInput(format!("config.json: {e}")))
+}
+
+/// Parses the architecture's config and builds its model, boxed.
+fn boxed<C, M>(
+    config: &serde_json::Value,
+    vb: VarBuilder,
+    new: impl FnOnce(&C, VarBuilder) -> CandleResult<M>,
+) -> Result<Box<dyn QaModel>>
+where
+    C: serde::de::DeserializeOwned,
+    M: QaModel + 'static,
+{
+    let cfg: C = parse_config(config)?;
+    Ok(Box::new(new(&cfg, vb)?))
+}
+
 /// Builds the architecture named by `config["model_type"]` from weights under `vb`.
 pub fn build(config: &serde_json::Value, vb: VarBuilder) -> Result<(Box<dyn QaModel>, ArchInfo)> {
     let info = arch_info(config)?;
-    let parse = |e: serde_json::Error| Error::InvalidInput(format!("config.json: {e}"));
-    let model: Box<dyn QaModel> = match info.model_type.as_str() {
-        "bert" => {
-            let cfg: bert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(bert::BertForQuestionAnswering::new(&cfg, vb)?)
-        }
-        "distilbert" => {
-            let cfg: distilbert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(distilbert::DistilBertForQuestionAnswering::new(&cfg, vb)?)
-        }
-        "electra" => {
-            let cfg: electra::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(electra::ElectraForQuestionAnswering::new(&cfg, vb)?)
-        }
-        "roberta" | "xlm-roberta" => {
-            let cfg: roberta::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(roberta::RobertaForQuestionAnswering::new(&cfg, vb)?)
-        }
-        "albert" => {
-            let cfg: albert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(albert::AlbertForQuestionAnswering::new(&cfg, vb)?)
-        }
-        "mobilebert" => {
-            let cfg: mobilebert::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(mobilebert::MobileBertForQuestionAnswering::new(&cfg, vb)?)
-        }
-        "deberta-v2" => {
-            let cfg: deberta_v2::Config = serde_json::from_value(config.clone()).map_err(parse)?;
-            Box::new(deberta_v2::DebertaV2ForQuestionAnswering::new(&cfg, vb)?)
-        }
+    let model = match info.model_type.as_str() {
+        "bert" => boxed(config, vb, bert::BertForQuestionAnswering::new)?,
+        "distilbert" => boxed(config, vb, distilbert::DistilBertForQuestionAnswering::new)?,
+        "electra" => boxed(config, vb, electra::ElectraForQuestionAnswering::new)?,
+        "roberta" | "xlm-roberta" => boxed(config, vb, roberta::RobertaForQuestionAnswering::new)?,
+        "albert" => boxed(config, vb, albert::AlbertForQuestionAnswering::new)?,
+        "mobilebert" => boxed(config, vb, mobilebert::MobileBertForQuestionAnswering::new)?,
+        "deberta-v2" => boxed(config, vb, deberta_v2::DebertaV2ForQuestionAnswering::new)?,
         _ => {
             return Err(Error::UnsupportedModel {
                 model_type: info.model_type,
