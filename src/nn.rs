@@ -217,7 +217,10 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => x.gelu_erf(),
+            Activation::Gelu => match train_ops::gelu(x)? {
+                Some(y) => Ok(y),
+                None => x.gelu_erf(),
+            },
             Activation::GeluNew => x.gelu(),
             Activation::Relu => x.relu(),
         }

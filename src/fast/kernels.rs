@@ -3,11 +3,12 @@
 //! once.
 //!
 //! The element-wise loops are written so that LLVM vectorises them (fixed-width lane arrays,
-//! branch-free polynomial `exp`/`erf`), and run under [`pulp::Arch::dispatch`], which compiles
-//! them once per instruction set (AVX2+FMA, AVX-512) and picks the best the CPU has at run
-//! time. Hand-written because candle's CPU ops call libm per element and allocate per op.
+//! branch-free polynomial `exp`/`erf`), and are compiled by [`multiversion`] once per
+//! instruction set (AVX-512, AVX2+FMA, baseline), the best of which the CPU has is picked at
+//! run time. Hand-written because candle's CPU ops call libm per element and allocate per op.
 
 use gemm::Parallelism;
+use multiversion::multiversion;
 
 /// Lanes of the manual accumulators: wide enough for AVX-512, and a multiple of AVX2's 8.
 const LANES: usize = 16;
@@ -165,12 +166,6 @@ pub fn matmul(dst: MatMut, a: MatRef, b: MatRef, scale: f32, accumulate: bool, p
     }
 }
 
-/// Runs `f` compiled for the best instruction set this CPU has.
-#[inline(always)]
-fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
-}
-
 /// `e^x` to about 2 ulp, without branches so that loops over it vectorise. Inputs below
 /// -87.3 give ~1e-38 instead of 0 and inputs above 88 are clamped; neither occurs where it
 /// is used (softmax after subtracting the row maximum, erf on bounded arguments).
@@ -245,13 +240,56 @@ fn gelu_tanh(x: f32) -> f32 {
 pub fn activate(act: Act, data: &mut [f32]) {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
-    data.par_chunks_mut(CHUNK).for_each(|chunk| {
-        vectorized(|| match act {
-            Act::Gelu => chunk.iter_mut().for_each(|v| *v = gelu(*v)),
-            Act::GeluTanh => chunk.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-            Act::Relu => chunk.iter_mut().for_each(|v| *v = v.max(0.0)),
-        })
-    });
+    data.par_chunks_mut(CHUNK)
+        .for_each(|chunk| activate_serial(act, chunk));
+}
+
+#[multiversion(targets = "simd")]
+fn activate_serial(act: Act, data: &mut [f32]) {
+    match act {
+        Act::Gelu => data.iter_mut().for_each(|v| *v = gelu(*v)),
+        Act::GeluTanh => data.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+        Act::Relu => data.iter_mut().for_each(|v| *v = v.max(0.0)),
+    }
+}
+
+/// `out = gelu(x)` (exact GELU), element by element, over the rayon pool.
+pub fn gelu_into(x: &[f32], out: &mut [f32]) {
+    use rayon::prelude::*;
+    assert_eq!(x.len(), out.len(), "gelu: lengths differ");
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| gelu_serial(x, o));
+}
+
+#[multiversion(targets = "simd")]
+fn gelu_serial(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = gelu(v);
+    }
+}
+
+/// `grad ← grad · gelu'(x)` in place, with `gelu'(x) = Φ(x) + x·φ(x)` (exact GELU's
+/// derivative, as PyTorch's backward computes it), over the rayon pool.
+pub fn gelu_backward(x: &[f32], grad: &mut [f32]) {
+    use rayon::prelude::*;
+    assert_eq!(x.len(), grad.len(), "gelu backward: lengths differ");
+    const CHUNK: usize = 1 << 14;
+    grad.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| gelu_backward_serial(x, g));
+}
+
+#[multiversion(targets = "simd")]
+fn gelu_backward_serial(x: &[f32], grad: &mut [f32]) {
+    // 1/√(2π)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (g, &v) in grad.iter_mut().zip(x) {
+        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
+        *g *= cdf + v * pdf;
+    }
 }
 
 /// Sum of a slice with `LANES` independent accumulators (vectorises; the order of additions
@@ -285,15 +323,51 @@ fn max(xs: &[f32]) -> f32 {
 }
 
 /// Softmax of every row of a row-major `[rows, cols]` block, in place.
+#[multiversion(targets = "simd")]
 pub fn softmax_rows(data: &mut [f32], cols: usize) {
-    vectorized(|| {
-        for row in data.chunks_exact_mut(cols) {
-            let m = max(row);
-            row.iter_mut().for_each(|v| *v = exp(*v - m));
-            let inv = 1.0 / sum(row);
-            row.iter_mut().for_each(|v| *v *= inv);
+    for row in data.chunks_exact_mut(cols) {
+        let m = max(row);
+        row.iter_mut().for_each(|v| *v = exp(*v - m));
+        let inv = 1.0 / sum(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// `row ← softmax(scale · row + bias)` for one row (`bias` of the row's length).
+#[multiversion(targets = "simd")]
+pub fn softmax_row_biased(row: &mut [f32], bias: &[f32], scale: f32) {
+    assert_eq!(row.len(), bias.len(), "softmax: bias length differs");
+    for (x, b) in row.iter_mut().zip(bias) {
+        *x = *x * scale + b;
+    }
+    let m = max(row);
+    row.iter_mut().for_each(|v| *v = exp(*v - m));
+    let inv = 1.0 / sum(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Softmax backward for one row, in place: `d ← scale · p ⊙ (d − Σ d ⊙ p)`, where `p` is the
+/// softmax output, `d` the gradient with respect to it and `scale` that of the scores.
+#[multiversion(targets = "simd")]
+pub fn softmax_grad_row(d: &mut [f32], p: &[f32], scale: f32) {
+    assert_eq!(d.len(), p.len(), "softmax backward: lengths differ");
+    let mut acc = [0f32; LANES];
+    let (dc, pc) = (d.chunks_exact(LANES), p.chunks_exact(LANES));
+    let tail: f32 = dc
+        .remainder()
+        .iter()
+        .zip(pc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in dc.zip(pc) {
+        for l in 0..LANES {
+            acc[l] += a[l] * b[l];
         }
-    })
+    }
+    let dot = acc.iter().sum::<f32>() + tail;
+    for (g, &pv) in d.iter_mut().zip(p) {
+        *g = scale * pv * (*g - dot);
+    }
 }
 
 /// `x ← LayerNorm(x + y)` row by row (`y` may be `None`), with `gamma`/`beta` of the row width.
@@ -302,38 +376,41 @@ pub fn add_layer_norm(x: &mut [f32], y: Option<&[f32]>, gamma: &[f32], beta: &[f
     use rayon::prelude::*;
     let width = gamma.len();
     let rows_per_task = (4096 / width).max(1);
-    let task = |(i, xs): (usize, &mut [f32])| {
-        vectorized(|| {
-            for (r, row) in xs.chunks_exact_mut(width).enumerate() {
-                if let Some(y) = y {
-                    let start = (i * rows_per_task + r) * width;
-                    let yr = &y[start..start + width];
-                    row.iter_mut().zip(yr).for_each(|(a, b)| *a += b);
-                }
-                let mean = sum(row) / width as f32;
-                row.iter_mut().for_each(|v| *v -= mean);
-                let var = {
-                    let mut acc = [0f32; LANES];
-                    let chunks = row.chunks_exact(LANES);
-                    let tail = chunks.remainder();
-                    for c in chunks {
-                        for l in 0..LANES {
-                            acc[l] += c[l] * c[l];
-                        }
-                    }
-                    (acc.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>())
-                        / width as f32
-                };
-                let rstd = 1.0 / (var + eps).sqrt();
-                for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                    *v = *v * rstd * g + b;
-                }
-            }
-        })
-    };
     x.par_chunks_mut(rows_per_task * width)
         .enumerate()
-        .for_each(task);
+        .for_each(|(i, xs)| {
+            let start = i * rows_per_task * width;
+            let ys = y.map(|y| &y[start..start + xs.len()]);
+            add_layer_norm_serial(xs, ys, gamma, beta, eps)
+        });
+}
+
+#[multiversion(targets = "simd")]
+fn add_layer_norm_serial(x: &mut [f32], y: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+    let width = gamma.len();
+    for (r, row) in x.chunks_exact_mut(width).enumerate() {
+        if let Some(y) = y {
+            let yr = &y[r * width..(r + 1) * width];
+            row.iter_mut().zip(yr).for_each(|(a, b)| *a += b);
+        }
+        let mean = sum(row) / width as f32;
+        row.iter_mut().for_each(|v| *v -= mean);
+        let var = {
+            let mut acc = [0f32; LANES];
+            let chunks = row.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for l in 0..LANES {
+                    acc[l] += c[l] * c[l];
+                }
+            }
+            (acc.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()) / width as f32
+        };
+        let rstd = 1.0 / (var + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = *v * rstd * g + b;
+        }
+    }
 }
 
 /// Copies `bias` into every row of a row-major `[rows, bias.len()]` block (the starting value

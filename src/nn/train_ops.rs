@@ -6,6 +6,7 @@
 //! attention recomputes its probabilities in the backward pass, LayerNorm its statistics.
 //! They run on the CPU in f32, the dtype training uses.
 
+use crate::fast::kernels;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -122,6 +123,38 @@ pub(crate) fn dropout(x: &Tensor, mask: DropoutMask) -> Result<Tensor> {
     x.contiguous()?.apply_op1(DropoutOp { mask })
 }
 
+/// Exact GELU with the vectorised kernels; the backward pass recomputes from the input.
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        kernels::gelu_into(x, &mut out);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = values(arg)?;
+        let mut g = values(grad)?;
+        kernels::gelu_backward(&x, &mut g);
+        Ok(Some(Tensor::from_vec(g, grad.shape(), grad.device())?))
+    }
+}
+
+/// Exact (erf) GELU of an f32 CPU tensor, differentiable; `None` for other tensors, which
+/// take candle's own op.
+pub(crate) fn gelu(x: &Tensor) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return Ok(None);
+    }
+    x.contiguous()?.apply_op1(GeluOp).map(Some)
+}
+
 /// `softmax(scale·scores + bias)` over rows of length `s`, in place; `bias` holds one row per
 /// batch entry, shared by the `rows_per_batch` rows of that entry.
 fn softmax_rows(scores: &mut [f32], s: usize, rows_per_batch: usize, bias: &[f32], scale: f32) {
@@ -131,20 +164,7 @@ fn softmax_rows(scores: &mut [f32], s: usize, rows_per_batch: usize, bias: &[f32
         .for_each(|(task, chunk)| {
             for (i, row) in chunk.chunks_mut(s).enumerate() {
                 let batch = (task * ROWS_PER_TASK + i) / rows_per_batch;
-                let bias = &bias[batch * s..(batch + 1) * s];
-                let mut max = f32::NEG_INFINITY;
-                for (x, b) in row.iter_mut().zip(bias) {
-                    *x = *x * scale + b;
-                    max = max.max(*x);
-                }
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                for x in row.iter_mut() {
-                    *x /= sum;
-                }
+                kernels::softmax_row_biased(row, &bias[batch * s..(batch + 1) * s], scale);
             }
         });
 }
@@ -156,10 +176,7 @@ fn softmax_grad_rows(dp: &mut [f32], p: &[f32], s: usize, scale: f32) {
         .zip(p.par_chunks(s * ROWS_PER_TASK))
         .for_each(|(dchunk, pchunk)| {
             for (drow, prow) in dchunk.chunks_mut(s).zip(pchunk.chunks(s)) {
-                let dot: f32 = drow.iter().zip(prow).map(|(d, p)| d * p).sum();
-                for (d, p) in drow.iter_mut().zip(prow) {
-                    *d = scale * p * (*d - dot);
-                }
+                kernels::softmax_grad_row(drow, prow, scale);
             }
         });
 }
