@@ -4,10 +4,16 @@
 //! tensors per layer alive for the backward pass, LayerNorm eight `[b, s, h]` ones, and every
 //! dropout an f32 mask. These ops keep only their inputs (and dropout masks as bits):
 //! attention recomputes its probabilities in the backward pass, LayerNorm its statistics.
-//! They run on the CPU in f32, the dtype training uses.
+//! Linear layers and GELU are single ops on the fast engine's gemm and vectorised kernels, in
+//! training and inference alike: composed from candle ops, their backward passes copied
+//! transposed gradients, reduced the bias gradient with a strided sum and evaluated erf/exp
+//! through libm. They run on the CPU in f32, the dtype training uses.
 
-use crate::fast::kernels;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use crate::fast::kernels::{self, MatMut, MatRef};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, StorageRef,
+    Tensor,
+};
 use rayon::prelude::*;
 
 /// Rows handled per parallel task in the row-wise kernels.
@@ -67,6 +73,38 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
+/// A tensor's f32 values, row-major: borrowed from its storage when it is a contiguous CPU
+/// tensor (the backward passes read large activations; copying them showed in profiles),
+/// copied otherwise.
+enum Values<'a> {
+    Borrowed(StorageRef<'a>, (usize, usize)),
+    Copied(Vec<f32>),
+}
+
+impl Values<'_> {
+    fn of(t: &Tensor) -> Result<Values<'_>> {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(_)), Some(range)) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(Values::Borrowed(storage, range));
+        }
+        drop(storage);
+        Ok(Values::Copied(values(t)?))
+    }
+
+    fn slice(&self) -> &[f32] {
+        match self {
+            Values::Borrowed(storage, (start, end)) => match &**storage {
+                Storage::Cpu(CpuStorage::F32(data)) => &data[*start..*end],
+                // `of` borrows f32 CPU storage only.
+                _ => &[],
+            },
+            Values::Copied(data) => data,
+        }
+    }
+}
+
 fn cpu_tensor(storage: &CpuStorage, layout: &Layout, op: &str) -> Result<Tensor> {
     Tensor::from_slice(
         f32_slice(storage, layout, op)?,
@@ -123,6 +161,129 @@ pub(crate) fn dropout(x: &Tensor, mask: DropoutMask) -> Result<Tensor> {
     x.contiguous()?.apply_op1(DropoutOp { mask })
 }
 
+/// `y = x·Wᵀ + b` straight on gemm. candle's composition (transpose, matmul, broadcast add)
+/// copies the transposed gradients and sums the bias gradient with a strided reduction.
+struct LinearOp;
+
+/// `[rows, cols]` of a contiguous tensor whose last dimension is `cols`.
+fn rows_of(len: usize, cols: usize) -> usize {
+    len.checked_div(cols).unwrap_or(0)
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let b = f32_slice(s3, l3, self.name())?;
+        let (n, k) = l2.shape().dims2()?;
+        let m = rows_of(x.len(), k);
+        let mut out = vec![0f32; m * n];
+        kernels::fill_rows(&mut out, b);
+        kernels::matmul(
+            MatMut::row_major(&mut out, m, n),
+            MatRef::row_major(x, m, k),
+            MatRef::row_major(w, n, k).t(),
+            1.0,
+            true,
+            true,
+        );
+        let mut dims = l1.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (xv, wv, dyv) = (Values::of(x)?, Values::of(w)?, Values::of(grad)?);
+        let (xs, ws, dys) = (xv.slice(), wv.slice(), dyv.slice());
+        let (n, k) = w.dims2()?;
+        let m = rows_of(xs.len(), k);
+        // dx = dy·W
+        let mut dx = vec![0f32; m * k];
+        kernels::matmul(
+            MatMut::row_major(&mut dx, m, k),
+            MatRef::row_major(dys, m, n),
+            MatRef::row_major(ws, n, k),
+            1.0,
+            false,
+            true,
+        );
+        // dW = dyᵀ·x
+        let mut dw = vec![0f32; n * k];
+        kernels::matmul(
+            MatMut::row_major(&mut dw, n, k),
+            MatRef::row_major(dys, m, n).t(),
+            MatRef::row_major(xs, m, k),
+            1.0,
+            false,
+            true,
+        );
+        // db = column sums of dy: partial sums per task, added in task order so that the
+        // result does not depend on the number of threads.
+        let partials: Vec<Vec<f32>> = dys
+            .par_chunks(n * ROWS_PER_TASK)
+            .map(|rows| {
+                let mut acc = vec![0f32; n];
+                for row in rows.chunks(n) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        let mut db = vec![0f32; n];
+        for p in partials {
+            db.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
+/// Differentiable `x·Wᵀ + b` for f32 CPU tensors (`w` is `[out, in]`, `b` `[out]`); `None` for
+/// other tensors, which take candle's ops.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(f32_cpu(x) && f32_cpu(w) && f32_cpu(b)) || w.rank() != 2 || b.rank() != 1 {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    if x.dim(candle_core::D::Minus1)? != k || b.elem_count() != n {
+        bail!(
+            "linear: input of shape {:?} for weight {:?} and bias {:?}",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        );
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp)
+        .map(Some)
+}
+
 /// Exact GELU with the vectorised kernels; the backward pass recomputes from the input.
 struct GeluOp;
 
@@ -139,9 +300,9 @@ impl CustomOp1 for GeluOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let x = values(arg)?;
+        let x = Values::of(arg)?;
         let mut g = values(grad)?;
-        kernels::gelu_backward(&x, &mut g);
+        kernels::gelu_backward(x.slice(), &mut g);
         Ok(Some(Tensor::from_vec(g, grad.shape(), grad.device())?))
     }
 }
@@ -344,7 +505,8 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (xs, ws, dys) = (values(x)?, values(w)?, values(grad)?);
+        let (xv, wv, dyv) = (Values::of(x)?, Values::of(w)?, Values::of(grad)?);
+        let (xs, ws, dys) = (xv.slice(), wv.slice(), dyv.slice());
         let n = ws.len();
         let mut dx = vec![0f32; xs.len()];
         // Per task: partial sums of dy ⊙ x̂ and dy, added up in task order so that the result
@@ -559,6 +721,70 @@ mod tests {
                 max_diff(a, b)
             );
         }
+    }
+
+    /// Loss `Σ y ⊙ weights` and its gradients, for comparing ops on values and gradients.
+    fn weighted_sum_grads(y: &Tensor, seed: u64) -> candle_core::backprop::GradStore {
+        let weights =
+            Tensor::from_vec(values_for(y.elem_count(), seed), y.shape(), y.device()).unwrap();
+        (y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
+    #[test]
+    fn linear_matches_composed_ops() {
+        // 2·70 rows: more than one parallel task of the bias-gradient sum.
+        let (x, w, bias) = (var(&[2, 70, 24], 11), var(&[10, 24], 12), var(&[10], 13));
+        let fused = linear(&x, &w, &bias).unwrap().unwrap();
+        let fused_grads = weighted_sum_grads(&fused, 14);
+        let composed = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let composed_grads = weighted_sum_grads(&composed, 14);
+
+        assert_eq!(fused.dims(), &[2, 70, 10]);
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        for (name, t) in [("x", &x), ("weight", &w), ("bias", &bias)] {
+            let (a, b) = (fused_grads.get(t).unwrap(), composed_grads.get(t).unwrap());
+            assert!(
+                max_diff(a, b) < 1e-4,
+                "d{name} differs by {}",
+                max_diff(a, b)
+            );
+        }
+    }
+
+    #[test]
+    fn linear_rejects_mismatched_shapes() {
+        let (x, w, bias) = (var(&[3, 5], 1), var(&[4, 6], 2), var(&[4], 3));
+        assert!(linear(&x, &w, &bias).is_err());
+    }
+
+    #[test]
+    fn gelu_matches_candle_gelu_erf() {
+        // Spans the saturated tails, where the derivative's exp underflows.
+        let x = Var::from_tensor(
+            &(Tensor::from_vec(values_for(4000, 21), (40, 100), &Device::Cpu).unwrap() * 12.0)
+                .unwrap(),
+        )
+        .unwrap();
+        let fused = gelu(&x).unwrap().unwrap();
+        let fused_grads = weighted_sum_grads(&fused, 22);
+        let composed = x.gelu_erf().unwrap();
+        let composed_grads = weighted_sum_grads(&composed, 22);
+
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        let (a, b) = (
+            fused_grads.get(&x).unwrap(),
+            composed_grads.get(&x).unwrap(),
+        );
+        assert!(max_diff(a, b) < 1e-5, "dx differs by {}", max_diff(a, b));
     }
 
     #[test]
