@@ -4,7 +4,10 @@
 //! [`decode`]) so that a server can tokenize on worker threads and batch windows of many requests
 //! into one model call; [`QaPipeline::answer`] chains them for callers that just want answers.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::checkpoint::{self, CheckpointFiles, HubOptions};
 use crate::decode::{decode, Answer, DecodeParams, WindowLogits};
@@ -162,17 +165,39 @@ impl QaPipeline {
     pub fn from_files(files: CheckpointFiles, options: &LoadOptions) -> Result<Self> {
         let config = checkpoint::read_json(&files.config)?;
         let vb = checkpoint::open_weights(&files.weights, DType::F32, &options.device)?;
-        let misfit = |e| match e {
+        let weights = files.weights.path().to_path_buf();
+        Self::from_var_builder(files, &config, vb, options).map_err(|e| match e {
             Error::Candle(err) => Error::Checkpoint {
-                path: files.weights.path().into(),
+                path: weights,
                 message: format!("does not fit config.json: {err}"),
             },
             other => other,
-        };
+        })
+    }
+
+    /// Builds a pipeline from weights in memory, named as in a checkpoint (e.g. those of a
+    /// model being fine-tuned), with the tokenizer of `files`. The engine is chosen as
+    /// [`QaPipeline::load`] chooses it. The fast engine copies the weights into its own layout,
+    /// so build a new pipeline after the weights change.
+    pub fn from_tensors(
+        files: CheckpointFiles,
+        config: &serde_json::Value,
+        tensors: HashMap<String, Tensor>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &options.device);
+        Self::from_var_builder(files, config, vb, options)
+    }
+
+    fn from_var_builder(
+        files: CheckpointFiles,
+        config: &serde_json::Value,
+        vb: VarBuilder<'static>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         if options.engine == EngineChoice::Auto && options.device.is_cpu() {
-            let info = models::arch_info(&config)?;
-            let fast = FastQaModel::load(&config, &vb, options.precision).map_err(misfit)?;
-            if let Some(fast) = fast {
+            let info = models::arch_info(config)?;
+            if let Some(fast) = FastQaModel::load(config, &vb, options.precision)? {
                 return Self::assemble(files, Engine::Fast(Box::new(fast)), info, options);
             }
         }
@@ -185,7 +210,7 @@ impl QaPipeline {
                 model_type.unwrap_or("unknown model_type")
             )));
         }
-        let (model, info) = models::build(&config, vb).map_err(misfit)?;
+        let (model, info) = models::build(config, vb)?;
         Self::from_model(files, model, info, options)
     }
 

@@ -1,4 +1,4 @@
-//! `bertqa train` on bad input: clear messages and exit status 2.
+//! `bertqa train` on bad input (clear messages and exit status 2), and its per-epoch evaluation.
 
 mod common;
 
@@ -95,5 +95,60 @@ fn misaligned_answers_are_skipped_and_counted() {
     let (code, err) = train(&bad, &dir.join("out2"));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no usable question"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The EM/F1 printed after the last epoch are those `bertqa eval` gives the saved model.
+#[test]
+fn per_epoch_evaluation_scores_the_current_weights() {
+    let dir = temp_dir("eval");
+    let data = dir.join("train.json");
+    let json = r#"{"data": [{"title": "Cats", "paragraphs": [{"context": "Cats purr when they are content. Dogs bark at strangers.",
+        "qas": [
+          {"id": "a", "question": "What do cats do?", "answers": [{"text": "purr", "answer_start": 5}]},
+          {"id": "b", "question": "Who barks?", "answers": [{"text": "Dogs", "answer_start": 33}]},
+          {"id": "c", "question": "When do cats purr?", "answers": [{"text": "when they are content", "answer_start": 10}]}
+        ]}]}]}"#;
+    std::fs::write(&data, json).unwrap();
+    let out = dir.join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_bertqa"))
+        .args(["train", "--model"])
+        .arg(common::fixture("bert-uncased"))
+        .arg("--train-data")
+        .arg(&data)
+        .arg("--eval-data")
+        .arg(&data)
+        .arg("--output")
+        .arg(&out)
+        .args(["--epochs", "1", "--learning-rate", "1e-3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("eval EM"))
+        .unwrap_or_else(|| panic!("no evaluation line in:\n{err}"));
+    let eval = Command::new(env!("CARGO_BIN_EXE_bertqa"))
+        .args(["eval", "--json", "--model"])
+        .arg(&out)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let (em, f1) = (
+        report["exact_match"].as_f64().unwrap(),
+        report["f1"].as_f64().unwrap(),
+    );
+    assert!(
+        line.ends_with(&format!("eval EM {em:.2} F1 {f1:.2}")),
+        "training said {line:?}; eval of the saved model: EM {em:.2} F1 {f1:.2}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

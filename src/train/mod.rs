@@ -402,19 +402,11 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
         initialised: model.initialised().to_vec(),
     });
 
-    let eval_pipeline = match &eval_questions {
-        Some(_) => Some(QaPipeline::from_model(
-            files.clone(),
-            model.shared(),
-            model.info().clone(),
-            &LoadOptions {
-                hub: options.hub.clone(),
-                device: device.clone(),
-                batch_size: options.batch_size,
-                ..LoadOptions::default()
-            },
-        )?),
-        None => None,
+    let eval_options = LoadOptions {
+        hub: options.hub.clone(),
+        device: device.clone(),
+        batch_size: options.batch_size,
+        ..LoadOptions::default()
     };
     let eval_params = QaParams {
         max_seq_len: Some(options.max_seq_len),
@@ -423,10 +415,17 @@ pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result
         ..QaParams::default()
     };
     let evaluate = || -> Result<Option<(f64, f64)>> {
-        match (&eval_pipeline, &eval_questions) {
-            (Some(qa), Some(qs)) => Ok(Some(eval::evaluate(qa, qs, &eval_params)?)),
-            _ => Ok(None),
-        }
+        let Some(questions) = &eval_questions else {
+            return Ok(None);
+        };
+        // A pipeline on the current weights, on the fast engine where it applies.
+        let qa = QaPipeline::from_tensors(
+            files.clone(),
+            model.config(),
+            model.tensors(),
+            &eval_options,
+        )?;
+        Ok(Some(eval::evaluate(&qa, questions, &eval_params)?))
     };
 
     let snapshot_state = |global_step: usize,
