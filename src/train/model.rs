@@ -173,16 +173,6 @@ impl SimpleBackend for TrainableWeights {
     }
 }
 
-/// A forward-only view of the model being trained (its parameters are shared, not copied), for
-/// evaluating with the inference pipeline between epochs.
-struct SharedModel(Arc<dyn QaModel>);
-
-impl QaModel for SharedModel {
-    fn forward(&self, input: &ModelInput, train: bool) -> candle_core::Result<QaLogits> {
-        self.0.forward(input, train)
-    }
-}
-
 /// Sets every dropout probability of a config.json to 0 (`*dropout*` keys holding numbers), for
 /// deterministic gradient checks.
 pub fn zero_dropout(config: &mut serde_json::Value) {
@@ -321,11 +311,6 @@ impl TrainableModel {
     /// Forward pass.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
         Ok(self.model.forward(input, train)?)
-    }
-
-    /// A model for the inference pipeline that shares these parameters.
-    pub fn shared(&self) -> Box<dyn QaModel> {
-        Box::new(SharedModel(self.model.clone()))
     }
 
     /// `(CE(start) + CE(end)) / 2`, each cross-entropy averaged over the batch, from a
