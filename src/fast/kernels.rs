@@ -13,6 +13,9 @@ use multiversion::multiversion;
 /// Lanes of the manual accumulators: wide enough for AVX-512, and a multiple of AVX2's 8.
 const LANES: usize = 16;
 
+/// Elements per parallel task of the element-wise passes.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
 /// A read-only matrix view into a slice: element (r, c) is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
@@ -239,8 +242,7 @@ fn gelu_tanh(x: f32) -> f32 {
 /// Applies `act` in place to every element.
 pub fn activate(act: Act, data: &mut [f32]) {
     use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
-    data.par_chunks_mut(CHUNK)
+    data.par_chunks_mut(ELEMENTWISE_CHUNK)
         .for_each(|chunk| activate_serial(act, chunk));
 }
 
@@ -253,31 +255,13 @@ fn activate_serial(act: Act, data: &mut [f32]) {
     }
 }
 
-/// `out = gelu(x)` (exact GELU), element by element, over the rayon pool.
-pub fn gelu_into(x: &[f32], out: &mut [f32]) {
-    use rayon::prelude::*;
-    assert_eq!(x.len(), out.len(), "gelu: lengths differ");
-    const CHUNK: usize = 1 << 14;
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| gelu_serial(x, o));
-}
-
-#[multiversion(targets = "simd")]
-fn gelu_serial(x: &[f32], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = gelu(v);
-    }
-}
-
 /// `grad ← grad · gelu'(x)` in place, with `gelu'(x) = Φ(x) + x·φ(x)` (exact GELU's
 /// derivative, as PyTorch's backward computes it), over the rayon pool.
 pub fn gelu_backward(x: &[f32], grad: &mut [f32]) {
     use rayon::prelude::*;
     assert_eq!(x.len(), grad.len(), "gelu backward: lengths differ");
-    const CHUNK: usize = 1 << 14;
-    grad.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
+    grad.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(x.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|(g, x)| gelu_backward_serial(x, g));
 }
 
@@ -307,6 +291,25 @@ fn sum(xs: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
+/// Dot product with `LANES` independent accumulators, added up as [`sum`] does.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[inline(always)]
 fn max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
@@ -322,15 +325,19 @@ fn max(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
+/// Softmax of one row, in place.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let m = max(row);
+    row.iter_mut().for_each(|v| *v = exp(*v - m));
+    let inv = 1.0 / sum(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
 /// Softmax of every row of a row-major `[rows, cols]` block, in place.
 #[multiversion(targets = "simd")]
 pub fn softmax_rows(data: &mut [f32], cols: usize) {
-    for row in data.chunks_exact_mut(cols) {
-        let m = max(row);
-        row.iter_mut().for_each(|v| *v = exp(*v - m));
-        let inv = 1.0 / sum(row);
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
+    data.chunks_exact_mut(cols).for_each(softmax_row);
 }
 
 /// `row ← softmax(scale · row + bias)` for one row (`bias` of the row's length).
@@ -340,10 +347,7 @@ pub fn softmax_row_biased(row: &mut [f32], bias: &[f32], scale: f32) {
     for (x, b) in row.iter_mut().zip(bias) {
         *x = *x * scale + b;
     }
-    let m = max(row);
-    row.iter_mut().for_each(|v| *v = exp(*v - m));
-    let inv = 1.0 / sum(row);
-    row.iter_mut().for_each(|v| *v *= inv);
+    softmax_row(row);
 }
 
 /// Softmax backward for one row, in place: `d ← scale · p ⊙ (d − Σ d ⊙ p)`, where `p` is the
@@ -351,20 +355,7 @@ pub fn softmax_row_biased(row: &mut [f32], bias: &[f32], scale: f32) {
 #[multiversion(targets = "simd")]
 pub fn softmax_grad_row(d: &mut [f32], p: &[f32], scale: f32) {
     assert_eq!(d.len(), p.len(), "softmax backward: lengths differ");
-    let mut acc = [0f32; LANES];
-    let (dc, pc) = (d.chunks_exact(LANES), p.chunks_exact(LANES));
-    let tail: f32 = dc
-        .remainder()
-        .iter()
-        .zip(pc.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in dc.zip(pc) {
-        for l in 0..LANES {
-            acc[l] += a[l] * b[l];
-        }
-    }
-    let dot = acc.iter().sum::<f32>() + tail;
+    let dot = dot(d, p);
     for (g, &pv) in d.iter_mut().zip(p) {
         *g = scale * pv * (*g - dot);
     }
@@ -395,17 +386,7 @@ fn add_layer_norm_serial(x: &mut [f32], y: Option<&[f32]>, gamma: &[f32], beta: 
         }
         let mean = sum(row) / width as f32;
         row.iter_mut().for_each(|v| *v -= mean);
-        let var = {
-            let mut acc = [0f32; LANES];
-            let chunks = row.chunks_exact(LANES);
-            let tail = chunks.remainder();
-            for c in chunks {
-                for l in 0..LANES {
-                    acc[l] += c[l] * c[l];
-                }
-            }
-            (acc.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>()) / width as f32
-        };
+        let var = dot(row, row) / width as f32;
         let rstd = 1.0 / (var + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = *v * rstd * g + b;

@@ -50,19 +50,33 @@ impl DenseLinear {
 
     /// `out = x·Wᵀ + b` for `rows` rows of `x` (row-major); overwrites `out`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
-        let (n, k) = (self.out_features(), self.in_features);
-        let out = &mut out[..rows * n];
-        fill_rows(out, &self.bias);
-        let w_t = MatRef::row_major(&self.weight, n, k).t();
-        matmul(
-            MatMut::row_major(out, rows, n),
-            MatRef::row_major(&x[..rows * k], rows, k),
-            w_t,
-            1.0,
-            true,
-            true,
-        );
+        dense_forward(x, &self.weight, &self.bias, rows, out);
     }
+}
+
+/// `out = x·Wᵀ + b` for `rows` rows of `x` (row-major), `weight` row-major `[out, in]` and
+/// `bias` `[out]`; overwrites the first `rows · out` elements of `out`. The bias is the
+/// product's starting value, so it is added without another pass.
+///
+/// # Panics
+/// If `x` or `out` is too short, or `weight` does not hold whole rows of `bias.len()`.
+pub fn dense_forward(x: &[f32], weight: &[f32], bias: &[f32], rows: usize, out: &mut [f32]) {
+    let n = bias.len();
+    assert!(
+        n > 0 && weight.len().is_multiple_of(n),
+        "weight is not [out, in]"
+    );
+    let k = weight.len() / n;
+    let out = &mut out[..rows * n];
+    fill_rows(out, bias);
+    matmul(
+        MatMut::row_major(out, rows, n),
+        MatRef::row_major(&x[..rows * k], rows, k),
+        MatRef::row_major(weight, n, k).t(),
+        1.0,
+        true,
+        true,
+    );
 }
 /// The arithmetic of the encoder's linear layers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

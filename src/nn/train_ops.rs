@@ -9,7 +9,8 @@
 //! transposed gradients, reduced the bias gradient with a strided sum and evaluated erf/exp
 //! through libm. They run on the CPU in f32, the dtype training uses.
 
-use crate::fast::kernels::{self, MatMut, MatRef};
+use crate::fast::kernels::{self, Act, MatMut, MatRef};
+use crate::fast::linear::dense_forward;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, StorageRef,
     Tensor,
@@ -190,15 +191,7 @@ impl CustomOp3 for LinearOp {
         let (n, k) = l2.shape().dims2()?;
         let m = rows_of(x.len(), k);
         let mut out = vec![0f32; m * n];
-        kernels::fill_rows(&mut out, b);
-        kernels::matmul(
-            MatMut::row_major(&mut out, m, n),
-            MatRef::row_major(x, m, k),
-            MatRef::row_major(w, n, k).t(),
-            1.0,
-            true,
-            true,
-        );
+        dense_forward(x, w, b, m, &mut out);
         let mut dims = l1.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;
@@ -293,9 +286,8 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        kernels::gelu_into(x, &mut out);
+        let mut out = f32_slice(storage, layout, self.name())?.to_vec();
+        kernels::activate(Act::Gelu, &mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
