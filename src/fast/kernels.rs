@@ -5,7 +5,9 @@
 //! The element-wise loops are written so that LLVM vectorises them (fixed-width lane arrays,
 //! branch-free polynomial `exp`/`erf`), and are compiled by [`multiversion`] once per
 //! instruction set (AVX-512, AVX2+FMA, baseline), the best of which the CPU has is picked at
-//! run time. Hand-written because candle's CPU ops call libm per element and allocate per op.
+//! run time. Their loops are plain `for` loops rather than `for_each`/`fold`: LLVM may outline
+//! an adaptor's `fold` into a separate function, which is then compiled for the baseline
+//! instruction set (SSE2) whatever the caller's. Hand-written because candle's CPU ops call libm per element and allocate per op.
 
 use gemm::Parallelism;
 use multiversion::multiversion;
@@ -249,9 +251,21 @@ pub fn activate(act: Act, data: &mut [f32]) {
 #[multiversion(targets = "simd")]
 fn activate_serial(act: Act, data: &mut [f32]) {
     match act {
-        Act::Gelu => data.iter_mut().for_each(|v| *v = gelu(*v)),
-        Act::GeluTanh => data.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-        Act::Relu => data.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Act::Gelu => {
+            for v in data {
+                *v = gelu(*v);
+            }
+        }
+        Act::GeluTanh => {
+            for v in data {
+                *v = gelu_tanh(*v);
+            }
+        }
+        Act::Relu => {
+            for v in data {
+                *v = v.max(0.0);
+            }
+        }
     }
 }
 
@@ -288,7 +302,15 @@ fn sum(xs: &[f32]) -> f32 {
             acc[i] += c[i];
         }
     }
-    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+    let mut total = 0.0;
+    for a in acc {
+        total += a;
+    }
+    let mut rest = 0.0;
+    for &t in tail {
+        rest += t;
+    }
+    total + rest
 }
 
 /// Dot product with `LANES` independent accumulators, added up as [`sum`] does.
@@ -296,18 +318,20 @@ fn sum(xs: &[f32]) -> f32 {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let mut tail = 0.0;
+    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
+        tail += x * y;
+    }
     for (x, y) in ac.zip(bc) {
         for l in 0..LANES {
             acc[l] += x[l] * y[l];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let mut total = 0.0;
+    for a in acc {
+        total += a;
+    }
+    total + tail
 }
 
 #[inline(always)]
@@ -320,24 +344,35 @@ fn max(xs: &[f32]) -> f32 {
             acc[i] = acc[i].max(c[i]);
         }
     }
-    acc.iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    let mut m = f32::NEG_INFINITY;
+    for v in acc {
+        m = m.max(v);
+    }
+    for &v in tail {
+        m = m.max(v);
+    }
+    m
 }
 
 /// Softmax of one row, in place.
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
     let m = max(row);
-    row.iter_mut().for_each(|v| *v = exp(*v - m));
+    for v in row.iter_mut() {
+        *v = exp(*v - m);
+    }
     let inv = 1.0 / sum(row);
-    row.iter_mut().for_each(|v| *v *= inv);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
 }
 
 /// Softmax of every row of a row-major `[rows, cols]` block, in place.
 #[multiversion(targets = "simd")]
 pub fn softmax_rows(data: &mut [f32], cols: usize) {
-    data.chunks_exact_mut(cols).for_each(softmax_row);
+    for row in data.chunks_exact_mut(cols) {
+        softmax_row(row);
+    }
 }
 
 /// `row ← softmax(scale · row + bias)` for one row (`bias` of the row's length).
@@ -382,10 +417,14 @@ fn add_layer_norm_serial(x: &mut [f32], y: Option<&[f32]>, gamma: &[f32], beta: 
     for (r, row) in x.chunks_exact_mut(width).enumerate() {
         if let Some(y) = y {
             let yr = &y[r * width..(r + 1) * width];
-            row.iter_mut().zip(yr).for_each(|(a, b)| *a += b);
+            for (a, b) in row.iter_mut().zip(yr) {
+                *a += b;
+            }
         }
         let mean = sum(row) / width as f32;
-        row.iter_mut().for_each(|v| *v -= mean);
+        for v in row.iter_mut() {
+            *v -= mean;
+        }
         let var = dot(row, row) / width as f32;
         let rstd = 1.0 / (var + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
