@@ -307,60 +307,110 @@ impl QuantizedLinear {
         out_stride: usize,
         col0: usize,
     ) {
+        let target = Target {
+            blocks,
+            out,
+            out_stride,
+            col0,
+        };
+        match kernel {
+            Kernel::Scalar => self.compute_tiles(acts, target, tile_scalar),
+            // SAFETY: this kernel is only selected when the CPU has AVX2 (see
+            // `Kernel::detect` / `is_supported`).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { self.compute_avx2(acts, target) },
+            // SAFETY: only selected when the CPU has AVX2, AVX-512F and AVX-512 VNNI.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { self.compute_avx512_vnni(acts, target) },
+        }
+    }
+
+    /// [`Self::compute_tiles`] with the AVX2 micro kernel, compiled for AVX2 so that the
+    /// scaling of each tile's sums back to `f32` is vectorised and inlined too.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn compute_avx2(&self, acts: &QuantizedRows, target: Target) {
+        self.compute_tiles(acts, target, |a, stride, rows, weights, k_groups, acc| {
+            // SAFETY: the caller guarantees AVX2; slice bounds are checked inside.
+            unsafe { tile_avx2(a, stride, rows, weights, k_groups, acc) }
+        })
+    }
+
+    /// [`Self::compute_tiles`] with the AVX-512 VNNI micro kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, AVX-512F and AVX-512 VNNI.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512vnni")]
+    unsafe fn compute_avx512_vnni(&self, acts: &QuantizedRows, target: Target) {
+        self.compute_tiles(acts, target, |a, stride, rows, weights, k_groups, acc| {
+            // SAFETY: the caller guarantees AVX-512F/VNNI; slice bounds are checked inside.
+            unsafe { tile_avx512_vnni(a, stride, rows, weights, k_groups, acc) }
+        })
+    }
+
+    /// The loop over output blocks and row tiles: `tile` sums a tile in `i32`, then each of
+    /// its rows is scaled back to `f32` and written to `target.out`.
+    #[inline(always)]
+    fn compute_tiles(
+        &self,
+        acts: &QuantizedRows,
+        target: Target,
+        tile: impl Fn(&[u8], usize, usize, &[i8], usize, &mut [[i32; NR]; MR]),
+    ) {
+        let Target {
+            blocks,
+            out,
+            out_stride,
+            col0,
+        } = target;
         let rows = acts.scales.len();
         let block_len = self.k_groups * GROUP_BYTES;
         for block in blocks {
             let weights = &self.packed[block * block_len..][..block_len];
             let first = block * NR;
             let width = NR.min(self.out_features - first);
+            let col_sums = tile_params(&self.col_sums, first);
+            let w_scales = tile_params(&self.w_scales, first);
+            let bias = tile_params(&self.bias, first);
             for r0 in (0..rows).step_by(MR) {
                 let tile_rows = MR.min(rows - r0);
-                let a = &acts.values[r0 * acts.stride..];
                 let mut acc = [[0i32; NR]; MR];
-                match kernel {
-                    Kernel::Scalar => {
-                        tile_scalar(a, acts.stride, tile_rows, weights, self.k_groups, &mut acc)
-                    }
-                    // SAFETY: this kernel is only selected when the CPU has AVX2 (see
-                    // `Kernel::detect` / `is_supported`); slice bounds are checked inside.
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx2 => unsafe {
-                        tile_avx2(a, acts.stride, tile_rows, weights, self.k_groups, &mut acc)
-                    },
-                    // SAFETY: only selected when the CPU has AVX-512F and AVX-512 VNNI; slice
-                    // bounds are checked inside.
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512Vnni => unsafe {
-                        tile_avx512_vnni(
-                            a,
-                            acts.stride,
-                            tile_rows,
-                            weights,
-                            self.k_groups,
-                            &mut acc,
-                        )
-                    },
-                }
-                let col_sums = tile_params(&self.col_sums, first);
-                let w_scales = tile_params(&self.w_scales, first);
-                let bias = tile_params(&self.bias, first);
+                tile(
+                    &acts.values[r0 * acts.stride..],
+                    acts.stride,
+                    tile_rows,
+                    weights,
+                    self.k_groups,
+                    &mut acc,
+                );
                 for (r, acc_row) in acc.iter().enumerate().take(tile_rows) {
-                    let zero_point = acts.zero_points[r0 + r];
-                    let a_scale = acts.scales[r0 + r];
-                    let out_row = &mut out[(r0 + r) * out_stride + first - col0..][..width];
-                    let args = (
-                        acc_row, zero_point, a_scale, col_sums, w_scales, bias, out_row,
+                    let mut row = [0f32; NR];
+                    finish_row(
+                        acc_row,
+                        acts.zero_points[r0 + r],
+                        acts.scales[r0 + r],
+                        (col_sums, w_scales, bias),
+                        &mut row,
                     );
-                    match kernel {
-                        Kernel::Scalar => finish_row(args),
-                        // SAFETY: AVX2 kernels are only selected when the CPU has AVX2.
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { finish_row_avx2(args) },
-                    }
+                    let start = (r0 + r) * out_stride + first - col0;
+                    out[start..start + width].copy_from_slice(&row[..width]);
                 }
             }
         }
     }
+}
+
+/// Where [`QuantizedLinear::compute`] writes: the output blocks to compute, and the output
+/// (row stride `out_stride`, column 0 = output channel `col0`).
+struct Target<'a> {
+    blocks: std::ops::Range<usize>,
+    out: &'a mut [f32],
+    out_stride: usize,
+    col0: usize,
 }
 
 /// The per-channel parameters of the output block starting at channel `first`.
@@ -370,44 +420,23 @@ fn tile_params<T>(all: &[T], first: usize) -> &[T; NR] {
         .expect("per-channel parameters are padded to whole blocks")
 }
 
-/// Arguments of [`finish_row`]: one row of tile sums, the row's activation zero point and
-/// scale, the block's column sums, weight scales and bias, and the output row (≤ `NR` values).
-type FinishArgs<'a> = (
-    &'a [i32; NR],
-    i32,
-    f32,
-    &'a [i32; NR],
-    &'a [f32; NR],
-    &'a [f32; NR],
-    &'a mut [f32],
-);
-
-/// Scales one row of a tile's integer sums back to `f32`: `sa·sw·(acc − za·Σqw) + b`.
+/// Scales one row of a tile's integer sums back to `f32`: `sa·sw·(acc − za·Σqw) + b`, with
+/// the block's column sums, weight scales and bias in `params`.
 ///
 /// The correction is done in `i32` (exact) and no step is fused, so every kernel gives
-/// identical outputs.
+/// identical outputs. Always inlined, so it is vectorised for the caller's instruction set.
 #[inline(always)]
-fn finish_row((acc, zero_point, a_scale, col_sums, w_scales, bias, out): FinishArgs) {
-    for ((((o, &acc), &col_sum), &w_scale), &b) in out
-        .iter_mut()
-        .zip(acc)
-        .zip(col_sums)
-        .zip(w_scales)
-        .zip(bias)
-    {
-        let exact = acc - zero_point * col_sum;
-        *o = exact as f32 * (a_scale * w_scale) + b;
+fn finish_row(
+    acc: &[i32; NR],
+    zero_point: i32,
+    a_scale: f32,
+    (col_sums, w_scales, bias): (&[i32; NR], &[f32; NR], &[f32; NR]),
+    out: &mut [f32; NR],
+) {
+    for c in 0..NR {
+        let exact = acc[c] - zero_point * col_sums[c];
+        out[c] = exact as f32 * (a_scale * w_scales[c]) + bias[c];
     }
-}
-
-/// [`finish_row`] compiled for AVX2, where it vectorizes to a few 256-bit instructions.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn finish_row_avx2(args: FinishArgs) {
-    finish_row(args)
 }
 
 /// Quantizes one activation row to `u8` with its own scale and zero point; returns them.
