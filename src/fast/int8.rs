@@ -166,7 +166,7 @@ impl QuantizedLinear {
                     &mut packed[(j / NR) * k_groups * GROUP_BYTES..][..k_groups * GROUP_BYTES];
                 let mut sum = 0i32;
                 for (k, &w) in row.iter().enumerate() {
-                    let q = (w * inv).round_ties_even().clamp(-W_LEVELS, W_LEVELS) as i8;
+                    let q = round_weight(w * inv);
                     sum += i32::from(q);
                     block[(k / KG) * GROUP_BYTES + (j % NR) * KG + k % KG] = q;
                 }
@@ -437,6 +437,19 @@ fn finish_row(
         let exact = acc[c] - zero_point * col_sums[c];
         out[c] = exact as f32 * (a_scale * w_scales[c]) + bias[c];
     }
+}
+
+/// Rounds a scaled weight (`|x| ≤ W_LEVELS` up to rounding) to the nearest integer, ties to
+/// even, and clamps it to `±W_LEVELS`.
+///
+/// Adding and subtracting 1.5·2^23 rounds like `round_ties_even` for `|x| < 2^22`, but
+/// without the `rintf` call that `round_ties_even` becomes on baseline x86-64 (a third of the
+/// time of quantizing a model at load).
+#[inline(always)]
+fn round_weight(x: f32) -> i8 {
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-W_LEVELS, W_LEVELS);
+    ((x + ROUND) - ROUND) as i8
 }
 
 /// Quantizes one activation row to `u8` with its own scale and zero point; returns them.
@@ -897,6 +910,20 @@ mod tests {
                     out[r * n + j]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn weight_rounding_is_round_ties_even_then_clamp() {
+        let ties = [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 63.5, -63.5];
+        let sweep = (-70_000..=70_000).map(|i| i as f32 / 1000.0);
+        for x in ties
+            .into_iter()
+            .chain(sweep)
+            .chain([f32::MAX, f32::MIN, 1e-30])
+        {
+            let expected = x.round_ties_even().clamp(-W_LEVELS, W_LEVELS) as i8;
+            assert_eq!(round_weight(x), expected, "x = {x}");
         }
     }
 
