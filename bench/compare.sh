@@ -10,9 +10,10 @@
 #   SKIP_LARGE=1       skip BERT-large
 #   WORK=bench/out/compare   raw JSON, logs, random-weight models and ONNX files (kept)
 #   BIN_DIR=DIR        take bertqa and forward_timing from DIR instead of building them
+#   ROUNDS=3           turns of the engines in the forward-latency cases
 #   TRAIN_WARMUP=2 TRAIN_STEPS=4   training steps left out / timed
 # Quick check of the script itself (figures meaningless): DATA=small-squad.json LAYERS=2 ITERS_B1=1
-#   ITERS_B8=1 TRAIN_BATCH=2 TRAIN_SEQ=128 TRAIN_WARMUP=1 TRAIN_STEPS=1 THREADS=1 bench/compare.sh
+#   ITERS_B8=1 ROUNDS=1 TRAIN_BATCH=2 TRAIN_SEQ=128 TRAIN_WARMUP=1 TRAIN_STEPS=1 THREADS=1 bench/compare.sh
 #
 # The reference runs in a throw-away venv (bench/.venv): torch, transformers 4.x, onnxruntime.
 set -euo pipefail
@@ -26,6 +27,7 @@ WORK=${WORK:-bench/out/compare}
 LAYERS=${LAYERS:-0}   # 0: the real depth (12 / 24)
 ITERS_B1=${ITERS_B1:-5}
 ITERS_B8=${ITERS_B8:-2}
+ROUNDS=${ROUNDS:-3}
 TRAIN_WARMUP=${TRAIN_WARMUP:-2}
 TRAIN_STEPS=${TRAIN_STEPS:-4}
 TRAIN_BATCH=${TRAIN_BATCH:-16}
@@ -86,20 +88,15 @@ t1=$(date +%s%N)
 t2=$(date +%s%N)
 echo "{\"torch_cold_s\": $(( (t1 - t0) / 1000000 ))e-3, \"bertqa_cold_s\": $(( (t2 - t1) / 1000000 ))e-3}" > "$WORK/cold.json"
 
-# 3. Forward latency at 384 tokens, random weights (the same checkpoint for every engine).
+# 3. Forward latency at 384 tokens, random weights (the same checkpoint for every engine). The
+#    engines take turns, ROUNDS times, so that a drift in the machine's speed hits them alike.
 sizes=base
 [ "$SKIP_LARGE" = 1 ] || sizes="base large"
 for size in $sizes; do
-  step "bert-$size: PyTorch fp32/bf16, ONNX Runtime fp32/int8"
+  step "bert-$size: PyTorch fp32/bf16, ONNX Runtime fp32/int8, bertqa f32/int8, taking turns"
   THREADS=$THREADS "$PY" bench/reference.py forward "$size" "$MODEL" "$WORK" --layers "$LAYERS" \
-    --iters-b1 "$ITERS_B1" --iters-b8 "$ITERS_B8" > "$WORK/torch_forward_$size.json"
-  dir=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["dir"])' "$WORK/torch_forward_$size.json")
-  for precision in f32 int8; do
-    step "bert-$size: bertqa $precision"
-    quantize=; [ "$precision" = int8 ] && quantize=int8
-    BERTQA_QUANTIZE=$quantize RAYON_NUM_THREADS=$THREADS "$FORWARD_TIMING" "$dir" 384 1 "$ITERS_B1" > "$WORK/$size-$precision-b1.txt"
-    BERTQA_QUANTIZE=$quantize RAYON_NUM_THREADS=$THREADS "$FORWARD_TIMING" "$dir" 384 8 "$ITERS_B8" > "$WORK/$size-$precision-b8.txt"
-  done
+    --iters-b1 "$ITERS_B1" --iters-b8 "$ITERS_B8" --rounds "$ROUNDS" --bertqa "$FORWARD_TIMING" \
+    > "$WORK/torch_forward_$size.json"
 done
 
 # 4. Training step: MiniLM-L6 base + new QA head, batch 16 x 384 tokens, fp32, AdamW; bertqa's

@@ -8,7 +8,8 @@ Each subcommand prints one JSON object:
                              forward latency at 384 tokens of a BERT-base/large-sized QA model with
                              random weights (saved as safetensors in WORK/bert-SIZE-random so that
                              bertqa runs the very same weights): PyTorch fp32 and bf16 autocast,
-                             ONNX Runtime fp32 and dynamic int8
+                             ONNX Runtime fp32 and dynamic int8; with --bertqa FORWARD_TIMING, bertqa
+                             f32 and int8 too, the engines taking turns over --rounds rounds
   train BASE                 one fine-tuning step (forward + backward + clipping + AdamW) of a
                              BertForQuestionAnswering built from BASE, on random windows
 
@@ -17,6 +18,9 @@ THREADS (default 2) sets the threads of PyTorch and ONNX Runtime alike.
 import argparse
 import json
 import os
+import re
+import statistics
+import subprocess
 import sys
 import time
 
@@ -177,6 +181,18 @@ def ort_latency(session, batch, iters):
     return ms_per_sequence(lambda: session.run(None, feed), batch, iters)
 
 
+def bertqa_latency(binary, model_dir, batch, iters, int8):
+    """ms per sequence of bertqa's forward pass, from a forward_timing process (load not timed)."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(THREADS), BERTQA_QUANTIZE="int8" if int8 else "")
+    out = subprocess.run(
+        [binary, model_dir, "384", str(batch), str(iters)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    match = re.search(r"\(([\d.]+) ms per sequence", out)
+    if not match:
+        raise SystemExit(f"unexpected forward_timing output: {out!r}")
+    return float(match.group(1))
+
+
 def forward_latency(args):
     import onnxruntime
 
@@ -185,13 +201,12 @@ def forward_latency(args):
     os.makedirs(d, exist_ok=True)
     model = random_qa_model(args.size, d, args.tokenizer, args.layers)
     out = {"dir": d, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": THREADS}
-    b1, b8 = args.iters_b1, args.iters_b8
-    log(f"   PyTorch fp32 ({args.size})")
-    out["fp32_b1_ms"] = torch_latency(model, 1, b1)
-    out["fp32_b8_ms_per_seq"] = torch_latency(model, 8, b8)
+    iters = {1: args.iters_b1, 8: args.iters_b8}
+    # bf16 autocast has no bf16 hardware to run on here and is many times slower than fp32: one
+    # round, one timed call at batch 8.
     log(f"   PyTorch bf16 autocast ({args.size})")
-    out["bf16_b1_ms"] = torch_latency(model, 1, b1, bf16=True)
-    out["bf16_b8_ms_per_seq"] = torch_latency(model, 8, b8, bf16=True)
+    out["bf16_b1_ms"] = torch_latency(model, 1, iters[1], bf16=True)
+    out["bf16_b8_ms_per_seq"] = torch_latency(model, 8, 1, bf16=True)
     # The ONNX files stay out of the bertqa model directory, which holds the checkpoint alone.
     onnx_dir = os.path.join(args.work, f"{name}-onnx")
     os.makedirs(onnx_dir, exist_ok=True)
@@ -199,15 +214,29 @@ def forward_latency(args):
     fp32_path, int8_path = os.path.join(onnx_dir, "model.opt.onnx"), os.path.join(onnx_dir, "model.opt.int8.onnx")
     log(f"   ONNX export, optimization and dynamic int8 quantization ({args.size})")
     export_onnx(model, exported)
-    del model
     optimize_onnx(exported, fp32_path, args.size)
     quantize_onnx(fp32_path, int8_path)
-    for engine, path in [("ort_fp32", fp32_path), ("ort_int8", int8_path)]:
-        log(f"   ONNX Runtime {engine[4:]} ({args.size})")
-        session = ort_session(path)
-        out[f"{engine}_b1_ms"] = ort_latency(session, 1, b1)
-        out[f"{engine}_b8_ms_per_seq"] = ort_latency(session, 8, b8)
-        del session
+    sessions = {"ort_fp32": ort_session(fp32_path), "ort_int8": ort_session(int8_path)}
+    # The machine's speed drifts over minutes, so the engines take turns: every round times
+    # each engine once per batch size, and a ratio is taken within a round.
+    engines = {
+        "fp32": lambda batch: torch_latency(model, batch, iters[batch]),
+        "ort_fp32": lambda batch: ort_latency(sessions["ort_fp32"], batch, iters[batch]),
+        "ort_int8": lambda batch: ort_latency(sessions["ort_int8"], batch, iters[batch]),
+    }
+    if args.bertqa:
+        engines["bertqa_f32"] = lambda batch: bertqa_latency(args.bertqa, d, batch, iters[batch], False)
+        engines["bertqa_int8"] = lambda batch: bertqa_latency(args.bertqa, d, batch, iters[batch], True)
+    rounds = {f"{engine}_b{batch}": [] for batch in iters for engine in engines}
+    for r in range(args.rounds):
+        log(f"   round {r + 1}/{args.rounds}: {', '.join(engines)} ({args.size})")
+        for batch in iters:
+            for engine, run in engines.items():
+                rounds[f"{engine}_b{batch}"].append(run(batch))
+    out["rounds"] = rounds
+    for key, values in rounds.items():
+        engine, batch = key.rsplit("_b", 1)
+        out[f"{engine}_b1_ms" if batch == "1" else f"{engine}_b8_ms_per_seq"] = statistics.median(values)
     return out
 
 
@@ -282,6 +311,8 @@ def main():
     p.add_argument("--iters-b1", type=int, default=5)
     p.add_argument("--iters-b8", type=int, default=2)
     p.add_argument("--layers", type=int, default=0, help="fewer layers (quick checks)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of turns between the engines")
+    p.add_argument("--bertqa", help="bertqa's forward_timing binary: time bertqa f32/int8 in the same rounds")
     p.set_defaults(run=forward_latency)
     p = sub.add_parser("train")
     p.add_argument("base")
