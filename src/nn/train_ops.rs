@@ -15,6 +15,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, StorageRef,
     Tensor,
 };
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Rows handled per parallel task in the row-wise kernels.
@@ -44,17 +45,19 @@ impl DropoutMask {
         values
             .par_chunks_mut(64 * 1024)
             .zip(self.bits.par_chunks(1024))
-            .for_each(|(chunk, words)| {
-                for (vals, &word) in chunk.chunks_mut(64).zip(words) {
-                    for (j, v) in vals.iter_mut().enumerate() {
-                        *v = if word >> j & 1 == 1 {
-                            *v * self.scale
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            });
+            .for_each(|(chunk, words)| apply_mask_bits(chunk, words, self.scale));
+    }
+}
+
+/// `v ← v · scale` where the element's bit is set, `0` where not, for 64 elements per word.
+/// Compiled per instruction set: with AVX2's per-lane shifts the bit tests vectorise.
+#[multiversion(targets = "simd")]
+fn apply_mask_bits(values: &mut [f32], words: &[u64], scale: f32) {
+    for (vals, &word) in values.chunks_mut(64).zip(words) {
+        for (j, v) in vals.iter_mut().enumerate() {
+            let kept = (word >> j) & 1 == 1;
+            *v = if kept { *v * scale } else { 0.0 };
+        }
     }
 }
 
