@@ -1,9 +1,10 @@
 //! Int8 `QuantizedLinear::forward` (activation quantization included) against an `f32`
-//! `gemm::gemm` of the same shape, for the linear layers of BERT-base and MiniLM at 384 tokens.
+//! `gemm::gemm` of the same shape and the pre-packed `f32` kernel (`PackedWeights`), for the linear layers of BERT-base and MiniLM at 384 tokens.
 //!
 //! Run with `cargo bench --bench linear`.
 
 use bertqa::fast::int8::QuantizedLinear;
+use bertqa::fast::sgemm::PackedWeights;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gemm::Parallelism;
 use rand::{Rng, SeedableRng};
@@ -85,6 +86,12 @@ fn linear(c: &mut Criterion) {
                 )
             })
         });
+        if PackedWeights::available() {
+            let packed = PackedWeights::pack(&w, n, k);
+            group.bench_function(BenchmarkId::from_parameter("f32_packed"), |bench| {
+                bench.iter(|| packed.accumulate(black_box(&x), ROWS, black_box(&mut out)))
+            });
+        }
         group.finish();
     }
 }

@@ -74,7 +74,7 @@ fn fused_qkv(hidden: usize, vbs: [VarBuilder; 3]) -> candle_core::Result<DenseLi
     let mut bias = Vec::with_capacity(3 * hidden);
     for vb in vbs {
         let part = linear(hidden, hidden, vb)?;
-        weight.extend_from_slice(part.weight());
+        weight.extend_from_slice(&part.weight());
         bias.extend_from_slice(part.bias());
     }
     Ok(DenseLinear::new(weight, bias))
@@ -421,7 +421,7 @@ impl FastQaModel {
             hidden,
             heads,
             act,
-            qa_weight: head.weight().to_vec(),
+            qa_weight: head.weight().into_owned(),
             qa_bias: [head.bias()[0], head.bias()[1]],
             scratch: Default::default(),
         })

@@ -1,16 +1,27 @@
 //! Fully connected layers of the fast engine.
 
+use std::borrow::Cow;
+
 use super::kernels::{fill_rows, matmul, MatMut, MatRef};
+use super::sgemm::PackedWeights;
 
 /// An f32 linear layer `y = x·Wᵀ + b`, with `W` in Hugging Face's `[out, in]` layout.
 ///
-/// The weight stays in that layout: the product reads it through a transposed view, and gemm
-/// packs the panels it needs as it goes.
+/// On CPUs where [`PackedWeights`] runs, the weight is packed into its panels once, here, so
+/// that no call repacks it; elsewhere it stays row-major and gemm reads it through a
+/// transposed view.
 #[derive(Clone, Debug)]
 pub struct DenseLinear {
-    weight: Vec<f32>,
+    weight: Weight,
     bias: Vec<f32>,
     in_features: usize,
+}
+
+/// How a [`DenseLinear`] keeps its weight.
+#[derive(Clone, Debug)]
+enum Weight {
+    RowMajor(Vec<f32>),
+    Packed(PackedWeights),
 }
 
 impl DenseLinear {
@@ -21,6 +32,11 @@ impl DenseLinear {
     pub fn new(weight: Vec<f32>, bias: Vec<f32>) -> Self {
         assert!(!bias.is_empty() && weight.len().is_multiple_of(bias.len()));
         let in_features = weight.len() / bias.len();
+        let weight = if PackedWeights::available() {
+            Weight::Packed(PackedWeights::pack(&weight, bias.len(), in_features))
+        } else {
+            Weight::RowMajor(weight)
+        };
         Self {
             weight,
             bias,
@@ -28,29 +44,39 @@ impl DenseLinear {
         }
     }
 
-    /// Output width.
+    /// Number of output features.
     pub fn out_features(&self) -> usize {
         self.bias.len()
     }
 
-    /// Input width.
+    /// Number of input features.
     pub fn in_features(&self) -> usize {
         self.in_features
     }
 
-    /// The weight, row-major `[out, in]`.
-    pub fn weight(&self) -> &[f32] {
-        &self.weight
+    /// The weight, row-major `[out, in]` (unpacked into a new buffer when it is packed).
+    pub fn weight(&self) -> Cow<'_, [f32]> {
+        match &self.weight {
+            Weight::RowMajor(w) => Cow::Borrowed(w),
+            Weight::Packed(p) => Cow::Owned(p.unpack()),
+        }
     }
 
-    /// The bias.
+    /// The bias, `[out]`.
     pub fn bias(&self) -> &[f32] {
         &self.bias
     }
 
     /// `out = x·Wᵀ + b` for `rows` rows of `x` (row-major); overwrites `out`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
-        dense_forward(x, &self.weight, &self.bias, rows, out);
+        match &self.weight {
+            Weight::RowMajor(w) => dense_forward(x, w, &self.bias, rows, out),
+            Weight::Packed(p) => {
+                let out = &mut out[..rows * self.bias.len()];
+                fill_rows(out, &self.bias);
+                p.accumulate(&x[..rows * self.in_features], rows, out);
+            }
+        }
     }
 }
 
@@ -104,7 +130,7 @@ impl Linear {
     pub fn convert(&mut self, precision: Precision) {
         if let (Linear::Dense(dense), Precision::Int8) = (&*self, precision) {
             *self = Linear::Int8(super::int8::QuantizedLinear::new(
-                dense.weight(),
+                &dense.weight(),
                 Some(dense.bias()),
                 dense.out_features(),
                 dense.in_features(),

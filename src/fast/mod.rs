@@ -9,5 +9,6 @@ pub mod encoder;
 pub mod int8;
 pub mod kernels;
 pub mod linear;
+pub mod sgemm;
 
 pub use encoder::{FastQaModel, Tokens};

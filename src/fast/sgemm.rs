@@ -1,0 +1,281 @@
+//! `f32` product against weights packed once at load, for AVX2 + FMA CPUs.
+//!
+//! A linear layer multiplies the same weight matrix on every call. General GEMM libraries (the
+//! `gemm` crate behind candle among them) repack that matrix into cache-sized panels on every
+//! call and offer no way to keep the packed form; none of the crates that do offer it target
+//! these CPUs. So this module packs the weights once, in [`PackedWeights::pack`], into panels of
+//! 16 output channels laid out `[k][16]`, and multiplies them with a 6 × 16 register-blocked
+//! micro kernel (12 accumulators, the shape of BLIS's Haswell kernel). Only the activations are
+//! packed per call, in blocks that stay in L2.
+//!
+//! Used where the CPU has AVX2 and FMA but not AVX-512; on AVX-512 CPUs the `gemm` crate's
+//! 512-bit kernels are faster than this 256-bit one.
+
+use rayon::prelude::*;
+
+/// Output channels per packed panel: two 8-lane vectors.
+const NR: usize = 16;
+/// Rows per micro tile.
+const MR: usize = 6;
+/// `k` values per block: a panel's block (`KC·NR` floats, 16 KiB) stays in L1.
+const KC: usize = 256;
+/// Largest row block of one parallel task: its packed activations (`MC·KC` floats) stay in L2.
+const MC_MAX: usize = 192;
+
+/// A `[n, k]` weight matrix (HF `nn.Linear` layout) packed for [`PackedWeights::accumulate`].
+#[derive(Clone, Debug)]
+pub struct PackedWeights {
+    n: usize,
+    k: usize,
+    /// `[panel][k][NR]`: panel `p` holds output channels `16p..16p+16`, zero beyond `n`.
+    data: Vec<f32>,
+}
+
+impl PackedWeights {
+    /// Whether this CPU runs the packed kernel (AVX2 and FMA, and no AVX-512).
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && !is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Packs `weight`, row-major `[n, k]`.
+    ///
+    /// # Panics
+    /// If `weight.len() != n·k`.
+    pub fn pack(weight: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(
+            weight.len(),
+            n * k,
+            "PackedWeights::pack: weight is not [n, k]"
+        );
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        if k > 0 {
+            for (j, row) in weight.chunks_exact(k).enumerate() {
+                let panel = &mut data[(j / NR) * k * NR..][..k * NR];
+                for (kk, &w) in row.iter().enumerate() {
+                    panel[kk * NR + j % NR] = w;
+                }
+            }
+        }
+        Self { n, k, data }
+    }
+
+    /// The weights, row-major `[n, k]` again.
+    pub fn unpack(&self) -> Vec<f32> {
+        let mut weight = vec![0f32; self.n * self.k];
+        if self.k > 0 {
+            for (j, row) in weight.chunks_exact_mut(self.k).enumerate() {
+                let panel = &self.data[(j / NR) * self.k * NR..][..self.k * NR];
+                for (kk, w) in row.iter_mut().enumerate() {
+                    *w = panel[kk * NR + j % NR];
+                }
+            }
+        }
+        weight
+    }
+
+    /// Output channels (`n`).
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Input features (`k`).
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// `out += x · Wᵀ` for `x` row-major `[rows, k]` and `out` row-major `[rows, n]`, split
+    /// over the rayon pool by row blocks.
+    ///
+    /// # Panics
+    /// If the slice lengths do not match, or [`PackedWeights::available`] is false.
+    pub fn accumulate(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), rows * self.k, "PackedWeights: x is not [rows, k]");
+        assert_eq!(
+            out.len(),
+            rows * self.n,
+            "PackedWeights: out is not [rows, n]"
+        );
+        assert!(Self::available(), "PackedWeights: this CPU lacks AVX2/FMA");
+        if rows == 0 || self.n == 0 || self.k == 0 {
+            return;
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let mc = rows
+            .div_ceil(threads)
+            .next_multiple_of(MR)
+            .clamp(MR, MC_MAX);
+        out.par_chunks_mut(mc * self.n)
+            .zip(x.par_chunks(mc * self.k))
+            .for_each(|(out_block, x_block)| {
+                // SAFETY: `available()` was asserted above (AVX2 and FMA present).
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    self.row_block(x_block, out_block)
+                }
+            });
+    }
+
+    /// One task: all output channels of a block of at most `MC_MAX` rows.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn row_block(&self, x: &[f32], out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let rows = x.len() / k;
+        let tiles = rows.div_ceil(MR);
+        let mut packed_x = vec![0f32; tiles * MR * KC.min(k)];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            // Activations of this k block as `[tile][kc][MR]`. The slots of rows past the end
+            // keep whatever an earlier block left there: they only feed tile rows that are
+            // never written back.
+            for (r, x_row) in x.chunks_exact(k).enumerate() {
+                let tile = &mut packed_x[(r / MR) * kc * MR..][..kc * MR];
+                for (kk, &v) in x_row[k0..k0 + kc].iter().enumerate() {
+                    tile[kk * MR + r % MR] = v;
+                }
+            }
+            for panel in 0..n.div_ceil(NR) {
+                let weights = &self.data[panel * k * NR + k0 * NR..][..kc * NR];
+                let col0 = panel * NR;
+                let cols = NR.min(n - col0);
+                for tile in 0..tiles {
+                    let a = &packed_x[tile * kc * MR..][..kc * MR];
+                    let r0 = tile * MR;
+                    let tile_rows = MR.min(rows - r0);
+                    if tile_rows == MR && cols == NR {
+                        // SAFETY: AVX2/FMA are enabled here. `a` holds kc·MR values and
+                        // `weights` kc·NR; the C tile spans rows r0..r0+MR (< rows) and
+                        // columns col0..col0+NR (≤ n) of `out`, whose row stride is n, so its
+                        // last element r0+MR−1, col0+NR−1 lies inside `out`.
+                        unsafe {
+                            kernel(kc, a, weights, out.as_mut_ptr().add(r0 * n + col0), n);
+                        }
+                    } else {
+                        // Edge tile: run on a full-size copy, write back the valid part.
+                        let mut c = [0f32; MR * NR];
+                        for r in 0..tile_rows {
+                            let at = (r0 + r) * n + col0;
+                            c[r * NR..r * NR + cols].copy_from_slice(&out[at..at + cols]);
+                        }
+                        // SAFETY: as above, with the C tile being `c` (MR rows of NR, stride NR).
+                        unsafe { kernel(kc, a, weights, c.as_mut_ptr(), NR) };
+                        for r in 0..tile_rows {
+                            let at = (r0 + r) * n + col0;
+                            out[at..at + cols].copy_from_slice(&c[r * NR..r * NR + cols]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 6 × 16 micro kernel: `C[r][c] += Σ_kk a[kk][r] · b[kk][c]` over `kc` steps.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` must hold `kc·MR` values, `b` `kc·NR`, and `c` must
+/// be valid for reads and writes of `MR` rows of `NR` values at row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn kernel(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        // SAFETY: row r < MR of the C tile, NR = 16 values (the caller's contract).
+        unsafe {
+            acc[0] = _mm256_loadu_ps(c.add(r * ldc));
+            acc[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+        }
+    }
+    for kk in 0..kc {
+        // SAFETY: kk < kc, so b[kk·16 .. kk·16+16] and a[kk·6 .. kk·6+6] are in bounds.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(kk * MR + r));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: as for the loads above.
+        unsafe {
+            _mm256_storeu_ps(c.add(r * ldc), acc[0]);
+            _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// `out + x·Wᵀ` in f64.
+    fn reference(x: &[f32], w: &[f32], out: &[f32], rows: usize, n: usize, k: usize) -> Vec<f64> {
+        (0..rows * n)
+            .map(|i| {
+                let (r, j) = (i / n, i % n);
+                out[i] as f64
+                    + (0..k)
+                        .map(|l| x[r * k + l] as f64 * w[j * k + l] as f64)
+                        .sum::<f64>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pack_then_unpack_gives_the_weights_back() {
+        let w: Vec<f32> = (0..37 * 13).map(|i| i as f32).collect();
+        assert_eq!(PackedWeights::pack(&w, 37, 13).unpack(), w);
+    }
+
+    #[test]
+    fn matches_the_product_on_edge_shapes() {
+        if !PackedWeights::available() {
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // Rows and channels off the tile sizes, k across block boundaries, one row.
+        for &(rows, n, k) in &[
+            (1, 16, 8),
+            (7, 17, 3),
+            (13, 33, 257),
+            (97, 40, 600),
+            (200, 64, 512),
+        ] {
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bias: Vec<f32> = (0..rows * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let expected = reference(&x, &w, &bias, rows, n, k);
+            let mut out = bias.clone();
+            PackedWeights::pack(&w, n, k).accumulate(&x, rows, &mut out);
+            for (i, (&got, &want)) in out.iter().zip(&expected).enumerate() {
+                let tolerance = 1e-5 * (k as f64).sqrt() * 4.0;
+                assert!(
+                    (got as f64 - want).abs() <= tolerance,
+                    "rows {rows} n {n} k {k}: element {i} is {got}, expected {want}"
+                );
+            }
+        }
+    }
+}
