@@ -10,10 +10,11 @@
 #   SKIP_LARGE=1       skip BERT-large
 #   WORK=bench/out/compare   raw JSON, logs, random-weight models and ONNX files (kept)
 #   BIN_DIR=DIR        take bertqa and forward_timing from DIR instead of building them
+#   EVAL_PARTS=4       parts of DATA on which the eval engines take turns
 #   ROUNDS=3           turns of the engines in the forward-latency cases
 #   TRAIN_WARMUP=2 TRAIN_STEPS=4   training steps left out / timed
 # Quick check of the script itself (figures meaningless): DATA=small-squad.json LAYERS=2 ITERS_B1=1
-#   ITERS_B8=1 ROUNDS=1 TRAIN_BATCH=2 TRAIN_SEQ=128 TRAIN_WARMUP=1 TRAIN_STEPS=1 THREADS=1 bench/compare.sh
+#   ITERS_B8=1 ROUNDS=1 EVAL_PARTS=2 TRAIN_BATCH=2 TRAIN_SEQ=128 TRAIN_WARMUP=1 TRAIN_STEPS=1 THREADS=1 bench/compare.sh
 #
 # The reference runs in a throw-away venv (bench/.venv): torch, transformers 4.x, onnxruntime.
 set -euo pipefail
@@ -28,6 +29,7 @@ LAYERS=${LAYERS:-0}   # 0: the real depth (12 / 24)
 ITERS_B1=${ITERS_B1:-5}
 ITERS_B8=${ITERS_B8:-2}
 ROUNDS=${ROUNDS:-3}
+EVAL_PARTS=${EVAL_PARTS:-4}
 TRAIN_WARMUP=${TRAIN_WARMUP:-2}
 TRAIN_STEPS=${TRAIN_STEPS:-4}
 TRAIN_BATCH=${TRAIN_BATCH:-16}
@@ -69,15 +71,22 @@ fi
 BERTQA=$BIN_DIR/bertqa
 FORWARD_TIMING=$BIN_DIR/examples/forward_timing
 
-# 1. Evaluation: the pipeline one question per call, bertqa eval f32 and int8.
-step "transformers pipeline on $(basename "$DATA")"
-THREADS=$THREADS "$PY" bench/reference.py pipeline "$MODEL" "$DATA" "$WORK" > "$WORK/torch_pipeline.json"
-step "bertqa eval (f32)"
-"$BERTQA" eval --threads "$THREADS" --model "$MODEL" --data "$DATA" --json \
-  --predictions "$WORK/bertqa_predictions.json" > "$WORK/bertqa.json"
-step "bertqa eval --quantize int8"
-"$BERTQA" eval --threads "$THREADS" --model "$MODEL" --data "$DATA" --json --quantize int8 \
-  --predictions "$WORK/bertqa_int8_predictions.json" > "$WORK/bertqa_int8.json"
+# 1. Evaluation: the pipeline one question per call, bertqa eval f32 and int8. They take turns
+#    on EVAL_PARTS parts of the data (articles dealt round-robin), so that a drift in the
+#    machine's speed hits them alike.
+PARTS=$WORK/eval-parts
+rm -rf "$PARTS"
+"$PY" bench/reference.py split "$DATA" "$EVAL_PARTS" "$PARTS" >/dev/null
+for i in $(seq 0 $((EVAL_PARTS - 1))); do
+  part=$PARTS/part-$i.json
+  step "eval part $((i + 1))/$EVAL_PARTS: transformers pipeline, bertqa eval f32, bertqa eval --quantize int8"
+  THREADS=$THREADS "$PY" bench/reference.py pipeline "$MODEL" "$part" "$WORK" \
+    --predictions "$PARTS/torch-$i.predictions.json" > "$PARTS/torch-$i.json"
+  "$BERTQA" eval --threads "$THREADS" --model "$MODEL" --data "$part" --json \
+    --predictions "$PARTS/bertqa-$i.predictions.json" > "$PARTS/bertqa-$i.json"
+  "$BERTQA" eval --threads "$THREADS" --model "$MODEL" --data "$part" --json --quantize int8 \
+    --predictions "$PARTS/bertqa_int8-$i.predictions.json" > "$PARTS/bertqa_int8-$i.json"
+done
 
 # 2. Cold start: a fresh process that loads the model and answers one question.
 step "cold start"

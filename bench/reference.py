@@ -4,6 +4,8 @@ Each subcommand prints one JSON object:
 
   pipeline MODEL DATA WORK   transformers' question-answering pipeline on a SQuAD file, one question
                              per call (questions/s); its answers go to WORK/torch_predictions.json
+                             (or --predictions)
+  split DATA N OUT           the articles of a SQuAD file dealt round-robin into OUT/part-0..N-1.json
   forward SIZE TOKENIZER WORK
                              forward latency at 384 tokens of a BERT-base/large-sized QA model with
                              random weights (saved as safetensors in WORK/bert-SIZE-random so that
@@ -55,12 +57,27 @@ def pipeline_speed(args):
     for qid, question, context in items:
         answers[qid] = qa(question=question, context=context)["answer"]
     seconds = time.perf_counter() - t
-    json.dump(answers, open(os.path.join(args.work, "torch_predictions.json"), "w"))
+    json.dump(answers, open(args.predictions or os.path.join(args.work, "torch_predictions.json"), "w"))
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "pipeline": {"questions": len(items), "seconds": seconds, "questions_per_s": len(items) / seconds},
     }
+
+
+def split_data(args):
+    """Deals the articles of a SQuAD file round-robin into N files OUT/part-I.json."""
+    data = json.load(open(args.data))
+    os.makedirs(args.out, exist_ok=True)
+    parts = [[] for _ in range(args.parts)]
+    for i, article in enumerate(data["data"]):
+        parts[i % args.parts].append(article)
+    paths = []
+    for i, articles in enumerate(parts):
+        path = os.path.join(args.out, f"part-{i}.json")
+        json.dump({"version": data.get("version", "1.1"), "data": articles}, open(path, "w"))
+        paths.append(path)
+    return {"parts": paths}
 
 
 # ---------------------------------------------------------------- forward latency
@@ -303,7 +320,13 @@ def main():
     p.add_argument("data")
     p.add_argument("work")
     p.add_argument("--limit", type=int, default=0, help="only the first N questions (quick checks)")
+    p.add_argument("--predictions", help="where the answers go (default WORK/torch_predictions.json)")
     p.set_defaults(run=pipeline_speed)
+    p = sub.add_parser("split")
+    p.add_argument("data")
+    p.add_argument("parts", type=int)
+    p.add_argument("out")
+    p.set_defaults(run=split_data)
     p = sub.add_parser("forward")
     p.add_argument("size", choices=sorted(SIZES))
     p.add_argument("tokenizer", help="a checkpoint whose tokenizer the random model gets")

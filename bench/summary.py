@@ -76,11 +76,18 @@ def turns(ref, ours, theirs, batch):
     return statistics.median(ratios), "per round " + ", ".join(f"{r:.2f}" for r in ratios)
 
 
-def same_answers(work, ours):
-    tp, bp = load(work, "torch_predictions.json"), load(work, ours)
-    if tp is None or bp is None:
-        return None
-    return f"{sum(tp[k] == bp.get(k) for k in tp)}/{len(tp)} answers identical to the pipeline's"
+def eval_parts(work):
+    """The eval runs of compare.sh, part by part: {engine: [per-part JSON]}, engines being
+    `torch` (the pipeline), `bertqa` and `bertqa_int8`, plus merged predictions per engine."""
+    parts = os.path.join(work, "eval-parts")
+    runs, predictions = {}, {}
+    for engine in ["torch", "bertqa", "bertqa_int8"]:
+        i = 0
+        while os.path.exists(os.path.join(parts, f"{engine}-{i}.json")):
+            runs.setdefault(engine, []).append(load(parts, f"{engine}-{i}.json"))
+            predictions.setdefault(engine, {}).update(load(parts, f"{engine}-{i}.predictions.json") or {})
+            i += 1
+    return runs, predictions
 
 
 def table(work):
@@ -98,20 +105,33 @@ def table(work):
             f"**{ratio:.2f}x** ({better} is better) | {note} |"
         )
 
-    pipe = load(work, "torch_pipeline.json")
-    for variant, name in [("f32", "bertqa.json"), ("int8", "bertqa_int8.json")]:
-        b = load(work, name)
-        if pipe and b:
-            preds = "bertqa_predictions.json" if variant == "f32" else "bertqa_int8_predictions.json"
-            note = f"EM {b['exact_match']:.2f} / F1 {b['f1']:.2f}; {same_answers(work, preds)}"
-            row(
-                f"eval {os.path.basename(b['model'])} on {os.path.basename(b['data'])}, bertqa {variant} vs pipeline",
-                b["questions_per_second"],
-                pipe["pipeline"]["questions_per_s"],
-                "q/s",
-                note,
-                rate=True,
-            )
+    runs, predictions = eval_parts(work)
+    pipe = runs.get("torch", [])
+    for variant, engine in [("f32", "bertqa"), ("int8", "bertqa_int8")]:
+        ours = runs.get(engine, [])
+        if not pipe or len(ours) != len(pipe):
+            continue
+        # Rates over all parts; each part's pipeline and bertqa runs are adjacent in time.
+        questions = sum(b["total"] for b in ours)
+        ours_rate = questions / sum(b["seconds"] for b in ours)
+        pipe_rate = sum(t["pipeline"]["questions"] for t in pipe) / sum(t["pipeline"]["seconds"] for t in pipe)
+        per_part = [b["questions_per_second"] / t["pipeline"]["questions_per_s"] for b, t in zip(ours, pipe)]
+        em = sum(b["exact_match"] * b["total"] for b in ours) / questions
+        f1 = sum(b["f1"] * b["total"] for b in ours) / questions
+        theirs, mine = predictions.get("torch", {}), predictions.get(engine, {})
+        same = sum(theirs[k] == mine.get(k) for k in theirs)
+        note = (
+            f"EM {em:.2f} / F1 {f1:.2f}; {same}/{len(theirs)} answers identical to the pipeline's; "
+            f"per part ({len(pipe)}) " + ", ".join(f"{r:.2f}" for r in per_part)
+        )
+        row(
+            f"eval {os.path.basename(ours[0]['model'])}, {questions} questions, bertqa {variant} vs pipeline",
+            ours_rate,
+            pipe_rate,
+            "q/s",
+            note,
+            rate=True,
+        )
     cold = load(work, "cold.json")
     if cold:
         row("cold start (load + one answer), bertqa vs pipeline", cold["bertqa_cold_s"], cold["torch_cold_s"], "s")
@@ -142,7 +162,7 @@ def table(work):
             f"forward+backward+optimizer: bertqa {split(bt)}, PyTorch {split(tt)}"
         )
         row("training step MiniLM-L6 fp32, bertqa vs PyTorch", bt["examples_per_s"], tt["examples_per_s"], "examples/s", note, rate=True)
-    threads = (pipe or {}).get("threads", "?")
+    threads = pipe[0].get("threads", "?") if pipe else "?"
     header = [
         f"bertqa vs reference on this machine (threads: {threads}); ratio = bertqa / reference",
         "",
