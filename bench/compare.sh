@@ -2,8 +2,8 @@
 # bertqa vs PyTorch / transformers / ONNX Runtime on this machine, measured in one run: every
 # ratio the speed work is judged by, printed as one markdown table at the end. Not part of CI.
 #
-#   bench/compare.sh                  # all cases (about 25 minutes on 2 cores)
-#   SKIP_LARGE=1 bench/compare.sh     # without BERT-large (under 15 minutes)
+#   bench/compare.sh                  # all cases (about 35 minutes on 2 cores)
+#   SKIP_LARGE=1 bench/compare.sh     # without BERT-large (about 15 minutes)
 #
 # Environment:
 #   THREADS=2          threads of every engine (bertqa --threads, torch, ORT intra-op)
