@@ -1,15 +1,14 @@
 //! `f32` product against weights packed once at load, for AVX2 + FMA CPUs.
 //!
-//! A linear layer multiplies the same weight matrix on every call. General GEMM libraries (the
-//! `gemm` crate behind candle among them) repack that matrix into cache-sized panels on every
-//! call and offer no way to keep the packed form; none of the crates that do offer it target
-//! these CPUs. So this module packs the weights once, in [`PackedWeights::pack`], into panels of
-//! 16 output channels laid out `[k][16]`, and multiplies them with a 6 × 16 register-blocked
-//! micro kernel (12 accumulators, the shape of BLIS's Haswell kernel). Only the activations are
-//! packed per call, in blocks that stay in L2.
+//! A linear layer multiplies the same weight matrix on every call. The `gemm` crate behind
+//! candle (like `matrixmultiply`) repacks that matrix into cache-sized panels on every call and
+//! has no API to keep the packed form. So this module packs the weights once, in
+//! [`PackedWeights::pack`], into panels of 16 output channels laid out `[k][16]`, and multiplies
+//! them with a 6 × 16 register-blocked micro kernel (12 accumulators, the shape of BLIS's
+//! Haswell kernel). Only the activations are packed per call, in blocks that stay in L2.
 //!
 //! Used where the CPU has AVX2 and FMA but not AVX-512; on AVX-512 CPUs the `gemm` crate's
-//! 512-bit kernels are faster than this 256-bit one.
+//! 512-bit kernels are expected to beat this 256-bit one (not measured: no such CPU here).
 
 use rayon::prelude::*;
 
