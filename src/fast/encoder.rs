@@ -60,7 +60,17 @@ impl Norm {
 }
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<DenseLinear> {
-    Ok(DenseLinear::new(
+    let (weight, bias) = linear_parts(in_dim, out_dim, vb)?;
+    Ok(DenseLinear::new(weight, bias))
+}
+
+/// A linear layer's row-major `[out, in]` weight and `[out]` bias, before any packing.
+fn linear_parts(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    Ok((
         vb.get((out_dim, in_dim), "weight")?
             .flatten_all()?
             .to_vec1()?,
@@ -73,9 +83,9 @@ fn fused_qkv(hidden: usize, vbs: [VarBuilder; 3]) -> candle_core::Result<DenseLi
     let mut weight = Vec::with_capacity(3 * hidden * hidden);
     let mut bias = Vec::with_capacity(3 * hidden);
     for vb in vbs {
-        let part = linear(hidden, hidden, vb)?;
-        weight.extend_from_slice(&part.weight());
-        bias.extend_from_slice(part.bias());
+        let (w, b) = linear_parts(hidden, hidden, vb)?;
+        weight.extend_from_slice(&w);
+        bias.extend_from_slice(&b);
     }
     Ok(DenseLinear::new(weight, bias))
 }
@@ -414,15 +424,15 @@ impl FastQaModel {
                 "config.json: hidden size {hidden} is not a multiple of {heads} attention heads"
             )));
         }
-        let head = linear(hidden, 2, vb.pp("qa_outputs"))?;
+        let (qa_weight, qa_bias) = linear_parts(hidden, 2, vb.pp("qa_outputs"))?;
         Ok(Self {
             embeddings,
             layers,
             hidden,
             heads,
             act,
-            qa_weight: head.weight().into_owned(),
-            qa_bias: [head.bias()[0], head.bias()[1]],
+            qa_weight,
+            qa_bias: [qa_bias[0], qa_bias[1]],
             scratch: Default::default(),
         })
     }

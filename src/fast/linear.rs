@@ -104,6 +104,7 @@ pub fn dense_forward(x: &[f32], weight: &[f32], bias: &[f32], rows: usize, out: 
         true,
     );
 }
+
 /// The arithmetic of the encoder's linear layers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
