@@ -16,8 +16,8 @@ use rayon::prelude::*;
 const NR: usize = 16;
 /// Rows per micro tile.
 const MR: usize = 6;
-/// `k` values per block: a panel's block (`KC·NR` floats, 16 KiB) stays in L1.
-const KC: usize = 256;
+/// Most `k` values per block: a panel's block (`KC·NR` floats, 32 KiB) stays in L1 or close.
+const KC: usize = 512;
 /// Largest row block of one parallel task: its packed activations (`MC·KC` floats) stay in L2.
 const MC_MAX: usize = 192;
 
@@ -108,11 +108,11 @@ impl PackedWeights {
         if rows == 0 || self.n == 0 || self.k == 0 {
             return;
         }
+        // Equal row blocks, a whole number of them per thread: a lone short block at the end
+        // would leave one thread idle while the other finishes.
         let threads = rayon::current_num_threads().max(1);
-        let mc = rows
-            .div_ceil(threads)
-            .next_multiple_of(MR)
-            .clamp(MR, MC_MAX);
+        let blocks = rows.div_ceil(MC_MAX).div_ceil(threads) * threads;
+        let mc = rows.div_ceil(blocks).next_multiple_of(MR).min(MC_MAX);
         out.par_chunks_mut(mc * self.n)
             .zip(x.par_chunks(mc * self.k))
             .for_each(|(out_block, x_block)| {
@@ -134,16 +134,29 @@ impl PackedWeights {
         let (n, k) = (self.n, self.k);
         let rows = x.len() / k;
         let tiles = rows.div_ceil(MR);
-        let mut packed_x = vec![0f32; tiles * MR * KC.min(k)];
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            // Activations of this k block as `[tile][kc][MR]`. The slots of rows past the end
-            // keep whatever an earlier block left there: they only feed tile rows that are
-            // never written back.
-            for (r, x_row) in x.chunks_exact(k).enumerate() {
-                let tile = &mut packed_x[(r / MR) * kc * MR..][..kc * MR];
-                for (kk, &v) in x_row[k0..k0 + kc].iter().enumerate() {
-                    tile[kk * MR + r % MR] = v;
+        // Equal k blocks: 384 is one block, not 256 + a half-empty 128.
+        let kc_max = k.div_ceil(k.div_ceil(KC));
+        // Each worker keeps its packing buffer: a fresh one per call (~400 KB) cost page faults
+        // and zeroing on every product.
+        thread_local! {
+            static PACKED_X: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        let mut packed_x = PACKED_X.take();
+        packed_x.resize(packed_x.len().max(tiles * MR * kc_max), 0.0);
+        for k0 in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - k0);
+            // Activations of this k block as `[tile][kc][MR]`, written in order (the six
+            // source rows are read as sequential streams). Rows past the end repeat the last
+            // row: their sums are never written back.
+            for (t, tile) in packed_x.chunks_exact_mut(kc * MR).take(tiles).enumerate() {
+                let r0 = t * MR;
+                let last = rows - r0 - 1;
+                let src: [&[f32]; MR] =
+                    std::array::from_fn(|r| &x[(r0 + r.min(last)) * k + k0..][..kc]);
+                for (kk, dst) in tile.chunks_exact_mut(MR).enumerate() {
+                    for (d, row) in dst.iter_mut().zip(&src) {
+                        *d = row[kk];
+                    }
                 }
             }
             for panel in 0..n.div_ceil(NR) {
@@ -156,7 +169,7 @@ impl PackedWeights {
                     let tile_rows = MR.min(rows - r0);
                     if tile_rows == MR && cols == NR {
                         // SAFETY: AVX2/FMA are enabled here. `a` holds kc·MR values and
-                        // `weights` kc·NR; the C tile spans rows r0..r0+MR (< rows) and
+                        // `weights` kc·NR; the C tile spans rows r0..r0+MR (≤ rows) and
                         // columns col0..col0+NR (≤ n) of `out`, whose row stride is n, so its
                         // last element r0+MR−1, col0+NR−1 lies inside `out`.
                         unsafe {
@@ -179,10 +192,15 @@ impl PackedWeights {
                 }
             }
         }
+        PACKED_X.set(packed_x);
     }
 }
 
 /// The 6 × 16 micro kernel: `C[r][c] += Σ_kk a[kk][r] · b[kk][c]` over `kc` steps.
+///
+/// The sums start from zero and C is added at the end: C's rows lie `ldc` apart, a pattern the
+/// hardware prefetcher does not follow, so they are prefetched first and read only once the
+/// products are done (loading them up front stalled on cache misses).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a` must hold `kc·MR` values, `b` `kc·NR`, and `c` must
@@ -193,15 +211,15 @@ impl PackedWeights {
 unsafe fn kernel(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-    let (a, b) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for (r, acc) in acc.iter_mut().enumerate() {
-        // SAFETY: row r < MR of the C tile, NR = 16 values (the caller's contract).
+    for r in 0..MR {
+        // SAFETY: a prefetch never faults; both addresses lie in row r of the C tile.
         unsafe {
-            acc[0] = _mm256_loadu_ps(c.add(r * ldc));
-            acc[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + NR - 1) as *const i8);
         }
     }
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for kk in 0..kc {
         // SAFETY: kk < kc, so b[kk·16 .. kk·16+16] and a[kk·6 .. kk·6+6] are in bounds.
         unsafe {
@@ -215,10 +233,14 @@ unsafe fn kernel(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize) {
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        // SAFETY: as for the loads above.
+        // SAFETY: row r < MR of the C tile, NR = 16 values (the caller's contract).
         unsafe {
-            _mm256_storeu_ps(c.add(r * ldc), acc[0]);
-            _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+            let row = c.add(r * ldc);
+            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc[0]));
+            _mm256_storeu_ps(
+                row.add(8),
+                _mm256_add_ps(_mm256_loadu_ps(row.add(8)), acc[1]),
+            );
         }
     }
 }
@@ -261,6 +283,7 @@ mod tests {
             (13, 33, 257),
             (97, 40, 600),
             (200, 64, 512),
+            (11, 20, 1100),
         ] {
             let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
