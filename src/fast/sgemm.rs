@@ -284,6 +284,7 @@ mod tests {
             (97, 40, 600),
             (200, 64, 512),
             (11, 20, 1100),
+            (1001, 20, 9),
         ] {
             let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
