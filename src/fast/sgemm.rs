@@ -8,7 +8,7 @@
 //! Haswell kernel). Only the activations are packed per call, in blocks that stay in L2.
 //!
 //! Used where the CPU has AVX2 and FMA but not AVX-512; on AVX-512 CPUs the `gemm` crate's
-//! 512-bit kernels are expected to beat this 256-bit one (not measured: no such CPU here).
+//! 512-bit kernels are expected to beat this 256-bit one (not yet measured on such a CPU).
 
 use rayon::prelude::*;
 
