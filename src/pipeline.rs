@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::checkpoint::{self, CheckpointFiles, HubOptions};
 use crate::decode::{decode, Answer, DecodeParams, WindowLogits};
@@ -412,7 +413,7 @@ impl QaPipeline {
     pub fn run_prepared(
         &self,
         prepared: &[Prepared],
-        mut on_batch: impl FnMut(usize),
+        on_batch: impl Fn(usize) + Sync,
     ) -> Result<Vec<Vec<WindowLogits>>> {
         let mut all: Vec<(usize, usize, &Window)> = prepared
             .iter()
@@ -426,17 +427,24 @@ impl QaPipeline {
             .collect();
         // Sorting by length keeps padding (computed for nothing) small.
         all.sort_by_key(|(_, _, w)| std::cmp::Reverse(w.len()));
+        // Batches run side by side, one per worker: each keeps its core busy from start to
+        // end, with no wait between the steps of a forward pass; a worker without a batch of
+        // its own helps the others through their parallel steps.
+        let batches = all
+            .par_chunks(self.batch_size.max(1))
+            .map(|chunk| {
+                let windows: Vec<&Window> = chunk.iter().map(|(_, _, w)| *w).collect();
+                let logits = self.run_windows(&windows)?;
+                on_batch(chunk.len());
+                Ok(logits)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut out: Vec<Vec<WindowLogits>> = prepared
             .iter()
             .map(|p| vec![(Vec::new(), Vec::new()); p.windows.len()])
             .collect();
-        for chunk in all.chunks(self.batch_size) {
-            let windows: Vec<&Window> = chunk.iter().map(|(_, _, w)| *w).collect();
-            let logits = self.run_windows(&windows)?;
-            for ((r, w, _), l) in chunk.iter().zip(logits) {
-                out[*r][*w] = l;
-            }
-            on_batch(chunk.len());
+        for ((r, w, _), l) in all.iter().zip(batches.into_iter().flatten()) {
+            out[*r][*w] = l;
         }
         Ok(out)
     }

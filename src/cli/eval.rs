@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bertqa::decode::{best_spans, decode};
@@ -156,10 +157,10 @@ fn answer_all(
             .collect::<CliResult<Vec<Prepared>>>()?;
         let round_windows: usize = prepared.iter().map(|p| p.windows.len()).sum();
         let done_before = predictions.len();
-        let mut windows_done = 0;
+        let windows_done = AtomicUsize::new(0);
         let logits = qa.run_prepared(&prepared, |n| {
-            windows_done += n;
-            let questions = round.len() * windows_done / round_windows.max(1);
+            let done = windows_done.fetch_add(n, Ordering::Relaxed) + n;
+            let questions = round.len() * done / round_windows.max(1);
             progress.set_position((done_before + questions) as u64);
         })?;
         // An indexed parallel extend appends in order.
