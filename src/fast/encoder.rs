@@ -13,7 +13,7 @@
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::kernels::{activate, add_layer_norm, matmul, softmax_rows, Act, MatMut, MatRef};
+use super::kernels::{add_layer_norm, matmul, softmax_rows, Act, MatMut, MatRef};
 use super::linear::{DenseLinear, Linear, Precision};
 use crate::error::{Error, Result};
 use crate::models::{bert, distilbert, electra, encoder_root, parse_config, roberta};
@@ -514,8 +514,9 @@ impl FastQaModel {
             .forward(&scratch.context, total, &mut scratch.projected);
         layer.attention_norm.apply(x, Some(&scratch.projected));
         let inter = &mut scratch.intermediate;
-        layer.intermediate.forward(x, total, inter);
-        activate(self.act, inter);
+        layer
+            .intermediate
+            .forward_activated(x, total, Some(self.act), inter);
         layer.output.forward(inter, total, &mut scratch.projected);
         layer.output_norm.apply(x, Some(&scratch.projected));
     }

@@ -250,6 +250,13 @@ pub fn activate(act: Act, data: &mut [f32]) {
 
 #[multiversion(targets = "simd")]
 fn activate_serial(act: Act, data: &mut [f32]) {
+    activate_slice(act, data);
+}
+
+/// Applies `act` to every element of `data` on this thread; inlined so that it is vectorised
+/// for the caller's target features.
+#[inline(always)]
+pub(crate) fn activate_slice(act: Act, data: &mut [f32]) {
     match act {
         Act::Gelu => {
             for v in data {

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use super::kernels::{fill_rows, matmul, MatMut, MatRef};
+use super::kernels::{activate, fill_rows, matmul, Act, MatMut, MatRef};
 use super::sgemm::PackedWeights;
 
 /// An f32 linear layer `y = x·Wᵀ + b`, with `W` in Hugging Face's `[out, in]` layout.
@@ -69,13 +69,22 @@ impl DenseLinear {
 
     /// `out = x·Wᵀ + b` for `rows` rows of `x` (row-major); overwrites `out`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        self.forward_activated(x, rows, None, out);
+    }
+
+    /// `out = act(x·Wᵀ + b)` for `rows` rows of `x` (row-major); overwrites `out`. The packed
+    /// kernel applies `act` to each finished tile, saving a pass over `out`.
+    pub fn forward_activated(&self, x: &[f32], rows: usize, act: Option<Act>, out: &mut [f32]) {
+        let out = &mut out[..rows * self.bias.len()];
+        let x = &x[..rows * self.in_features];
         match &self.weight {
-            Weight::RowMajor(w) => dense_forward(x, w, &self.bias, rows, out),
-            Weight::Packed(p) => {
-                let out = &mut out[..rows * self.bias.len()];
-                fill_rows(out, &self.bias);
-                p.accumulate(&x[..rows * self.in_features], rows, out);
+            Weight::RowMajor(w) => {
+                dense_forward(x, w, &self.bias, rows, out);
+                if let Some(act) = act {
+                    activate(act, out);
+                }
             }
+            Weight::Packed(p) => p.forward(x, rows, &self.bias, act, out),
         }
     }
 }
@@ -149,9 +158,20 @@ impl Linear {
 
     /// `out = x·Wᵀ + b` for `rows` rows of `x`; overwrites `out`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        self.forward_activated(x, rows, None, out);
+    }
+
+    /// `out = act(x·Wᵀ + b)` for `rows` rows of `x`; overwrites `out`.
+    pub fn forward_activated(&self, x: &[f32], rows: usize, act: Option<Act>, out: &mut [f32]) {
         match self {
-            Linear::Dense(l) => l.forward(x, rows, out),
-            Linear::Int8(l) => l.forward(x, rows, &mut out[..rows * l.out_features()]),
+            Linear::Dense(l) => l.forward_activated(x, rows, act, out),
+            Linear::Int8(l) => {
+                let out = &mut out[..rows * l.out_features()];
+                l.forward(x, rows, out);
+                if let Some(act) = act {
+                    activate(act, out);
+                }
+            }
         }
     }
 }
