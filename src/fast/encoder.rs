@@ -5,14 +5,16 @@
 //! - windows are packed end to end without padding: the linear layers run once over all
 //!   tokens of a batch, attention runs per window, so no work is spent on padding;
 //! - query, key and value are one fused `[3·hidden, hidden]` product;
-//! - attention reads heads in place through strided views (no split/merge copies) and runs
-//!   heads in parallel;
+//! - attention runs per window, six query rows at a time through scores, softmax and values
+//!   ([`super::attention`], on AVX2 CPUs); elsewhere it reads heads in place through strided
+//!   views and runs heads in parallel;
 //! - biases are fused into the products, activations and residual + LayerNorm are single
 //!   vectorised passes.
 
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::attention::{self, AttentionScratch};
 use super::kernels::{add_layer_norm, matmul, softmax_rows, Act, MatMut, MatRef};
 use super::linear::{DenseLinear, Linear, Precision};
 use crate::error::{Error, Result};
@@ -207,6 +209,7 @@ struct Scratch {
     context: Vec<f32>,
     projected: Vec<f32>,
     intermediate: Vec<f32>,
+    attention: AttentionScratch,
 }
 
 /// A BERT-style encoder with its QA head, for inference on CPU.
@@ -456,7 +459,6 @@ impl FastQaModel {
         self.embeddings.forward(windows, total, &mut x)?;
         for (buffer, len) in [
             (&mut scratch.qkv, total * 3 * h),
-            (&mut scratch.heads, total * h),
             (&mut scratch.context, total * h),
             (&mut scratch.projected, total * h),
             (&mut scratch.intermediate, total * inter),
@@ -503,12 +505,25 @@ impl FastQaModel {
     ) {
         let total = x.len() / self.hidden;
         layer.qkv.forward(x, total, &mut scratch.qkv);
-        self.attention(
-            &scratch.qkv,
-            spans,
-            &mut scratch.heads,
-            &mut scratch.context,
-        );
+        let d = self.hidden / self.heads;
+        if attention::available(d) {
+            attention::attention(
+                &scratch.qkv,
+                spans,
+                self.hidden,
+                self.heads,
+                &mut scratch.attention,
+                &mut scratch.context,
+            );
+        } else {
+            scratch.heads.resize(total * self.hidden, 0.0);
+            self.attention(
+                &scratch.qkv,
+                spans,
+                &mut scratch.heads,
+                &mut scratch.context,
+            );
+        }
         layer
             .attention_output
             .forward(&scratch.context, total, &mut scratch.projected);

@@ -361,9 +361,10 @@ fn max(xs: &[f32]) -> f32 {
     m
 }
 
-/// Softmax of one row, in place.
+/// Softmax of one row, in place; inlined so that it is vectorised for the caller's target
+/// features.
 #[inline(always)]
-fn softmax_row(row: &mut [f32]) {
+pub(crate) fn softmax_slice(row: &mut [f32]) {
     let m = max(row);
     for v in row.iter_mut() {
         *v = exp(*v - m);
@@ -378,7 +379,7 @@ fn softmax_row(row: &mut [f32]) {
 #[multiversion(targets = "simd")]
 pub fn softmax_rows(data: &mut [f32], cols: usize) {
     for row in data.chunks_exact_mut(cols) {
-        softmax_row(row);
+        softmax_slice(row);
     }
 }
 
@@ -389,7 +390,7 @@ pub fn softmax_row_biased(row: &mut [f32], bias: &[f32], scale: f32) {
     for (x, b) in row.iter_mut().zip(bias) {
         *x = *x * scale + b;
     }
-    softmax_row(row);
+    softmax_slice(row);
 }
 
 /// Softmax backward for one row, in place: `d ← scale · p ⊙ (d − Σ d ⊙ p)`, where `p` is the

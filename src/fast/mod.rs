@@ -5,6 +5,7 @@
 //! kernels and weights laid out once at load; optionally with int8 weights ([`int8`]).
 //! Training always uses the reference models.
 
+pub mod attention;
 pub mod encoder;
 pub mod int8;
 pub mod kernels;
