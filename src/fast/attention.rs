@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::softmax_slice;
+use super::kernels::exp_shifted_fma;
 use super::sgemm::PackedWeights;
 
 /// Query rows per micro tile.
@@ -241,12 +241,15 @@ unsafe fn query_tile(
                     NR,
                     scores.as_mut_ptr().add(panel * NR),
                     padded,
-                    scale,
+                    [scale; MR],
                 );
             }
         }
-        for row in scores.chunks_exact_mut(padded).take(rows) {
-            softmax_slice(&mut row[..n]);
+        // Softmax numerators; the division by their sum is applied to the output rows (d
+        // values each instead of n).
+        let mut inverse = [1f32; MR];
+        for (row, inv) in scores.chunks_exact_mut(padded).zip(&mut inverse).take(rows) {
+            *inv = 1.0 / exp_shifted_fma(&mut row[..n]);
         }
         // Output: [rows][d] at columns head·d.. of `out`, 16 columns per tile.
         let p: [&[f32]; MR] = std::array::from_fn(|r| &scores[r.min(rows - 1) * padded..][..n]);
@@ -257,10 +260,10 @@ unsafe fn query_tile(
                 // SAFETY: each `p[r]` holds n values; `v` holds rows kk·d + 0..16 for kk < n
                 // (values is padded·d long); the C tile is rows 0..6 × columns col..col+16 of
                 // `out` (stride h, col + 16 ≤ h), inside its MR·h values.
-                unsafe { tile(n, p, v, d, out.as_mut_ptr().add(col), h, 1.0) };
+                unsafe { tile(n, p, v, d, out.as_mut_ptr().add(col), h, inverse) };
             } else {
                 // SAFETY: as above, with the C tile being `edge` (MR rows of 16).
-                unsafe { tile(n, p, v, d, edge.as_mut_ptr(), NR, 1.0) };
+                unsafe { tile(n, p, v, d, edge.as_mut_ptr(), NR, inverse) };
                 for r in 0..rows {
                     out[r * h + col..][..NR].copy_from_slice(&edge[r * NR..][..NR]);
                 }
@@ -269,7 +272,7 @@ unsafe fn query_tile(
     }
 }
 
-/// The 6 × 16 kernel: `C[r][c] = scale · Σ_{kk<k} a[r][kk] · b[kk·ldb + c]`.
+/// The 6 × 16 kernel: `C[r][c] = scale[r] · Σ_{kk<k} a[r][kk] · b[kk·ldb + c]`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; every `a[r]` must hold `k` values, `b` must hold
@@ -285,7 +288,7 @@ unsafe fn tile(
     ldb: usize,
     c: *mut f32,
     ldc: usize,
-    scale: f32,
+    scale: [f32; MR],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(a.iter().all(|r| r.len() >= k));
@@ -316,8 +319,8 @@ unsafe fn tile(
     for kk in body..k {
         step(&mut acc, kk);
     }
-    let scale = _mm256_set1_ps(scale);
     for (r, acc) in acc.iter().enumerate() {
+        let scale = _mm256_set1_ps(scale[r]);
         // SAFETY: row r < 6 of the C tile, 16 values (the function's contract).
         unsafe {
             let row = c.add(r * ldc);

@@ -171,29 +171,47 @@ pub fn matmul(dst: MatMut, a: MatRef, b: MatRef, scale: f32, accumulate: bool, p
     }
 }
 
+/// `a·b + c`: one rounding (an FMA instruction) when `FUSED`, two otherwise. Only callers
+/// compiled for FMA pass `FUSED = true`: elsewhere `mul_add` is a slow library call.
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `e^x` to about 2 ulp, without branches so that loops over it vectorise. Inputs below
 /// -87.3 give ~1e-38 instead of 0 and inputs above 88 are clamped; neither occurs where it
 /// is used (softmax after subtracting the row maximum, erf on bounded arguments).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    exp_with::<false>(x)
+}
+
+/// [`exp`], with fused multiply-adds when `FUSED` (see [`madd`]).
+#[inline(always)]
+fn exp_with<const FUSED: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in a part exact in f32 and the rest (Cody–Waite), so x − n·ln2 stays exact.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 · 2^23: adding it rounds to an integer held in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
+    let madd = madd::<FUSED>;
     let x = x.clamp(-87.3, 88.3);
-    let t = x * LOG2E + ROUND;
+    let t = madd(x, LOG2E, ROUND);
     let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = madd(-n, LN2_LO, madd(-n, LN2_HI, x));
     // Taylor series of e^r on |r| ≤ ln2/2, truncated after r^6 (error < 2e-7 relative).
     let p = 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
+    let p = madd(p, r, 1.0 / 120.0);
+    let p = madd(p, r, 1.0 / 24.0);
+    let p = madd(p, r, 1.0 / 6.0);
+    let p = madd(p, r, 0.5);
+    let p = madd(p, r, 1.0);
+    let p = madd(p, r, 1.0);
     let n_int = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let scale = f32::from_bits(((n_int + 127) << 23) as u32);
     p * scale
@@ -203,16 +221,23 @@ pub fn exp(x: f32) -> f32 {
 /// rounding: under 5e-7 in all).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_with::<false>(x)
+}
+
+/// [`erf`], with fused multiply-adds when `FUSED` (see [`madd`]).
+#[inline(always)]
+fn erf_with<const FUSED: bool>(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A1: f32 = 0.254_829_6;
     const A2: f32 = -0.284_496_74;
     const A3: f32 = 1.421_413_8;
     const A4: f32 = -1.453_152_1;
     const A5: f32 = 1.061_405_4;
+    let madd = madd::<FUSED>;
     let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
-    let y = 1.0 - poly * exp(-a * a);
+    let t = 1.0 / madd(P, a, 1.0);
+    let poly = madd(madd(madd(madd(A5, t, A4), t, A3), t, A2), t, A1) * t;
+    let y = madd(-poly, exp_with::<FUSED>(-a * a), 1.0);
     y.copysign(x)
 }
 
@@ -227,17 +252,27 @@ pub enum Act {
     Relu,
 }
 
-#[inline(always)]
+#[cfg(test)]
 fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+    gelu_with::<false>(x)
 }
 
 #[inline(always)]
+fn gelu_with<const FUSED: bool>(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_with::<FUSED>(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[cfg(test)]
 fn gelu_tanh(x: f32) -> f32 {
+    gelu_tanh_with::<false>(x)
+}
+
+#[inline(always)]
+fn gelu_tanh_with<const FUSED: bool>(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     let y = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
     // tanh(y) = 1 − 2 / (e^{2y} + 1); saturates correctly at both ends.
-    let tanh = 1.0 - 2.0 / (exp(2.0 * y) + 1.0);
+    let tanh = 1.0 - 2.0 / (exp_with::<FUSED>(2.0 * y) + 1.0);
     0.5 * x * (1.0 + tanh)
 }
 
@@ -250,22 +285,22 @@ pub fn activate(act: Act, data: &mut [f32]) {
 
 #[multiversion(targets = "simd")]
 fn activate_serial(act: Act, data: &mut [f32]) {
-    activate_slice(act, data);
+    activate_slice::<false>(act, data);
 }
 
 /// Applies `act` to every element of `data` on this thread; inlined so that it is vectorised
-/// for the caller's target features.
+/// for the caller's target features. `FUSED` only where the caller is compiled for FMA.
 #[inline(always)]
-pub(crate) fn activate_slice(act: Act, data: &mut [f32]) {
+pub(crate) fn activate_slice<const FUSED: bool>(act: Act, data: &mut [f32]) {
     match act {
         Act::Gelu => {
             for v in data {
-                *v = gelu(*v);
+                *v = gelu_with::<FUSED>(*v);
             }
         }
         Act::GeluTanh => {
             for v in data {
-                *v = gelu_tanh(*v);
+                *v = gelu_tanh_with::<FUSED>(*v);
             }
         }
         Act::Relu => {
@@ -375,6 +410,28 @@ pub(crate) fn softmax_slice(row: &mut [f32]) {
     }
 }
 
+/// `row ← e^(row − max(row))` in place, returning the sum of the new values (the softmax's
+/// denominator, for callers that fold the division into a later step). Fused multiply-adds
+/// only where the caller is compiled for FMA.
+#[inline(always)]
+pub(crate) fn exp_shifted_fma(row: &mut [f32]) -> f32 {
+    let m = max(row);
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp_with::<true>(c[i] - m);
+            acc[i] += c[i];
+        }
+    }
+    let mut total = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_with::<true>(*v - m);
+        total += *v;
+    }
+    total + acc.iter().sum::<f32>()
+}
+
 /// Softmax of every row of a row-major `[rows, cols]` block, in place.
 #[multiversion(targets = "simd")]
 pub fn softmax_rows(data: &mut [f32], cols: usize) {
@@ -460,7 +517,8 @@ mod tests {
         while x < 88.0 {
             let want = x.exp();
             let rel = ((exp(x) - want) / want).abs();
-            worst = worst.max(rel);
+            let rel_fused = ((exp_with::<true>(x) - want) / want).abs();
+            worst = worst.max(rel).max(rel_fused);
             x += 0.0137;
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
@@ -510,10 +568,14 @@ mod tests {
             let x = i as f32 / 50.0;
             let exact = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / 2f64.sqrt()));
             assert!((gelu(x) as f64 - exact).abs() < 1e-6, "gelu({x})");
+            let fused = gelu_with::<true>(x) as f64;
+            assert!((fused - exact).abs() < 1e-6, "fused gelu({x})");
             let y =
                 (2.0 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3));
             let tanh = 0.5 * x as f64 * (1.0 + y.tanh());
             assert!((gelu_tanh(x) as f64 - tanh).abs() < 1e-6, "gelu_tanh({x})");
+            let fused = gelu_tanh_with::<true>(x) as f64;
+            assert!((fused - tanh).abs() < 1e-6, "fused gelu_tanh({x})");
         }
     }
 
@@ -530,6 +592,17 @@ mod tests {
             let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
             for (v, o) in row.iter().zip(out) {
                 assert!((((*v as f64 - m).exp() / z) - *o as f64).abs() < 1e-6);
+            }
+        }
+        // The unnormalised form: numerators and their sum.
+        for row in data.chunks(cols) {
+            let mut numerators = row.to_vec();
+            let total = exp_shifted_fma(&mut numerators);
+            let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            assert!((total as f64 - z).abs() < 1e-6 * z);
+            for (v, e) in row.iter().zip(&numerators) {
+                assert!(((*v as f64 - m).exp() - *e as f64).abs() < 1e-6);
             }
         }
 

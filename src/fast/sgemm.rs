@@ -106,7 +106,8 @@ impl PackedWeights {
     /// `out = act(x · Wᵀ + bias)`, overwriting `out`: the bias is the sums' starting value and
     /// the activation is applied to each tile as it is finished, while it is in L1, so neither
     /// costs a pass over `out`. Each element is computed exactly as by filling `out` with the
-    /// bias, calling [`PackedWeights::accumulate`] and then applying `act`.
+    /// bias, calling [`PackedWeights::accumulate`] and then applying `act` (evaluated with
+    /// fused multiply-adds).
     ///
     /// # Panics
     /// If the slice lengths do not match, `bias` is not `[n]`, or
@@ -142,7 +143,7 @@ impl PackedWeights {
                 }
             }
             if let Some(act) = act {
-                activate_slice(act, out);
+                activate_slice::<true>(act, out);
             }
             return;
         }
@@ -249,7 +250,7 @@ impl PackedWeights {
                     }
                     if let (Some(act), true) = (act, last) {
                         for r in r0..r0 + tile_rows {
-                            activate_slice(act, &mut out[r * n + col0..][..cols]);
+                            activate_slice::<true>(act, &mut out[r * n + col0..][..cols]);
                         }
                     }
                 }
@@ -408,7 +409,7 @@ mod tests {
                 let mut expected: Vec<f32> = bias.iter().copied().cycle().take(rows * n).collect();
                 packed.accumulate(&x, rows, &mut expected);
                 if let Some(act) = act {
-                    activate_slice(act, &mut expected);
+                    activate_slice::<true>(act, &mut expected);
                 }
                 // Stale values in `out` must not leak into the result.
                 let mut out = vec![f32::NAN; rows * n];
