@@ -408,8 +408,9 @@ impl QaPipeline {
     }
 
     /// Runs every window of `prepared` through the model, batching windows of similar length,
-    /// and returns the logits of each request's windows in order. `on_batch` is called with the
-    /// number of windows done after each model call (for progress bars).
+    /// and returns the logits of each request's windows in order. Batches run side by side on
+    /// the rayon pool; `on_batch` is called from the workers, in the order batches finish, with
+    /// the number of windows each one held (for progress bars).
     pub fn run_prepared(
         &self,
         prepared: &[Prepared],

@@ -1,7 +1,7 @@
 //! The `bertqa` binary end to end: outputs against golden files, and clear errors (exit 2,
 //! never a panic) for bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

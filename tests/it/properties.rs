@@ -1,7 +1,7 @@
 //! Property tests on random Unicode contexts: answers are slices of the context at their
 //! offsets, windows cover every context token, and nothing panics.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

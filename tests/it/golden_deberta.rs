@@ -2,7 +2,7 @@
 //! answers equal to transformers', and a training forward that agrees with inference and
 //! back-propagates through the relative-position terms.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

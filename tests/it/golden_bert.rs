@@ -1,6 +1,6 @@
 //! Golden parity for BERT checkpoints: windows, logits and answers equal to transformers'.
 
-mod common;
+use crate::common;
 
 #[test]
 fn bert_uncased_matches_transformers() {

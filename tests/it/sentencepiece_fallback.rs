@@ -2,7 +2,7 @@
 //! converts must give transformers' windows, logits and answers, and encode like the
 //! tokenizer.json that transformers saved for the same checkpoint.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

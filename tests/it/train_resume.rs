@@ -1,7 +1,7 @@
 //! Training runs end to end on the tiny BERT fixture: a run stopped and resumed ends with the
 //! same parameters as one run straight through; the output loads in the pipeline.
 
-mod common;
+use crate::common;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Golden parity on a real checkpoint: all 894 questions of xquad-en-train answered by the
 //! fine-tuned MiniLM exactly as transformers' pipeline answered them (top 3 each).
 
-mod common;
+use crate::common;
 
 use bertqa::decode::decode;
 

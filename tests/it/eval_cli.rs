@@ -1,7 +1,7 @@
 //! `bertqa eval` end to end: the real binary on a slice of XQuAD with the MiniLM QA model, its
 //! figures against the official metric of transformers' own answers (golden-train.json).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! slightly, so exact equality is not expected); where the fast engine does not run, int8 is
 //! refused with advice.
 
-mod common;
+use crate::common;
 
 use bertqa::{EngineChoice, Error, LoadOptions, Precision, QaPipeline};
 

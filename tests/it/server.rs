@@ -1,6 +1,6 @@
 //! `bertqa serve` end to end: the built binary on a loopback port, driven by a real HTTP client.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

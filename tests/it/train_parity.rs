@@ -1,7 +1,7 @@
 //! One training step against PyTorch: loss, every parameter's gradient, and every parameter after
 //! one AdamW step, from `<fixture>/train-step/` (made with transformers, dropout off).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-mod common;
+use crate::common;
 
 #[test]
 fn albert_matches_transformers() {

@@ -1,6 +1,6 @@
 //! `bertqa train` on bad input (clear messages and exit status 2), and its per-epoch evaluation.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

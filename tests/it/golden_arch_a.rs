@@ -1,7 +1,7 @@
 //! Golden parity for DistilBERT, RoBERTa, XLM-RoBERTa and ELECTRA checkpoints: windows,
 //! logits and answers equal to transformers'.
 
-mod common;
+use crate::common;
 
 #[test]
 fn distilbert_cased_matches_transformers() {

@@ -1,0 +1,18 @@
+//! The integration tests, as one test binary: linking a binary per file cost minutes per run.
+
+mod common;
+
+mod cli;
+mod eval_cli;
+mod golden_arch_a;
+mod golden_arch_b;
+mod golden_bert;
+mod golden_deberta;
+mod golden_minilm;
+mod int8;
+mod properties;
+mod sentencepiece_fallback;
+mod server;
+mod train_cli;
+mod train_parity;
+mod train_resume;
