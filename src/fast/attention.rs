@@ -15,11 +15,14 @@
 use rayon::prelude::*;
 
 use super::kernels::exp_shifted_fma;
+#[cfg(target_arch = "x86_64")]
+use super::sgemm::product_6x16;
 use super::sgemm::PackedWeights;
 
 /// Query rows per micro tile.
 const MR: usize = 6;
-/// Keys (of the scores) or head dimensions (of the output) per micro tile: two 8-lane vectors.
+/// Keys (of the scores) or head dimensions (of the output) per micro tile: two 8-lane vectors
+/// ([`product_6x16`]'s shape).
 const NR: usize = 16;
 /// Query tiles per parallel task.
 const TILES_PER_TASK: usize = 4;
@@ -294,31 +297,9 @@ unsafe fn tile(
     debug_assert!(a.iter().all(|r| r.len() >= k));
     debug_assert!(k == 0 || b.len() >= (k - 1) * ldb + NR);
     let a = a.map(|r| r.as_ptr());
-    let b = b.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let step = |acc: &mut [[__m256; 2]; MR], kk: usize| {
-        // SAFETY: kk < k, so b[kk·ldb .. kk·ldb + 16] and a[r][kk] are in bounds (the
-        // function's contract); AVX2/FMA are enabled in this function.
-        unsafe {
-            let b0 = _mm256_loadu_ps(b.add(kk * ldb));
-            let b1 = _mm256_loadu_ps(b.add(kk * ldb + 8));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a[r].add(kk));
-                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-            }
-        }
-    };
-    let body = k - k % 4;
-    for kk in (0..body).step_by(4) {
-        step(&mut acc, kk);
-        step(&mut acc, kk + 1);
-        step(&mut acc, kk + 2);
-        step(&mut acc, kk + 3);
-    }
-    for kk in body..k {
-        step(&mut acc, kk);
-    }
+    // SAFETY: for kk < k, a[r] + kk lies in row r (k values) and b[kk·ldb .. kk·ldb + 16] in
+    // `b` (this function's contract); AVX2/FMA as here.
+    let acc = unsafe { product_6x16(k, |r, kk| a[r].wrapping_add(kk), b.as_ptr(), ldb) };
     for (r, acc) in acc.iter().enumerate() {
         let scale = _mm256_set1_ps(scale[r]);
         // SAFETY: row r < 6 of the C tile, 16 values (the function's contract).
