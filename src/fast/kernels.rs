@@ -396,10 +396,9 @@ fn max(xs: &[f32]) -> f32 {
     m
 }
 
-/// Softmax of one row, in place; inlined so that it is vectorised for the caller's target
-/// features.
+/// Softmax of one row, in place.
 #[inline(always)]
-pub(crate) fn softmax_slice(row: &mut [f32]) {
+fn softmax_row(row: &mut [f32]) {
     let m = max(row);
     for v in row.iter_mut() {
         *v = exp(*v - m);
@@ -411,8 +410,8 @@ pub(crate) fn softmax_slice(row: &mut [f32]) {
 }
 
 /// `row ← e^(row − max(row))` in place, returning the sum of the new values (the softmax's
-/// denominator, for callers that fold the division into a later step). Fused multiply-adds
-/// only where the caller is compiled for FMA.
+/// denominator, for callers that fold the division into a later step). Its exponentials use
+/// fused multiply-adds, so it is for callers compiled for FMA (see [`madd`]).
 #[inline(always)]
 pub(crate) fn exp_shifted_fma(row: &mut [f32]) -> f32 {
     let m = max(row);
@@ -436,7 +435,7 @@ pub(crate) fn exp_shifted_fma(row: &mut [f32]) -> f32 {
 #[multiversion(targets = "simd")]
 pub fn softmax_rows(data: &mut [f32], cols: usize) {
     for row in data.chunks_exact_mut(cols) {
-        softmax_slice(row);
+        softmax_row(row);
     }
 }
 
@@ -447,7 +446,7 @@ pub fn softmax_row_biased(row: &mut [f32], bias: &[f32], scale: f32) {
     for (x, b) in row.iter_mut().zip(bias) {
         *x = *x * scale + b;
     }
-    softmax_slice(row);
+    softmax_row(row);
 }
 
 /// Softmax backward for one row, in place: `d ← scale · p ⊙ (d − Σ d ⊙ p)`, where `p` is the

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{activate_slice, Act};
+use super::kernels::{activate_slice, fill_rows, Act};
 
 /// Output channels per packed panel: two 8-lane vectors.
 const NR: usize = 16;
@@ -138,9 +138,7 @@ impl PackedWeights {
         if self.k == 0 {
             // No products: what remains is the bias and the activation.
             if let Some(bias) = bias {
-                for row in out.chunks_exact_mut(self.n) {
-                    row.copy_from_slice(bias);
-                }
+                fill_rows(out, bias);
             }
             if let Some(act) = act {
                 activate_slice::<true>(act, out);
