@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn bertqa(args: &[&str]) -> Output {
@@ -29,15 +29,12 @@ fn bert_dir() -> String {
     common::fixture("bert-uncased").display().to_string()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bertqa-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> common::TempDir {
+    common::TempDir::new(&format!("cli-{name}"))
 }
 
 /// A copy of the bert-uncased fixture (without golden files) to break on purpose.
-fn fixture_copy(name: &str) -> PathBuf {
+fn fixture_copy(name: &str) -> common::TempDir {
     let dir = temp_dir(name);
     for entry in std::fs::read_dir(common::fixture("bert-uncased")).unwrap() {
         let path = entry.unwrap().path();

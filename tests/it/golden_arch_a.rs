@@ -149,9 +149,7 @@ fn roberta_training_gradients_match_transformers() {
 #[test]
 fn roberta_from_vocab_and_merges_matches_transformers() {
     let src = common::fixture("roberta");
-    let dir = std::env::temp_dir().join(format!("bertqa-roberta-bpe-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("roberta-bpe");
     for name in [
         "config.json",
         "model.safetensors",

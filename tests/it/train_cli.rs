@@ -2,14 +2,10 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bertqa-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> common::TempDir {
+    common::TempDir::new(&format!("train-cli-{name}"))
 }
 
 fn train(data: &std::path::Path, output: &std::path::Path) -> (i32, String) {
@@ -49,7 +45,6 @@ fn malformed_squad_names_the_question() {
         err.contains("q-17") && err.contains("Cats") && err.contains("question"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -67,7 +62,6 @@ fn empty_data_and_unwritable_output_exit_2() {
     let (code, err) = train(&data, &blocker.join("out"));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("file/out") || err.contains("file"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -95,7 +89,6 @@ fn misaligned_answers_are_skipped_and_counted() {
     let (code, err) = train(&bad, &dir.join("out2"));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no usable question"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The EM/F1 printed after the last epoch are those `bertqa eval` gives the saved model.
@@ -150,5 +143,4 @@ fn per_epoch_evaluation_scores_the_current_weights() {
         line.ends_with(&format!("eval EM {em:.2} F1 {f1:.2}")),
         "training said {line:?}; eval of the saved model: EM {em:.2} F1 {f1:.2}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

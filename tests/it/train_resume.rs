@@ -10,11 +10,8 @@ use bertqa::train::{self, StepReport, TrainObserver, TrainOptions};
 use bertqa::{LoadOptions, QaPipeline, QaRequest};
 use candle_core::Device;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bertqa-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> common::TempDir {
+    common::TempDir::new(name)
 }
 
 /// A small SQuAD v1.1 file: contexts long enough for several windows at max_seq_len 48.
@@ -186,7 +183,6 @@ fn stopped_and_resumed_run_equals_straight_run() {
     assert_eq!(answers.len(), 1);
     let config = bertqa::checkpoint::read_json(&straight.join("config.json")).unwrap();
     assert_eq!(config["architectures"][0], "BertForQuestionAnswering");
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -203,7 +199,6 @@ fn resume_with_other_settings_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("batch_size"), "{err}");
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -261,5 +256,4 @@ fn base_model_without_prefix_or_head_gets_a_new_head() {
         .unwrap();
     assert_eq!(w, again);
     assert_ne!(w, other);
-    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: locating ../shared and checking golden files.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bertqa::{EngineChoice, LoadOptions, QaParams, QaPipeline, QaRequest};
 use serde::Deserialize;
@@ -15,6 +15,34 @@ pub fn shared() -> PathBuf {
 
 pub fn fixture(arch: &str) -> PathBuf {
     shared().join("fixtures").join(arch)
+}
+
+/// A fresh scratch folder named after `name`, removed with everything in it when dropped, so
+/// a test run (passing or failing) leaves nothing behind in the temp directory.
+pub struct TempDir(tempfile::TempDir);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bertqa-{name}-"))
+            .tempdir()
+            .expect("create a scratch folder");
+        TempDir(dir)
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
 }
 
 #[derive(Deserialize)]
