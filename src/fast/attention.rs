@@ -1,44 +1,36 @@
 //! Multi-head self-attention of windows packed end to end, for AVX2 + FMA CPUs.
 //!
-//! Per window and head, `softmax(scale · Q·Kᵀ)·V` is computed six query rows at a time: their
-//! scores (a strip of `6 × keys` floats, in L1) go through the softmax and straight into the
-//! product with the values, whose result is written into the merged `[tokens, hidden]`
-//! context. Nothing of size `keys × keys` is materialised, and no per-head output is copied
-//! into place afterwards.
+//! Each window and head is one task. It lays out the head's keys as `[16-key panel][d][16]`
+//! and its values as `[key][d]` (together about 43 KB for 170 tokens and 32-value heads, so
+//! they stay in L1/L2 while every query of the window uses them), then computes
+//! `softmax(scale · Q·Kᵀ)·V` six query rows at a time: their scores (a strip of `6 × keys`
+//! floats) go through the softmax and straight into the product with the values, whose result
+//! is written into the head's columns of the merged `[tokens, hidden]` context. Nothing of
+//! size `keys × keys` is materialised, and no per-head output is copied into place afterwards.
 //!
-//! Keys are laid out once per window as `[16-key panel][hidden][16]` and values as
-//! `[head][key][head_dim]`, so that both products run a 6 × 16 register-blocked kernel (the
-//! shape of [`super::sgemm`]'s) on contiguous panels; queries and scores are read in place.
-//! The `gemm` crate would repack its operands on each of the thousands of small products a
-//! batch needs (one per window, head and product) and was measured slower on them.
+//! Both products run a 6 × 16 register-blocked kernel (the shape of [`super::sgemm`]'s) on
+//! contiguous panels; queries and scores are read in place. The `gemm` crate would repack its
+//! operands on each of the thousands of small products a batch needs (one per window, head
+//! and product) and was measured slower on them.
 
 use rayon::prelude::*;
 
-use super::kernels::exp_shifted_fma;
 #[cfg(target_arch = "x86_64")]
 use super::sgemm::product_6x16;
 use super::sgemm::PackedWeights;
+#[cfg(target_arch = "x86_64")]
+use super::simd::exp_shifted;
 
 /// Query rows per micro tile.
 const MR: usize = 6;
 /// Keys (of the scores) or head dimensions (of the output) per micro tile: two 8-lane vectors
 /// ([`product_6x16`]'s shape).
 const NR: usize = 16;
-/// Query tiles per parallel task.
-const TILES_PER_TASK: usize = 4;
 
 /// Whether [`attention`] runs on this CPU for heads of `head_dim` values: where the packed
 /// linear kernel runs (AVX2 and FMA, no AVX-512) and `head_dim` is a multiple of 16.
 pub fn available(head_dim: usize) -> bool {
     PackedWeights::available() && head_dim > 0 && head_dim.is_multiple_of(NR)
-}
-
-/// Scratch space of [`attention`], kept between calls (fresh multi-megabyte buffers cost page
-/// faults on first touch).
-#[derive(Debug, Default)]
-pub struct AttentionScratch {
-    keys: Vec<f32>,
-    values: Vec<f32>,
 }
 
 /// Self-attention of every window: `qkv` is `[tokens, 3·hidden]` (queries, keys, values side
@@ -52,7 +44,6 @@ pub fn attention(
     spans: &[(usize, usize)],
     hidden: usize,
     heads: usize,
-    scratch: &mut AttentionScratch,
     context: &mut [f32],
 ) {
     assert!(
@@ -66,6 +57,11 @@ pub fn attention(
     );
     let total = context.len() / hidden;
     assert_eq!(
+        context.len(),
+        total * hidden,
+        "attention: context is not [tokens, hidden]"
+    );
+    assert_eq!(
         qkv.len(),
         total * 3 * hidden,
         "attention: qkv is not [tokens, 3·hidden]"
@@ -77,162 +73,101 @@ pub fn attention(
     }
     assert_eq!(next, total, "attention: windows do not cover the tokens");
 
-    // Each window's keys and values take `heads · padded(len) · d` floats.
-    let sizes: Vec<usize> = spans
-        .iter()
-        .map(|&(_, len)| heads * len.next_multiple_of(NR) * d)
-        .collect();
-    let needed: usize = sizes.iter().sum();
-    for buffer in [&mut scratch.keys, &mut scratch.values] {
-        if buffer.len() < needed {
-            buffer.resize(needed, 0.0);
-        }
-    }
-    let mut windows = Vec::with_capacity(spans.len());
-    let (mut keys, mut values, mut ctx) = (
-        &mut scratch.keys[..],
-        &mut scratch.values[..],
-        &mut context[..],
-    );
-    for (&(start, len), &size) in spans.iter().zip(&sizes) {
-        let (k, k_rest) = std::mem::take(&mut keys).split_at_mut(size);
-        let (v, v_rest) = std::mem::take(&mut values).split_at_mut(size);
-        let (c, c_rest) = std::mem::take(&mut ctx).split_at_mut(len * hidden);
-        windows.push(Window {
-            start,
-            len,
-            keys: k,
-            values: v,
-            context: c,
-        });
-        (keys, values, ctx) = (k_rest, v_rest, c_rest);
-    }
     let shape = Shape {
         hidden,
-        heads,
         d,
         scale: 1.0 / (d as f32).sqrt(),
     };
-    windows.into_par_iter().for_each(|w| w.run(qkv, shape));
+    let out = Context(context.as_mut_ptr());
+    let tasks: Vec<(usize, usize, usize)> = spans
+        .iter()
+        .filter(|&&(_, len)| len > 0)
+        .flat_map(|&(start, len)| (0..heads).map(move |head| (start, len, head)))
+        .collect();
+    tasks.into_par_iter().for_each(|(start, len, head)| {
+        // SAFETY: `available(d)` was asserted (AVX2 and FMA). The window's tokens
+        // start..start+len lie within the `total` rows of `context` (the spans were checked to
+        // cover them), and head·d + d ≤ hidden; each task writes only its own window's rows
+        // and its own head's columns, so no two tasks write the same element.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            head_attention(qkv, start, len, head, shape, &out)
+        }
+    });
 }
+
+/// The `[tokens, hidden]` context being written by the attention tasks, each into its own
+/// window's rows and head's columns.
+struct Context(*mut f32);
+
+// SAFETY: the pointer is only written through by `head_attention`, each task in a disjoint
+// set of elements (see `attention`), while `attention` holds the `&mut` borrow of the buffer.
+unsafe impl Sync for Context {}
 
 #[derive(Clone, Copy)]
 struct Shape {
     hidden: usize,
-    heads: usize,
     d: usize,
     scale: f32,
 }
 
-/// One window: its tokens, its key/value layouts and its rows of the context.
-struct Window<'a> {
-    start: usize,
-    len: usize,
-    keys: &'a mut [f32],
-    values: &'a mut [f32],
-    context: &'a mut [f32],
-}
-
-impl Window<'_> {
-    fn run(self, qkv: &[f32], s: Shape) {
-        let Shape { hidden: h, d, .. } = s;
-        let (n, padded) = (self.len, self.len.next_multiple_of(NR));
-        if n == 0 {
-            return;
-        }
-        let row = |j: usize| &qkv[(self.start + j) * 3 * h..][..3 * h];
-        // Keys `[panel][hidden][16]`: each panel is the transpose of 16 key rows (zero past the
-        // last key), so head `i` of it is the `[d][16]` block at `i·d·16`. Values
-        // `[head][key][d]`. Key rows are read whole and in order.
-        self.keys
-            .par_chunks_mut(h * NR)
-            .enumerate()
-            .for_each(|(panel, block)| {
-                for lane in 0..NR {
-                    let j = panel * NR + lane;
-                    let column = block.iter_mut().skip(lane).step_by(NR);
-                    if j < n {
-                        column.zip(&row(j)[h..2 * h]).for_each(|(dst, &k)| *dst = k);
-                    } else {
-                        column.for_each(|dst| *dst = 0.0);
-                    }
-                }
-            });
-        self.values
-            .par_chunks_mut(padded * d)
-            .enumerate()
-            .for_each(|(head, values)| {
-                for (j, dst) in values.chunks_exact_mut(d).take(n).enumerate() {
-                    dst.copy_from_slice(&row(j)[2 * h + head * d..][..d]);
-                }
-            });
-        let (keys, values): (&[f32], &[f32]) = (self.keys, self.values);
-        self.context
-            .par_chunks_mut(TILES_PER_TASK * MR * h)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * TILES_PER_TASK * MR;
-                let mut scores = vec![0f32; MR * padded];
-                for (t, out) in out.chunks_mut(MR * h).enumerate() {
-                    let r0 = first + t * MR;
-                    let rows = out.len() / h;
-                    // SAFETY: `available(d)` was asserted by `attention` (AVX2 and FMA).
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        query_tile(
-                            qkv,
-                            self.start + r0,
-                            rows,
-                            n,
-                            keys,
-                            values,
-                            &mut scores,
-                            out,
-                            s,
-                        )
-                    };
-                }
-            });
-    }
-}
-
-/// Attention of `rows` (≤ 6) query rows, tokens `q0..q0+rows` of `qkv`, over the window's `n`
-/// keys; writes their merged heads to `out` (`rows × hidden`).
+/// Attention of head `head` over the window of tokens `start..start+n`: writes columns
+/// `head·d..head·d + d` of those rows of `out`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
-#[allow(clippy::too_many_arguments)]
+/// The CPU must support AVX2 and FMA; `out` must be valid for writes of rows `start..start+n`
+/// (row stride `hidden`) at those columns, and no one else may access them meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn query_tile(
+unsafe fn head_attention(
     qkv: &[f32],
-    q0: usize,
-    rows: usize,
+    start: usize,
     n: usize,
-    keys: &[f32],
-    values: &[f32],
-    scores: &mut [f32],
-    out: &mut [f32],
+    head: usize,
     s: Shape,
+    out: &Context,
 ) {
     let Shape {
         hidden: h,
-        heads,
         d,
         scale,
     } = s;
     let padded = n.next_multiple_of(NR);
-    debug_assert!((1..=MR).contains(&rows) && out.len() == rows * h);
-    debug_assert!(scores.len() == MR * padded && keys.len() == padded * h);
-    // Rows past `rows` repeat the last one; their results are dropped.
-    let query = |r: usize| &qkv[(q0 + r.min(rows - 1)) * 3 * h..][..h];
+    // Each worker keeps its buffers: fresh ones per task would be page-faulted in again.
+    thread_local! {
+        static BUFFERS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buffers = BUFFERS.take();
+    let needed = 2 * padded * d + MR * padded;
+    buffers.resize(buffers.len().max(needed), 0.0);
+    let (keys, rest) = buffers.split_at_mut(padded * d);
+    let (values, rest) = rest.split_at_mut(padded * d);
+    let scores = &mut rest[..MR * padded];
+    let row = |j: usize| &qkv[(start + j) * 3 * h..][..3 * h];
+    // Keys `[panel][d][16]`: each panel is the transpose of 16 keys (zero past the last one).
+    for (panel, block) in keys.chunks_exact_mut(d * NR).enumerate() {
+        for lane in 0..NR {
+            let j = panel * NR + lane;
+            let column = block.iter_mut().skip(lane).step_by(NR);
+            if j < n {
+                column
+                    .zip(&row(j)[h + head * d..][..d])
+                    .for_each(|(dst, &k)| *dst = k);
+            } else {
+                column.for_each(|dst| *dst = 0.0);
+            }
+        }
+    }
+    for (j, dst) in values.chunks_exact_mut(d).take(n).enumerate() {
+        dst.copy_from_slice(&row(j)[2 * h + head * d..][..d]);
+    }
     let mut edge = [0f32; MR * NR];
-    for head in 0..heads {
-        let values = &values[head * padded * d..][..padded * d];
+    for r0 in (0..n).step_by(MR) {
+        let rows = MR.min(n - r0);
+        // Rows past `rows` repeat the last one; their results are dropped.
+        let q: [&[f32]; MR] = std::array::from_fn(|r| &row(r0 + r.min(rows - 1))[head * d..][..d]);
         // Scores: [MR][padded], one 6 × 16 tile per key panel.
-        let q: [&[f32]; MR] = std::array::from_fn(|r| &query(r)[head * d..][..d]);
-        for (panel, block) in keys.chunks_exact(h * NR).enumerate() {
-            let block = &block[head * d * NR..][..d * NR];
+        for (panel, block) in keys.chunks_exact(d * NR).enumerate() {
             // SAFETY: each `q[r]` holds d values and `block` d·16 (ldb 16); the C tile is
             // rows 0..6 × columns 16·panel..16·panel+16 of `scores` (stride `padded`, a
             // multiple of 16), inside its MR·padded values. AVX2/FMA: this function's contract.
@@ -252,27 +187,33 @@ unsafe fn query_tile(
         // values each instead of n).
         let mut inverse = [1f32; MR];
         for (row, inv) in scores.chunks_exact_mut(padded).zip(&mut inverse).take(rows) {
-            *inv = 1.0 / exp_shifted_fma(&mut row[..n]);
+            // SAFETY: AVX2/FMA (this function's contract).
+            *inv = 1.0 / unsafe { exp_shifted(&mut row[..n]) };
         }
         // Output: [rows][d] at columns head·d.. of `out`, 16 columns per tile.
         let p: [&[f32]; MR] = std::array::from_fn(|r| &scores[r.min(rows - 1) * padded..][..n]);
         for part in 0..d / NR {
             let v = &values[part * NR..];
-            let col = head * d + part * NR;
+            // SAFETY (both branches): row start + r0 + r < start + n and columns
+            // head·d + part·16 .. +16 ≤ head·d + d are this task's (the contract).
+            let c = unsafe { out.0.add((start + r0) * h + head * d + part * NR) };
             if rows == MR {
                 // SAFETY: each `p[r]` holds n values; `v` holds rows kk·d + 0..16 for kk < n
-                // (values is padded·d long); the C tile is rows 0..6 × columns col..col+16 of
-                // `out` (stride h, col + 16 ≤ h), inside its MR·h values.
-                unsafe { tile(n, p, v, d, out.as_mut_ptr().add(col), h, inverse) };
+                // (values is padded·d long); the C tile is 6 rows of 16 at stride h in `out`.
+                unsafe { tile(n, p, v, d, c, h, inverse) };
             } else {
-                // SAFETY: as above, with the C tile being `edge` (MR rows of 16).
-                unsafe { tile(n, p, v, d, edge.as_mut_ptr(), NR, inverse) };
-                for r in 0..rows {
-                    out[r * h + col..][..NR].copy_from_slice(&edge[r * NR..][..NR]);
+                // SAFETY: as above, with the C tile being `edge` (MR rows of 16); then the
+                // valid rows are copied out.
+                unsafe {
+                    tile(n, p, v, d, edge.as_mut_ptr(), NR, inverse);
+                    for r in 0..rows {
+                        std::ptr::copy_nonoverlapping(edge[r * NR..].as_ptr(), c.add(r * h), NR);
+                    }
                 }
             }
         }
     }
+    BUFFERS.set(buffers);
 }
 
 /// The 6 × 16 kernel: `C[r][c] = scale[r] · Σ_{kk<k} a[r][kk] · b[kk·ldb + c]`.
@@ -368,11 +309,10 @@ mod tests {
                 .map(|_| rng.random_range(-2.0..2.0))
                 .collect();
             let expected = reference(&qkv, &spans, h, heads);
-            let mut scratch = AttentionScratch::default();
-            // Twice: the second call reuses (stale) scratch buffers.
+            // Twice: the second call reuses (stale) per-thread buffers.
             for _ in 0..2 {
                 let mut context = vec![f32::NAN; start * h];
-                attention(&qkv, &spans, h, heads, &mut scratch, &mut context);
+                attention(&qkv, &spans, h, heads, &mut context);
                 for (i, (&got, &want)) in context.iter().zip(&expected).enumerate() {
                     assert!(
                         (got as f64 - want).abs() < 1e-5,

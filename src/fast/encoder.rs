@@ -14,7 +14,7 @@
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::attention::{self, AttentionScratch};
+use super::attention;
 use super::kernels::{add_layer_norm, matmul, softmax_rows, Act, MatMut, MatRef};
 use super::linear::{DenseLinear, Linear, Precision};
 use crate::error::{Error, Result};
@@ -209,7 +209,6 @@ struct Scratch {
     context: Vec<f32>,
     projected: Vec<f32>,
     intermediate: Vec<f32>,
-    attention: AttentionScratch,
 }
 
 /// A BERT-style encoder with its QA head, for inference on CPU.
@@ -512,7 +511,6 @@ impl FastQaModel {
                 spans,
                 self.hidden,
                 self.heads,
-                &mut scratch.attention,
                 &mut scratch.context,
             );
         } else {

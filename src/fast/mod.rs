@@ -11,5 +11,6 @@ pub mod int8;
 pub mod kernels;
 pub mod linear;
 pub mod sgemm;
+mod simd;
 
 pub use encoder::{FastQaModel, Tokens};

@@ -13,6 +13,8 @@
 use rayon::prelude::*;
 
 use super::kernels::{activate_slice, fill_rows, Act};
+#[cfg(target_arch = "x86_64")]
+use super::simd::activate8;
 
 /// Output channels per packed panel: two 8-lane vectors.
 const NR: usize = 16;
@@ -104,7 +106,7 @@ impl PackedWeights {
     }
 
     /// `out = act(x · Wᵀ + bias)`, overwriting `out`: the bias is the sums' starting value and
-    /// the activation is applied to each tile as it is finished, while it is in L1, so neither
+    /// the activation is applied to each tile in registers before it is stored, so neither
     /// costs a pass over `out`. Each element is computed exactly as by filling `out` with the
     /// bias, calling [`PackedWeights::accumulate`] and then applying `act` (evaluated with
     /// fused multiply-adds).
@@ -199,7 +201,7 @@ impl PackedWeights {
             // The first k block starts the sums from the bias (or from `out`), the last one
             // applies the activation.
             let first = k0 == 0;
-            let last = k0 + kc == k;
+            let tile_act = if k0 + kc == k { act } else { None };
             for panel in 0..n.div_ceil(NR) {
                 let weights = &self.data[panel * k * NR + k0 * NR..][..kc * NR];
                 let col0 = panel * NR;
@@ -230,6 +232,7 @@ impl PackedWeights {
                                 out.as_mut_ptr().add(r0 * n + col0),
                                 n,
                                 start,
+                                tile_act,
                             );
                         }
                     } else {
@@ -240,15 +243,10 @@ impl PackedWeights {
                             c[r * NR..r * NR + cols].copy_from_slice(&out[at..at + cols]);
                         }
                         // SAFETY: as above, with the C tile being `c` (MR rows of NR, stride NR).
-                        unsafe { kernel(kc, a, weights, c.as_mut_ptr(), NR, start) };
+                        unsafe { kernel(kc, a, weights, c.as_mut_ptr(), NR, start, tile_act) };
                         for r in 0..tile_rows {
                             let at = (r0 + r) * n + col0;
                             out[at..at + cols].copy_from_slice(&c[r * NR..r * NR + cols]);
-                        }
-                    }
-                    if let (Some(act), true) = (act, last) {
-                        for r in r0..r0 + tile_rows {
-                            activate_slice::<true>(act, &mut out[r * n + col0..][..cols]);
                         }
                     }
                 }
@@ -313,8 +311,9 @@ enum Start<'a> {
     Bias(&'a [f32; NR]),
 }
 
-/// The 6 × 16 micro kernel: `C[r][c] = start[r][c] + Σ_kk a[kk][r] · b[kk][c]` over `kc` steps,
-/// where `start` is C itself or the bias row.
+/// The 6 × 16 micro kernel: `C[r][c] = act(start[r][c] + Σ_kk a[kk][r] · b[kk][c])` over `kc`
+/// steps, where `start` is C itself or the bias row and `act` (if any) is applied to the
+/// result registers before they are stored.
 ///
 /// The sums start from zero and C is added at the end: C's rows lie `ldc` apart, a pattern the
 /// hardware prefetcher does not follow, so they are prefetched first and read only once the
@@ -326,7 +325,15 @@ enum Start<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn kernel(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, start: Start) {
+unsafe fn kernel(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+    act: Option<Act>,
+) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     for r in 0..MR {
@@ -340,7 +347,8 @@ unsafe fn kernel(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, start
     // SAFETY: for kk < kc, a[kk·6 + r] (r < 6) and b[kk·16 .. kk·16 + 16] lie in the slices
     // (this function's contract); AVX2/FMA as here.
     let acc = unsafe { product_6x16(kc, |r, kk| a.wrapping_add(kk * MR + r), b, NR) };
-    for (r, acc) in acc.iter().enumerate() {
+    let mut sums = acc;
+    for (r, sums) in sums.iter_mut().enumerate() {
         // SAFETY: row r < MR of the C tile, NR = 16 values (the caller's contract); the bias
         // tile holds NR values.
         unsafe {
@@ -350,8 +358,22 @@ unsafe fn kernel(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, start
                 Start::Bias(bias) => (bias.as_ptr(), bias.as_ptr().add(8)),
             };
             // `acc + start`, the same single rounding either way round.
-            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(from0), acc[0]));
-            _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(from8), acc[1]));
+            sums[0] = _mm256_add_ps(_mm256_loadu_ps(from0), sums[0]);
+            sums[1] = _mm256_add_ps(_mm256_loadu_ps(from8), sums[1]);
+        }
+    }
+    if let Some(act) = act {
+        for v in sums.iter_mut().flatten() {
+            // SAFETY: AVX2/FMA are enabled here.
+            *v = unsafe { activate8(act, *v) };
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        // SAFETY: row r < MR of the C tile, NR = 16 values (the caller's contract).
+        unsafe {
+            let row = c.add(r * ldc);
+            _mm256_storeu_ps(row, sums[0]);
+            _mm256_storeu_ps(row.add(8), sums[1]);
         }
     }
 }
