@@ -1,7 +1,7 @@
 //! Multi-head self-attention of windows packed end to end, for AVX2 + FMA CPUs.
 //!
 //! Each window and head is one task. It lays out the head's keys as `[16-key panel][d][16]`
-//! and its values as `[key][d]` (together about 43 KB for 170 tokens and 32-value heads, so
+//! and its values as `[d / 16][key][16]` (together about 43 KB for 170 tokens and 32-value heads, so
 //! they stay in L1/L2 while every query of the window uses them), then computes
 //! `softmax(scale · Q·Kᵀ)·V` six query rows at a time: their scores (a strip of `6 × keys`
 //! floats) go through the softmax and straight into the product with the values, whose result
@@ -19,7 +19,9 @@ use rayon::prelude::*;
 use super::sgemm::product_6x16;
 use super::sgemm::PackedWeights;
 #[cfg(target_arch = "x86_64")]
-use super::simd::exp_shifted;
+use super::simd::{exp_shifted, transpose8x8};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
 
 /// Query rows per micro tile.
 const MR: usize = 6;
@@ -144,28 +146,53 @@ unsafe fn head_attention(
     let (values, rest) = rest.split_at_mut(padded * d);
     let scores = &mut rest[..MR * padded];
     let row = |j: usize| &qkv[(start + j) * 3 * h..][..3 * h];
-    // Keys `[panel][d][16]`: each panel is the transpose of 16 keys (zero past the last one).
-    for (panel, block) in keys.chunks_exact_mut(d * NR).enumerate() {
-        for lane in 0..NR {
-            let j = panel * NR + lane;
-            let column = block.iter_mut().skip(lane).step_by(NR);
-            if j < n {
-                column
-                    .zip(&row(j)[h + head * d..][..d])
-                    .for_each(|(dst, &k)| *dst = k);
-            } else {
-                column.for_each(|dst| *dst = 0.0);
+    // Keys `[panel][d][16]`: each panel is the transpose of 16 keys (zero past the last one),
+    // built from 8 × 8 blocks. Values `[d / 16][key][16]`: 16 of a key's values per row, so that
+    // both products step through their right operand 16 values at a time.
+    let zero = [0f32; 8];
+    // A head's keys and values are 2·d of each token's 3·hidden values: the rows are far apart
+    // and were just written by the QKV product, mostly out of cache. The hardware prefetcher
+    // does not fetch ahead across them, so the loop asks for the rows `AHEAD` blocks on.
+    const AHEAD: usize = 2;
+    for j0 in (0..padded).step_by(8) {
+        for j in (j0 + 8 * AHEAD..j0 + 8 * (AHEAD + 1)).take_while(|&j| j < n) {
+            prefetch_row_part(&row(j)[h + head * d..][..d]);
+            prefetch_row_part(&row(j)[2 * h + head * d..][..d]);
+        }
+        let key = |t: usize, i0: usize| match j0 + t < n {
+            true => row(j0 + t)[h + head * d + i0..][..8].as_ptr(),
+            false => zero.as_ptr(),
+        };
+        let dst = &mut keys[(j0 / NR) * d * NR + j0 % NR..];
+        for i0 in (0..d).step_by(8) {
+            // SAFETY: `key` points to 8 readable values (a key's dims i0..i0+8, i0 + 8 ≤ d, or
+            // zeros); the 8 stores land at (i0 + t)·16 + 0..8 past `dst`'s start, within the
+            // panel of d·16 values (j0 % 16 is 0 or 8). AVX2/FMA: this function's contract.
+            unsafe {
+                let block = std::array::from_fn(|t| _mm256_loadu_ps(key(t, i0)));
+                for (t, v) in transpose8x8(block).into_iter().enumerate() {
+                    _mm256_storeu_ps(dst[(i0 + t) * NR..][..8].as_mut_ptr(), v);
+                }
             }
         }
-    }
-    for (j, dst) in values.chunks_exact_mut(d).take(n).enumerate() {
-        dst.copy_from_slice(&row(j)[2 * h + head * d..][..d]);
+        for j in j0..(j0 + 8).min(n) {
+            let src = &row(j)[2 * h + head * d..][..d];
+            for (part, src) in src.chunks_exact(8).enumerate() {
+                let dst = &mut values[(part / 2) * padded * NR + j * NR + (part % 2) * 8..][..8];
+                // SAFETY: both slices hold 8 values; AVX as here.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_loadu_ps(src.as_ptr())) };
+            }
+        }
     }
     let mut edge = [0f32; MR * NR];
     for r0 in (0..n).step_by(MR) {
         let rows = MR.min(n - r0);
         // Rows past `rows` repeat the last one; their results are dropped.
         let q: [&[f32]; MR] = std::array::from_fn(|r| &row(r0 + r.min(rows - 1))[head * d..][..d]);
+        // The next tile's queries, while this one computes (same reason as above).
+        for j in (r0 + MR..r0 + 2 * MR).take_while(|&j| j < n) {
+            prefetch_row_part(&row(j)[head * d..][..d]);
+        }
         // Scores: [MR][padded], one 6 × 16 tile per key panel.
         for (panel, block) in keys.chunks_exact(d * NR).enumerate() {
             // SAFETY: each `q[r]` holds d values and `block` d·16 (ldb 16); the C tile is
@@ -193,19 +220,19 @@ unsafe fn head_attention(
         // Output: [rows][d] at columns head·d.. of `out`, 16 columns per tile.
         let p: [&[f32]; MR] = std::array::from_fn(|r| &scores[r.min(rows - 1) * padded..][..n]);
         for part in 0..d / NR {
-            let v = &values[part * NR..];
+            let v = &values[part * padded * NR..][..padded * NR];
             // SAFETY (both branches): row start + r0 + r < start + n and columns
             // head·d + part·16 .. +16 ≤ head·d + d are this task's (the contract).
             let c = unsafe { out.0.add((start + r0) * h + head * d + part * NR) };
             if rows == MR {
-                // SAFETY: each `p[r]` holds n values; `v` holds rows kk·d + 0..16 for kk < n
-                // (values is padded·d long); the C tile is 6 rows of 16 at stride h in `out`.
-                unsafe { tile(n, p, v, d, c, h, inverse) };
+                // SAFETY: each `p[r]` holds n values; `v` holds rows kk·16 + 0..16 for
+                // kk < n ≤ padded; the C tile is 6 rows of 16 at stride h in `out`.
+                unsafe { tile(n, p, v, NR, c, h, inverse) };
             } else {
                 // SAFETY: as above, with the C tile being `edge` (MR rows of 16); then the
                 // valid rows are copied out.
                 unsafe {
-                    tile(n, p, v, d, edge.as_mut_ptr(), NR, inverse);
+                    tile(n, p, v, NR, edge.as_mut_ptr(), NR, inverse);
                     for r in 0..rows {
                         std::ptr::copy_nonoverlapping(edge[r * NR..].as_ptr(), c.add(r * h), NR);
                     }
@@ -214,6 +241,21 @@ unsafe fn head_attention(
         }
     }
     BUFFERS.set(buffers);
+}
+
+/// Asks for the cache lines of `part` (a head's slice of a token's row) to be loaded into L1.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_row_part(part: &[f32]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // 64-byte lines: every 16th value and the last one touch each line the slice spans.
+    for at in (0..part.len())
+        .step_by(16)
+        .chain([part.len().saturating_sub(1)])
+    {
+        // SAFETY: a prefetch never faults, and the address lies in `part` anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(part.as_ptr().wrapping_add(at) as *const i8) };
+    }
 }
 
 /// The 6 × 16 kernel: `C[r][c] = scale[r] · Σ_{kk<k} a[r][kk] · b[kk·ldb + c]`.

@@ -141,6 +141,40 @@ pub(crate) unsafe fn exp_shifted(row: &mut [f32]) -> f32 {
     total
 }
 
+/// The transpose of an 8 × 8 block held as eight row vectors: lane `c` of output `r` is lane
+/// `r` of input `c`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn transpose8x8(rows: [__m256; 8]) -> [__m256; 8] {
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+    // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves exchanged.
+    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
 /// The eight lanes folded with `f`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -217,6 +251,26 @@ mod tests {
         assert_same_bits("gelu_tanh", &tanh, &xs, gelu_tanh_fused);
         let relu = lanes(|v| unsafe { activate8(Act::Relu, v) }, &xs);
         assert_same_bits("relu", &relu, &xs, |x| x.max(0.0));
+    }
+
+    #[test]
+    fn transpose8x8_transposes() {
+        if !available() {
+            return;
+        }
+        let m: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        // SAFETY: AVX2 and FMA were checked above; each row holds 8 values.
+        let rows = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(m[r * 8..].as_ptr()) });
+        // SAFETY: as above.
+        let t = unsafe { transpose8x8(rows) };
+        for (r, v) in t.iter().enumerate() {
+            let mut got = [0f32; 8];
+            // SAFETY: `got` holds 8 values.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), *v) };
+            for (c, &g) in got.iter().enumerate() {
+                assert_eq!(g, m[c * 8 + r], "row {r} column {c}");
+            }
+        }
     }
 
     #[test]
