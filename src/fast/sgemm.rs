@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::kernels::{activate_slice, fill_rows, Act};
 #[cfg(target_arch = "x86_64")]
-use super::simd::activate8;
+use super::simd::{activate8, transpose8x8};
 
 /// Output channels per packed panel: two 8-lane vectors.
 const NR: usize = 16;
@@ -181,22 +181,20 @@ impl PackedWeights {
             static PACKED_X: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
         }
         let mut packed_x = PACKED_X.take();
-        packed_x.resize(packed_x.len().max(tiles * MR * kc_max), 0.0);
+        packed_x.resize(packed_x.len().max(tiles * MR * kc_max + PACK_SLACK), 0.0);
         for k0 in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - k0);
             // Activations of this k block as `[tile][kc][MR]`, written in order (the six
             // source rows are read as sequential streams). Rows past the end repeat the last
             // row: their sums are never written back.
-            for (t, tile) in packed_x.chunks_exact_mut(kc * MR).take(tiles).enumerate() {
+            for t in 0..tiles {
                 let r0 = t * MR;
                 let last = rows - r0 - 1;
                 let src: [&[f32]; MR] =
                     std::array::from_fn(|r| &x[(r0 + r.min(last)) * k + k0..][..kc]);
-                for (kk, dst) in tile.chunks_exact_mut(MR).enumerate() {
-                    for (d, row) in dst.iter_mut().zip(&src) {
-                        *d = row[kk];
-                    }
-                }
+                // SAFETY: AVX2/FMA are enabled here; the slice has the slack `pack_tile` needs
+                // (the buffer holds PACK_SLACK values past the last tile).
+                unsafe { pack_tile(src, &mut packed_x[t * kc * MR..][..kc * MR + PACK_SLACK]) };
             }
             // The first k block starts the sums from the bias (or from `out`), the last one
             // applies the activation.
@@ -253,6 +251,46 @@ impl PackedWeights {
             }
         }
         PACKED_X.set(packed_x);
+    }
+}
+
+/// Values [`pack_tile`] may write past the tile it packs.
+const PACK_SLACK: usize = 2;
+
+/// `dst[kk·6 + r] = src[r][kk]` for `kk < kc` (the row length): six rows interleaved, 8 × 8
+/// blocks at a time through registers (two zero rows fill the block). Each of a block's 8
+/// column stores writes 8 values of which the last 2 fall on the next column's slots and are
+/// overwritten by the next store, so `dst` must hold `kc·6 + PACK_SLACK` values.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_tile(src: [&[f32]; MR], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let kc = src[0].len();
+    assert!(src.iter().all(|r| r.len() == kc) && dst.len() == kc * MR + PACK_SLACK);
+    let body = kc - kc % 8;
+    for kk0 in (0..body).step_by(8) {
+        let zero = _mm256_setzero_ps();
+        // SAFETY: kk0 + 8 ≤ kc, so each row has 8 values from kk0.
+        let block = std::array::from_fn(|r| match src.get(r) {
+            Some(row) => unsafe { _mm256_loadu_ps(row[kk0..kk0 + 8].as_ptr()) },
+            None => zero,
+        });
+        // SAFETY: AVX2/FMA are enabled here.
+        let columns = unsafe { transpose8x8(block) };
+        for (t, column) in columns.into_iter().enumerate() {
+            // 8 values from (kk0 + t)·6: at most (kc − 1)·6 + 8 = kc·6 + 2 = dst.len().
+            let at = &mut dst[(kk0 + t) * MR..][..8];
+            // SAFETY: `at` holds 8 values.
+            unsafe { _mm256_storeu_ps(at.as_mut_ptr(), column) };
+        }
+    }
+    for kk in body..kc {
+        for (r, row) in src.iter().enumerate() {
+            dst[kk * MR + r] = row[kk];
+        }
     }
 }
 
