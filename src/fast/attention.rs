@@ -140,11 +140,12 @@ unsafe fn head_attention(
         static BUFFERS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let mut buffers = BUFFERS.take();
-    let needed = 2 * padded * d + MR * padded;
+    let needed = 2 * padded * d + MR * padded + MR * d;
     buffers.resize(buffers.len().max(needed), 0.0);
     let (keys, rest) = buffers.split_at_mut(padded * d);
     let (values, rest) = rest.split_at_mut(padded * d);
-    let scores = &mut rest[..MR * padded];
+    let (scores, rest) = rest.split_at_mut(MR * padded);
+    let edge = &mut rest[..MR * d];
     let row = |j: usize| &qkv[(start + j) * 3 * h..][..3 * h];
     // Keys `[panel][d][16]`: each panel is the transpose of 16 keys (zero past the last one),
     // built from 8 × 8 blocks. Values `[d / 16][key][16]`: 16 of a key's values per row, so that
@@ -184,7 +185,6 @@ unsafe fn head_attention(
             }
         }
     }
-    let mut edge = [0f32; MR * NR];
     for r0 in (0..n).step_by(MR) {
         let rows = MR.min(n - r0);
         // Rows past `rows` repeat the last one; their results are dropped.
@@ -194,21 +194,20 @@ unsafe fn head_attention(
             prefetch_row_part(&row(j)[head * d..][..d]);
         }
         // Scores: [MR][padded], one 6 × 16 tile per key panel.
-        for (panel, block) in keys.chunks_exact(d * NR).enumerate() {
-            // SAFETY: each `q[r]` holds d values and `block` d·16 (ldb 16); the C tile is
-            // rows 0..6 × columns 16·panel..16·panel+16 of `scores` (stride `padded`, a
-            // multiple of 16), inside its MR·padded values. AVX2/FMA: this function's contract.
-            unsafe {
-                tile(
-                    d,
-                    q,
-                    block,
-                    NR,
-                    scores.as_mut_ptr().add(panel * NR),
-                    padded,
-                    [scale; MR],
-                );
-            }
+        // SAFETY: each `q[r]` holds d values; panel p of `keys` is the d·16 values at p·d·16
+        // (ldb 16), p < padded / 16; its C tile is rows 0..6 × columns 16p..16p+16 of `scores`
+        // (stride `padded`), inside its MR·padded values. AVX2/FMA: this function's contract.
+        unsafe {
+            strip(
+                d,
+                q,
+                keys,
+                d * NR,
+                padded / NR,
+                scores.as_mut_ptr(),
+                padded,
+                [scale; MR],
+            );
         }
         // Softmax numerators; the division by their sum is applied to the output rows (d
         // values each instead of n).
@@ -217,26 +216,23 @@ unsafe fn head_attention(
             // SAFETY: AVX2/FMA (this function's contract).
             *inv = 1.0 / unsafe { exp_shifted(&mut row[..n]) };
         }
-        // Output: [rows][d] at columns head·d.. of `out`, 16 columns per tile.
+        // Output: [rows][d], 16 columns per tile. A full tile goes straight into the head's
+        // columns of `out`; a partial one into `edge`, whose valid rows are then copied out.
         let p: [&[f32]; MR] = std::array::from_fn(|r| &scores[r.min(rows - 1) * padded..][..n]);
-        for part in 0..d / NR {
-            let v = &values[part * padded * NR..][..padded * NR];
-            // SAFETY (both branches): row start + r0 + r < start + n and columns
-            // head·d + part·16 .. +16 ≤ head·d + d are this task's (the contract).
-            let c = unsafe { out.0.add((start + r0) * h + head * d + part * NR) };
-            if rows == MR {
-                // SAFETY: each `p[r]` holds n values; `v` holds rows kk·16 + 0..16 for
-                // kk < n ≤ padded; the C tile is 6 rows of 16 at stride h in `out`.
-                unsafe { tile(n, p, v, NR, c, h, inverse) };
-            } else {
-                // SAFETY: as above, with the C tile being `edge` (MR rows of 16); then the
-                // valid rows are copied out.
-                unsafe {
-                    tile(n, p, v, NR, edge.as_mut_ptr(), NR, inverse);
-                    for r in 0..rows {
-                        std::ptr::copy_nonoverlapping(edge[r * NR..].as_ptr(), c.add(r * h), NR);
-                    }
-                }
+        // SAFETY: row start + r0 < start + n and column head·d are this task's (the contract).
+        let c = unsafe { out.0.add((start + r0) * h + head * d) };
+        let (target, ldc) = match rows == MR {
+            true => (c, h),
+            false => (edge.as_mut_ptr(), d),
+        };
+        // SAFETY: each `p[r]` holds n values; part p of `values` is rows kk·16 + 0..16 (kk < n
+        // ≤ padded) at p·padded·16, p < d / 16; the C tiles cover 6 rows of d values at stride
+        // h in `out` (this task's rows and columns), or all of `edge` (MR rows of d).
+        unsafe { strip(n, p, values, padded * NR, d / NR, target, ldc, inverse) };
+        if rows < MR {
+            for r in 0..rows {
+                // SAFETY: row r < rows of this task's rows in `out`, d values at its columns.
+                unsafe { std::ptr::copy_nonoverlapping(edge[r * d..].as_ptr(), c.add(r * h), d) };
             }
         }
     }
@@ -258,38 +254,47 @@ fn prefetch_row_part(part: &[f32]) {
     }
 }
 
-/// The 6 × 16 kernel: `C[r][c] = scale[r] · Σ_{kk<k} a[r][kk] · b[kk·ldb + c]`.
+/// A strip of `panels` 6 × 16 tiles: `C[r][16p + c] = scale[r] · Σ_{kk<k} a[r][kk] ·
+/// b[p·b_step + kk·16 + c]`. One call per strip rather than per tile, so that the setup of a
+/// call is paid once per row of tiles.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; every `a[r]` must hold `k` values, `b` must hold
-/// `(k − 1)·ldb + 16` values, and `c` must be valid for writes of 6 rows of 16 values at row
-/// stride `ldc`.
+/// `(panels − 1)·b_step + k·16` values, and `c` must be valid for writes of 6 rows of
+/// `16·panels` values at row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn tile(
+unsafe fn strip(
     k: usize,
     a: [&[f32]; MR],
     b: &[f32],
-    ldb: usize,
+    b_step: usize,
+    panels: usize,
     c: *mut f32,
     ldc: usize,
     scale: [f32; MR],
 ) {
     use std::arch::x86_64::*;
     debug_assert!(a.iter().all(|r| r.len() >= k));
-    debug_assert!(k == 0 || b.len() >= (k - 1) * ldb + NR);
+    debug_assert!(panels == 0 || b.len() >= (panels - 1) * b_step + k * NR);
     let a = a.map(|r| r.as_ptr());
-    // SAFETY: for kk < k, a[r] + kk lies in row r (k values) and b[kk·ldb .. kk·ldb + 16] in
-    // `b` (this function's contract); AVX2/FMA as here.
-    let acc = unsafe { product_6x16(k, |r, kk| a[r].wrapping_add(kk), b.as_ptr(), ldb) };
-    for (r, acc) in acc.iter().enumerate() {
-        let scale = _mm256_set1_ps(scale[r]);
-        // SAFETY: row r < 6 of the C tile, 16 values (the function's contract).
-        unsafe {
-            let row = c.add(r * ldc);
-            _mm256_storeu_ps(row, _mm256_mul_ps(acc[0], scale));
-            _mm256_storeu_ps(row.add(8), _mm256_mul_ps(acc[1], scale));
+    let scale = scale.map(|s| _mm256_set1_ps(s));
+    for panel in 0..panels {
+        // SAFETY: for kk < k, a[r] + kk lies in row r (k values) and the panel's
+        // b[kk·16 .. kk·16 + 16] in `b` (this function's contract); AVX2/FMA as here.
+        let acc = unsafe {
+            let b = b.as_ptr().add(panel * b_step);
+            product_6x16(k, |r, kk| a[r].wrapping_add(kk), b, NR)
+        };
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: row r < 6 of the C strip, columns 16·panel .. 16·panel + 16 (the
+            // function's contract).
+            unsafe {
+                let row = c.add(r * ldc + panel * NR);
+                _mm256_storeu_ps(row, _mm256_mul_ps(acc[0], scale[r]));
+                _mm256_storeu_ps(row.add(8), _mm256_mul_ps(acc[1], scale[r]));
+            }
         }
     }
 }

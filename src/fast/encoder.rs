@@ -462,6 +462,11 @@ impl FastQaModel {
             (&mut scratch.projected, total * h),
             (&mut scratch.intermediate, total * inter),
         ] {
+            // Every buffer is written before it is read: growing one need not copy its old
+            // contents (a realloc would).
+            if len > buffer.capacity() {
+                *buffer = Vec::new();
+            }
             buffer.resize(len, 0.0);
         }
         for layer in &self.layers {
