@@ -344,6 +344,20 @@ impl QaPipeline {
         self.run_tokens(&tokens_of(windows))
     }
 
+    /// [`QaPipeline::run_windows`] for answering: the logits of tokens that cannot start or
+    /// end an answer (those of each window's `p_mask`, which decoding masks before reading
+    /// them) may be left uncomputed, as NaN. The fast engine then runs its last layer on the
+    /// other tokens only; the reference models compute everything.
+    pub fn answer_logits(&self, windows: &[&Window]) -> Result<Vec<WindowLogits>> {
+        match &self.engine {
+            Engine::Fast(fast) if !windows.is_empty() => {
+                let masks: Vec<&[bool]> = windows.iter().map(|w| &w.p_mask[..]).collect();
+                fast.forward_unmasked(&tokens_of(windows), &masks)
+            }
+            _ => self.run_windows(windows),
+        }
+    }
+
     /// Runs the model on token windows as one batch (the fast engine packs them without
     /// padding; the reference models pad them to the longest) and returns each window's start
     /// and end logits (one per token).
@@ -408,7 +422,8 @@ impl QaPipeline {
     }
 
     /// Runs every window of `prepared` through the model, batching windows of similar length,
-    /// and returns the logits of each request's windows in order. Batches run side by side on
+    /// and returns the logits of each request's windows in order, as
+    /// [`QaPipeline::answer_logits`] gives them (tokens of `p_mask` may be NaN). Batches run side by side on
     /// the rayon pool; `on_batch` is called from the workers, in the order batches finish, with
     /// the number of windows each one held (for progress bars).
     pub fn run_prepared(
@@ -435,7 +450,7 @@ impl QaPipeline {
             .par_chunks(self.batch_size.max(1))
             .map(|chunk| {
                 let windows: Vec<&Window> = chunk.iter().map(|(_, _, w)| *w).collect();
-                let logits = self.run_windows(&windows)?;
+                let logits = self.answer_logits(&windows)?;
                 on_batch(chunk.len());
                 Ok(logits)
             })

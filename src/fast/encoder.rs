@@ -441,6 +441,37 @@ impl FastQaModel {
 
     /// Start and end logits of every window.
     pub fn forward(&self, windows: &[Tokens]) -> Result<Vec<Logits>> {
+        self.forward_keeping(windows, None)
+    }
+
+    /// [`FastQaModel::forward`] for answering questions: `masked[w]` flags the tokens of window
+    /// `w` that cannot start or end an answer (the question and special tokens: the windows'
+    /// `p_mask`), whose logits decoding replaces before using them. The last layer computes
+    /// only the other tokens, and the logits of the flagged ones are NaN.
+    pub fn forward_unmasked(&self, windows: &[Tokens], masked: &[&[bool]]) -> Result<Vec<Logits>> {
+        if masked.len() != windows.len()
+            || windows
+                .iter()
+                .zip(masked)
+                .any(|(w, m)| m.len() != w.input_ids.len())
+        {
+            return Err(Error::InvalidInput(
+                "give one mask flag per token of each window".into(),
+            ));
+        }
+        let keep: Vec<usize> = masked
+            .iter()
+            .flat_map(|m| m.iter())
+            .enumerate()
+            .filter(|(_, &m)| !m)
+            .map(|(row, _)| row)
+            .collect();
+        self.forward_keeping(windows, Some(&keep))
+    }
+
+    /// The forward pass; with `keep` (ascending rows of the packed windows), the last layer
+    /// runs only on those rows and the other rows' logits are NaN.
+    fn forward_keeping(&self, windows: &[Tokens], keep: Option<&[usize]>) -> Result<Vec<Logits>> {
         let total: usize = windows.iter().map(|w| w.input_ids.len()).sum();
         let mut spans = Vec::with_capacity(windows.len());
         let mut start = 0;
@@ -469,18 +500,34 @@ impl FastQaModel {
             }
             buffer.resize(len, 0.0);
         }
-        for layer in &self.layers {
-            self.layer_forward(layer, &mut x, &spans, &mut scratch);
+        let layers = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let keep = keep.filter(|_| i + 1 == layers);
+            self.layer_forward(layer, &mut x, &spans, &mut scratch, keep);
         }
+        // Row of `x` holding each token, if it was computed.
+        let mut kept = keep.map(|k| k.iter().peekable());
+        let mut next_row = 0;
+        let mut row_of = |token: usize| match &mut kept {
+            None => Some(token),
+            Some(rows) => rows.next_if_eq(&&token).map(|_| {
+                next_row += 1;
+                next_row - 1
+            }),
+        };
+        let (s, e) = self.qa_weight.split_at(h);
         let logits = spans
             .iter()
             .map(|&(start, len)| {
-                let (s, e) = self.qa_weight.split_at(h);
-                (0..len)
-                    .map(|t| {
-                        let row = &x[(start + t) * h..(start + t + 1) * h];
-                        let dot = |v: &[f32]| row.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
-                        (dot(s) + self.qa_bias[0], dot(e) + self.qa_bias[1])
+                (start..start + len)
+                    .map(|token| match row_of(token) {
+                        Some(r) => {
+                            let row = &x[r * h..(r + 1) * h];
+                            let dot =
+                                |v: &[f32]| row.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+                            (dot(s) + self.qa_bias[0], dot(e) + self.qa_bias[1])
+                        }
+                        None => (f32::NAN, f32::NAN),
                     })
                     .unzip()
             })
@@ -500,14 +547,18 @@ impl FastQaModel {
         pool.push(scratch);
     }
 
+    /// One layer over the `x.len() / hidden` rows of `x`; with `keep`, only those rows (ascending)
+    /// go on past attention, and `x` is left holding them alone, in order.
     fn layer_forward(
         &self,
         layer: &Layer,
-        x: &mut [f32],
+        x: &mut Vec<f32>,
         spans: &[(usize, usize)],
         scratch: &mut Scratch,
+        keep: Option<&[usize]>,
     ) {
-        let total = x.len() / self.hidden;
+        let h = self.hidden;
+        let mut total = x.len() / h;
         layer.qkv.forward(x, total, &mut scratch.qkv);
         let d = self.hidden / self.heads;
         if attention::available(d) {
@@ -526,6 +577,18 @@ impl FastQaModel {
                 &mut scratch.heads,
                 &mut scratch.context,
             );
+        }
+        if let Some(rows) = keep {
+            // Every row's keys and values were needed; from here on rows are independent, so
+            // the kept ones move to the front (rows ascend, so each moves down or stays).
+            for (to, &from) in rows.iter().enumerate() {
+                x.copy_within(from * h..(from + 1) * h, to * h);
+                scratch
+                    .context
+                    .copy_within(from * h..(from + 1) * h, to * h);
+            }
+            total = rows.len();
+            x.truncate(total * h);
         }
         layer
             .attention_output

@@ -161,13 +161,14 @@ impl Linear {
         self.forward_activated(x, rows, None, out);
     }
 
-    /// `out = act(x·Wᵀ + b)` for `rows` rows of `x`; overwrites `out`.
+    /// `out = act(x·Wᵀ + b)` for the first `rows` rows of `x`; overwrites the first `rows` rows of
+    /// `out` (either may be longer).
     pub fn forward_activated(&self, x: &[f32], rows: usize, act: Option<Act>, out: &mut [f32]) {
         match self {
             Linear::Dense(l) => l.forward_activated(x, rows, act, out),
             Linear::Int8(l) => {
                 let out = &mut out[..rows * l.out_features()];
-                l.forward(x, rows, out);
+                l.forward(&x[..rows * l.in_features()], rows, out);
                 if let Some(act) = act {
                     activate(act, out);
                 }

@@ -71,7 +71,7 @@ impl AppState {
     pub fn new(pipeline: Arc<QaPipeline>, config: ServerConfig) -> std::io::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::default());
         let model = pipeline.clone();
-        let runner: Runner = Box::new(move |windows| model.run_windows(windows));
+        let runner: Runner = Box::new(move |windows| model.answer_logits(windows));
         let batcher = Batcher::start(runner, config.max_batch_tokens, metrics.clone())?;
         Ok(Arc::new(Self {
             pipeline,
