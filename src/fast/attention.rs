@@ -1,8 +1,8 @@
 //! Multi-head self-attention of windows packed end to end, for AVX2 + FMA CPUs.
 //!
 //! Each window and head is one task. It lays out the head's keys as `[16-key panel][d][16]`
-//! and its values as `[d / 16][key][16]` (together about 43 KB for 170 tokens and 32-value heads, so
-//! they stay in L1/L2 while every query of the window uses them), then computes
+//! and its values as `[d / 16][key][16]` (together about 43 KB for 170 tokens and 32-value
+//! heads, so they stay in L1/L2 while every query of the window uses them), then computes
 //! `softmax(scale · Q·Kᵀ)·V` six query rows at a time: their scores (a strip of `6 × keys`
 //! floats) go through the softmax and straight into the product with the values, whose result
 //! is written into the head's columns of the merged `[tokens, hidden]` context. Nothing of

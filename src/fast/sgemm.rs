@@ -384,8 +384,7 @@ unsafe fn kernel(
     let (a, b) = (a.as_ptr(), b.as_ptr());
     // SAFETY: for kk < kc, a[kk·6 + r] (r < 6) and b[kk·16 .. kk·16 + 16] lie in the slices
     // (this function's contract); AVX2/FMA as here.
-    let acc = unsafe { product_6x16(kc, |r, kk| a.wrapping_add(kk * MR + r), b, NR) };
-    let mut sums = acc;
+    let mut sums = unsafe { product_6x16(kc, |r, kk| a.wrapping_add(kk * MR + r), b, NR) };
     for (r, sums) in sums.iter_mut().enumerate() {
         // SAFETY: row r < MR of the C tile, NR = 16 values (the caller's contract); the bias
         // tile holds NR values.

@@ -135,7 +135,7 @@ pub(crate) unsafe fn exp_shifted(row: &mut [f32]) -> f32 {
     let mut total = horizontal(sum, |a, b| a + b);
     for v in tail {
         // SAFETY: AVX2/FMA are enabled here.
-        *v = unsafe { first_lane(exp8(_mm256_set1_ps(*v - m))) };
+        *v = _mm256_cvtss_f32(unsafe { exp8(_mm256_set1_ps(*v - m)) });
         total += *v;
     }
     total
@@ -184,12 +184,6 @@ fn horizontal(v: __m256, f: impl Fn(f32, f32) -> f32) -> f32 {
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
     let half: [f32; 4] = std::array::from_fn(|i| f(lanes[i], lanes[i + 4]));
     f(f(half[0], half[2]), f(half[1], half[3]))
-}
-
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn first_lane(v: __m256) -> f32 {
-    _mm256_cvtss_f32(v)
 }
 
 #[cfg(test)]
