@@ -20,6 +20,8 @@
 
 use rayon::prelude::*;
 
+use super::kernels::{activate_slice, Act};
+
 /// Output channels per packed weight block: two AVX2 vectors of 8 `i32` lanes, or one
 /// AVX-512 vector of 16.
 const NR: usize = 16;
@@ -205,10 +207,27 @@ impl QuantizedLinear {
     /// # Panics
     /// If `x` or `out` do not have `rows·in_features` / `rows·out_features` values.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
-        self.forward_with(self.kernel, x, rows, out);
+        self.forward_with(self.kernel, x, rows, None, out);
     }
 
-    fn forward_with(&self, kernel: Kernel, x: &[f32], rows: usize, out: &mut [f32]) {
+    /// Computes `out = act(x·Wᵀ + bias)`, applying `act` to each row of a tile as it is
+    /// scaled back to `f32` rather than in another pass over `out`. The result is exactly
+    /// that of [`Self::forward`] followed by [`super::kernels::activate`].
+    ///
+    /// # Panics
+    /// As [`Self::forward`].
+    pub fn forward_activated(&self, x: &[f32], rows: usize, act: Option<Act>, out: &mut [f32]) {
+        self.forward_with(self.kernel, x, rows, act, out);
+    }
+
+    fn forward_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        rows: usize,
+        act: Option<Act>,
+        out: &mut [f32],
+    ) {
         assert_eq!(
             x.len(),
             rows * self.in_features,
@@ -225,6 +244,9 @@ impl QuantizedLinear {
         if self.in_features == 0 {
             for out_row in out.chunks_exact_mut(self.out_features) {
                 out_row.copy_from_slice(&self.bias[..self.out_features]);
+                if let Some(act) = act {
+                    activate_slice::<false>(act, out_row);
+                }
             }
             return;
         }
@@ -239,7 +261,14 @@ impl QuantizedLinear {
                 .zip(x.par_chunks(mc * self.in_features))
                 .for_each(|(out_block, x_block)| {
                     let acts = self.quantize_rows(kernel, x_block);
-                    self.compute(kernel, &acts, 0..blocks, out_block, self.out_features, 0);
+                    let target = Target {
+                        blocks: 0..blocks,
+                        out: out_block,
+                        out_stride: self.out_features,
+                        col0: 0,
+                        act,
+                    };
+                    self.compute(kernel, &acts, target);
                 });
         } else {
             // Few rows (e.g. one query): split the output channels instead. Each task writes
@@ -255,7 +284,14 @@ impl QuantizedLinear {
                     let col0 = first * NR;
                     let width = (end * NR).min(self.out_features) - col0;
                     let mut part = vec![0f32; rows * width];
-                    self.compute(kernel, &acts, first..end, &mut part, width, col0);
+                    let target = Target {
+                        blocks: first..end,
+                        out: &mut part,
+                        out_stride: width,
+                        col0,
+                        act,
+                    };
+                    self.compute(kernel, &acts, target);
                     (col0, width, part)
                 })
                 .collect();
@@ -295,24 +331,8 @@ impl QuantizedLinear {
         acts
     }
 
-    /// Computes the output channels of blocks `blocks` for every row of `acts`.
-    ///
-    /// `out` is row-major with row stride `out_stride`; its column 0 is output channel `col0`.
-    fn compute(
-        &self,
-        kernel: Kernel,
-        acts: &QuantizedRows,
-        blocks: std::ops::Range<usize>,
-        out: &mut [f32],
-        out_stride: usize,
-        col0: usize,
-    ) {
-        let target = Target {
-            blocks,
-            out,
-            out_stride,
-            col0,
-        };
+    /// Computes the output channels of `target.blocks` for every row of `acts`.
+    fn compute(&self, kernel: Kernel, acts: &QuantizedRows, target: Target) {
         match kernel {
             Kernel::Scalar => self.compute_tiles(acts, target, tile_scalar),
             // SAFETY: this kernel is only selected when the CPU has AVX2 (see
@@ -366,6 +386,7 @@ impl QuantizedLinear {
             out,
             out_stride,
             col0,
+            act,
         } = target;
         let rows = acts.scales.len();
         let block_len = self.k_groups * GROUP_BYTES;
@@ -396,21 +417,30 @@ impl QuantizedLinear {
                         (col_sums, w_scales, bias),
                         &mut row,
                     );
+                    if let Some(act) = act {
+                        activate_slice::<false>(act, &mut row);
+                    }
                     let start = (r0 + r) * out_stride + first - col0;
-                    out[start..start + width].copy_from_slice(&row[..width]);
+                    // A whole block is a fixed-size copy (two vector stores), not a memcpy call.
+                    match <&mut [f32; NR]>::try_from(&mut out[start..start + width]) {
+                        Ok(whole) => *whole = row,
+                        Err(_) => out[start..start + width].copy_from_slice(&row[..width]),
+                    }
                 }
             }
         }
     }
 }
 
-/// Where [`QuantizedLinear::compute`] writes: the output blocks to compute, and the output
-/// (row stride `out_stride`, column 0 = output channel `col0`).
+/// Where [`QuantizedLinear::compute`] writes: the output blocks to compute, the output
+/// (row stride `out_stride`, column 0 = output channel `col0`) and the activation applied
+/// to it.
 struct Target<'a> {
     blocks: std::ops::Range<usize>,
     out: &'a mut [f32],
     out_stride: usize,
     col0: usize,
+    act: Option<Act>,
 }
 
 /// The per-channel parameters of the output block starting at channel `first`.
@@ -808,6 +838,40 @@ mod tests {
                 "{kernel:?} differs from the scalar kernel"
             );
         }
+    }
+
+    #[test]
+    fn fused_activation_equals_a_separate_pass() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        // 130 rows take the row-parallel path, 2 rows the channel-parallel one; 40 channels
+        // end in a partial block.
+        for (rows, n, k) in [(130, 40, 70), (2, 200, 33)] {
+            let w = random(&mut rng, n * k, -0.5, 0.5);
+            let b = random(&mut rng, n, -1.0, 1.0);
+            let x = random(&mut rng, rows * k, -3.0, 3.0);
+            let mut layer = QuantizedLinear::new(&w, Some(&b), n, k);
+            for kernel in kernels() {
+                layer.kernel = kernel;
+                let mut plain = vec![0f32; rows * n];
+                layer.forward(&x, rows, &mut plain);
+                for act in [Act::Gelu, Act::GeluTanh, Act::Relu] {
+                    let mut separate = plain.clone();
+                    crate::fast::kernels::activate(act, &mut separate);
+                    let mut fused = vec![f32::NAN; rows * n];
+                    layer.forward_activated(&x, rows, Some(act), &mut fused);
+                    assert_eq!(
+                        separate.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{kernel:?} {act:?}: rows {rows} n {n} k {k}"
+                    );
+                }
+            }
+        }
+        // No inputs: the activated bias.
+        let layer = QuantizedLinear::new(&[], Some(&[-1.0, 2.0]), 2, 0);
+        let mut out = vec![f32::NAN; 4];
+        layer.forward_activated(&[], 2, Some(Act::Relu), &mut out);
+        assert_eq!(out, [0.0, 2.0, 0.0, 2.0]);
     }
 
     #[test]

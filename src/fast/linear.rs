@@ -166,13 +166,12 @@ impl Linear {
     pub fn forward_activated(&self, x: &[f32], rows: usize, act: Option<Act>, out: &mut [f32]) {
         match self {
             Linear::Dense(l) => l.forward_activated(x, rows, act, out),
-            Linear::Int8(l) => {
-                let out = &mut out[..rows * l.out_features()];
-                l.forward(&x[..rows * l.in_features()], rows, out);
-                if let Some(act) = act {
-                    activate(act, out);
-                }
-            }
+            Linear::Int8(l) => l.forward_activated(
+                &x[..rows * l.in_features()],
+                rows,
+                act,
+                &mut out[..rows * l.out_features()],
+            ),
         }
     }
 }
