@@ -111,13 +111,16 @@ pub struct QuantizedLinear {
     kernel: Kernel,
 }
 
-/// One quantized activation row block: `u8` values with row stride `k_groups·KG`.
+/// One quantized activation row block, laid out `[tile of MR rows][k group][row][KG]` so that
+/// a micro tile reads one sequential stream (rows past the last are zero).
 struct QuantizedRows {
     values: Vec<u8>,
     scales: Vec<f32>,
     zero_points: Vec<i32>,
-    stride: usize,
 }
+
+/// Bytes from one `k` group of a row of [`QuantizedRows`] to the next (`MR` rows' groups).
+const GROUP_STEP: usize = MR * KG;
 
 impl QuantizedLinear {
     /// Quantizes a linear layer's weights.
@@ -311,22 +314,31 @@ impl QuantizedLinear {
         let stride = self.k_groups * KG;
         let rows = x.len() / self.in_features;
         let mut acts = QuantizedRows {
-            values: vec![0u8; rows * stride],
+            values: vec![0u8; rows.next_multiple_of(MR) * stride],
             scales: vec![0f32; rows],
             zero_points: vec![0i32; rows],
-            stride,
         };
+        // One row is quantized here (zero-padded to whole groups), then its groups are
+        // dealt to their places in the tile layout.
+        let mut q = vec![0u8; stride];
         for (r, row) in x.chunks_exact(self.in_features).enumerate() {
-            let q = &mut acts.values[r * stride..r * stride + self.in_features];
+            let own = &mut q[..self.in_features];
             let (scale, zero_point) = match kernel {
-                Kernel::Scalar => quantize_row(row, q),
+                Kernel::Scalar => quantize_row(row, own),
                 // SAFETY: `Avx2`/`Avx512Vnni` are only selected (by `Kernel::detect`, or in tests
                 // after `is_supported`) when the CPU has AVX2: both check for it.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { quantize_row_avx2(row, q) },
+                Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { quantize_row_avx2(row, own) },
             };
             acts.scales[r] = scale;
             acts.zero_points[r] = zero_point;
+            let tile = &mut acts.values[(r / MR) * MR * stride..][..MR * stride];
+            for (group, dst) in q
+                .chunks_exact(KG)
+                .zip(tile[(r % MR) * KG..].chunks_mut(GROUP_STEP))
+            {
+                dst[..KG].copy_from_slice(group);
+            }
         }
         acts
     }
@@ -353,9 +365,9 @@ impl QuantizedLinear {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn compute_avx2(&self, acts: &QuantizedRows, target: Target) {
-        self.compute_tiles(acts, target, |a, stride, rows, weights, k_groups, acc| {
+        self.compute_tiles(acts, target, |a, rows, weights, k_groups, acc| {
             // SAFETY: the caller guarantees AVX2; slice bounds are checked inside.
-            unsafe { tile_avx2(a, stride, rows, weights, k_groups, acc) }
+            unsafe { tile_avx2(a, rows, weights, k_groups, acc) }
         })
     }
 
@@ -366,9 +378,9 @@ impl QuantizedLinear {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512vnni")]
     unsafe fn compute_avx512_vnni(&self, acts: &QuantizedRows, target: Target) {
-        self.compute_tiles(acts, target, |a, stride, rows, weights, k_groups, acc| {
+        self.compute_tiles(acts, target, |a, rows, weights, k_groups, acc| {
             // SAFETY: the caller guarantees AVX-512F/VNNI; slice bounds are checked inside.
-            unsafe { tile_avx512_vnni(a, stride, rows, weights, k_groups, acc) }
+            unsafe { tile_avx512_vnni(a, rows, weights, k_groups, acc) }
         })
     }
 
@@ -379,7 +391,7 @@ impl QuantizedLinear {
         &self,
         acts: &QuantizedRows,
         target: Target,
-        tile: impl Fn(&[u8], usize, usize, &[i8], usize, &mut [[i32; NR]; MR]),
+        tile: impl Fn(&[u8], usize, &[i8], usize, &mut [[i32; NR]; MR]),
     ) {
         let Target {
             blocks,
@@ -401,8 +413,7 @@ impl QuantizedLinear {
                 let tile_rows = MR.min(rows - r0);
                 let mut acc = [[0i32; NR]; MR];
                 tile(
-                    &acts.values[r0 * acts.stride..],
-                    acts.stride,
+                    &acts.values[r0 * self.k_groups * KG..][..MR * self.k_groups * KG],
                     tile_rows,
                     weights,
                     self.k_groups,
@@ -532,19 +543,13 @@ unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8]) -> (f32, i32) {
 }
 
 /// Integer sums of one micro tile: `acc[r][c] = Σ_k a[r][k]·w[c][k]` for `rows ≤ MR` rows
-/// (row stride `stride`) and the `NR` channels of one packed block.
-fn tile_scalar(
-    a: &[u8],
-    stride: usize,
-    rows: usize,
-    weights: &[i8],
-    k_groups: usize,
-    acc: &mut [[i32; NR]; MR],
-) {
+/// of a tile of [`QuantizedRows`] (row `r`'s group `g` at `g·GROUP_STEP + r·KG`) and the `NR`
+/// channels of one packed block.
+fn tile_scalar(a: &[u8], rows: usize, weights: &[i8], k_groups: usize, acc: &mut [[i32; NR]; MR]) {
     for (r, acc_row) in acc.iter_mut().enumerate().take(rows) {
-        let a_row = &a[r * stride..][..k_groups * KG];
-        for (a_group, w_group) in a_row
-            .chunks_exact(KG)
+        for (a_group, w_group) in a[r * KG..]
+            .chunks(GROUP_STEP)
+            .take(k_groups)
             .zip(weights.chunks_exact(GROUP_BYTES))
         {
             for (c, w) in w_group.chunks_exact(KG).enumerate() {
@@ -566,36 +571,34 @@ fn tile_scalar(
 #[target_feature(enable = "avx2")]
 unsafe fn tile_avx2(
     a: &[u8],
-    stride: usize,
     rows: usize,
     weights: &[i8],
     k_groups: usize,
     acc: &mut [[i32; NR]; MR],
 ) {
     // Bounds for every load below: the last row's last group, and the block's last group.
-    assert!((1..=MR).contains(&rows) && stride >= k_groups * KG);
-    assert!(a.len() >= (rows - 1) * stride + k_groups * KG);
+    assert!((1..=MR).contains(&rows) && k_groups > 0);
+    assert!(a.len() >= (k_groups - 1) * GROUP_STEP + (rows - 1) * KG + KG);
     assert!(weights.len() >= k_groups * GROUP_BYTES);
     // SAFETY (all four): AVX2 is enabled on this function; bounds were asserted above.
     match rows {
-        1 => unsafe { tile_avx2_rows::<1>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
-        2 => unsafe { tile_avx2_rows::<2>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
-        3 => unsafe { tile_avx2_rows::<3>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
-        _ => unsafe { tile_avx2_rows::<4>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
+        1 => unsafe { tile_avx2_rows::<1>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
+        2 => unsafe { tile_avx2_rows::<2>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
+        3 => unsafe { tile_avx2_rows::<3>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
+        _ => unsafe { tile_avx2_rows::<4>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
     }
 }
 
 /// The AVX2 micro kernel for `R` rows × 16 channels.
 ///
 /// # Safety
-/// The CPU must support AVX2; `a` must be readable for `(R−1)·stride + 4·k_groups` bytes and
-/// `w` for `64·k_groups` bytes.
+/// The CPU must support AVX2; `a` must be readable for `(k_groups − 1)·GROUP_STEP + 4R` bytes
+/// and `w` for `64·k_groups` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn tile_avx2_rows<const R: usize>(
     a: *const u8,
-    stride: usize,
     w: *const i8,
     k_groups: usize,
     acc: &mut [[i32; NR]; MR],
@@ -613,9 +616,13 @@ unsafe fn tile_avx2_rows<const R: usize>(
             )
         };
         for (r, sum) in sums.iter_mut().enumerate() {
-            // SAFETY: r < R and g < k_groups, so the 4 bytes at r·stride + 4g end within
-            // (R−1)·stride + 4·k_groups.
-            let packed = unsafe { a.add(r * stride + g * KG).cast::<i32>().read_unaligned() };
+            // SAFETY: r < R and g < k_groups, so the 4 bytes at g·GROUP_STEP + 4r end within
+            // (k_groups − 1)·GROUP_STEP + 4R.
+            let packed = unsafe {
+                a.add(g * GROUP_STEP + r * KG)
+                    .cast::<i32>()
+                    .read_unaligned()
+            };
             let av = _mm256_set1_epi32(packed);
             // u8·i8 pairs into i16: cannot saturate since |w| ≤ 64 (module docs).
             let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones);
@@ -642,21 +649,20 @@ unsafe fn tile_avx2_rows<const R: usize>(
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn tile_avx512_vnni(
     a: &[u8],
-    stride: usize,
     rows: usize,
     weights: &[i8],
     k_groups: usize,
     acc: &mut [[i32; NR]; MR],
 ) {
-    assert!((1..=MR).contains(&rows) && stride >= k_groups * KG);
-    assert!(a.len() >= (rows - 1) * stride + k_groups * KG);
+    assert!((1..=MR).contains(&rows) && k_groups > 0);
+    assert!(a.len() >= (k_groups - 1) * GROUP_STEP + (rows - 1) * KG + KG);
     assert!(weights.len() >= k_groups * GROUP_BYTES);
     // SAFETY (all four): AVX-512F/VNNI are enabled on this function; bounds asserted above.
     match rows {
-        1 => unsafe { tile_vnni_rows::<1>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
-        2 => unsafe { tile_vnni_rows::<2>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
-        3 => unsafe { tile_vnni_rows::<3>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
-        _ => unsafe { tile_vnni_rows::<4>(a.as_ptr(), stride, weights.as_ptr(), k_groups, acc) },
+        1 => unsafe { tile_vnni_rows::<1>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
+        2 => unsafe { tile_vnni_rows::<2>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
+        3 => unsafe { tile_vnni_rows::<3>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
+        _ => unsafe { tile_vnni_rows::<4>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
     }
 }
 
@@ -667,13 +673,12 @@ unsafe fn tile_avx512_vnni(
 ///
 /// # Safety
 /// The CPU must support AVX-512F and AVX-512 VNNI; `a` must be readable for
-/// `(R−1)·stride + 4·k_groups` bytes and `w` for `64·k_groups` bytes.
+/// `(k_groups − 1)·GROUP_STEP + 4R` bytes and `w` for `64·k_groups` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[inline]
 unsafe fn tile_vnni_rows<const R: usize>(
     a: *const u8,
-    stride: usize,
     w: *const i8,
     k_groups: usize,
     acc: &mut [[i32; NR]; MR],
@@ -684,9 +689,13 @@ unsafe fn tile_vnni_rows<const R: usize>(
         // SAFETY: g < k_groups, so bytes [64g, 64g+64) are within `w`'s 64·k_groups.
         let wv = unsafe { _mm512_loadu_si512(w.add(g * GROUP_BYTES).cast()) };
         for (r, sum) in sums.iter_mut().enumerate() {
-            // SAFETY: r < R and g < k_groups, so the 4 bytes at r·stride + 4g end within
-            // (R−1)·stride + 4·k_groups.
-            let packed = unsafe { a.add(r * stride + g * KG).cast::<i32>().read_unaligned() };
+            // SAFETY: r < R and g < k_groups, so the 4 bytes at g·GROUP_STEP + 4r end within
+            // (k_groups − 1)·GROUP_STEP + 4R.
+            let packed = unsafe {
+                a.add(g * GROUP_STEP + r * KG)
+                    .cast::<i32>()
+                    .read_unaligned()
+            };
             let lane = g % 2;
             sum[lane] = _mm512_dpbusd_epi32(sum[lane], _mm512_set1_epi32(packed), wv);
         }
