@@ -80,8 +80,23 @@ fn linear_parts(
     ))
 }
 
-/// Query, key and value stacked into one `[3·hidden, hidden]` layer.
-fn fused_qkv(hidden: usize, vbs: [VarBuilder; 3]) -> candle_core::Result<DenseLinear> {
+/// An encoder layer's linear layer, in `precision`.
+fn layer_linear(
+    in_dim: usize,
+    out_dim: usize,
+    vb: VarBuilder,
+    precision: Precision,
+) -> candle_core::Result<Linear> {
+    let (weight, bias) = linear_parts(in_dim, out_dim, vb)?;
+    Ok(Linear::new(weight, bias, precision))
+}
+
+/// Query, key and value stacked into one `[3·hidden, hidden]` layer, in `precision`.
+fn fused_qkv(
+    hidden: usize,
+    vbs: [VarBuilder; 3],
+    precision: Precision,
+) -> candle_core::Result<Linear> {
     let mut weight = Vec::with_capacity(3 * hidden * hidden);
     let mut bias = Vec::with_capacity(3 * hidden);
     for vb in vbs {
@@ -89,7 +104,7 @@ fn fused_qkv(hidden: usize, vbs: [VarBuilder; 3]) -> candle_core::Result<DenseLi
         weight.extend_from_slice(&w);
         bias.extend_from_slice(&b);
     }
-    Ok(DenseLinear::new(weight, bias))
+    Ok(Linear::new(weight, bias, precision))
 }
 
 /// How position ids are assigned.
@@ -261,7 +276,9 @@ impl FastQaModel {
                     return Ok(None);
                 }
                 let root = encoder_root(vb, "bert", "embeddings.word_embeddings.weight");
-                Self::load_bert_like(&cfg, cfg.hidden_size, Positions::FromZero, None, root, vb)?
+                let positions = Positions::FromZero;
+                let hidden = cfg.hidden_size;
+                Self::load_bert_like(&cfg, hidden, positions, None, root, vb, precision)?
             }
             "roberta" | "xlm-roberta" => {
                 let cfg: roberta::Config = parse_config(config)?;
@@ -271,7 +288,7 @@ impl FastQaModel {
                 let root = encoder_root(vb, "roberta", "embeddings.word_embeddings.weight");
                 let positions = Positions::AfterPadding(cfg.pad_token_id());
                 let hidden = cfg.bert.hidden_size;
-                Self::load_bert_like(&cfg.bert, hidden, positions, None, root, vb)?
+                Self::load_bert_like(&cfg.bert, hidden, positions, None, root, vb, precision)?
             }
             "electra" => {
                 let cfg: electra::Config = parse_config(config)?;
@@ -284,30 +301,16 @@ impl FastQaModel {
                     .then(|| linear(cfg.embedding_size, hidden, root.pp("embeddings_project")))
                     .transpose()?;
                 let e = cfg.embedding_size;
-                Self::load_bert_like(&cfg.bert, e, Positions::FromZero, project, root, vb)?
+                let positions = Positions::FromZero;
+                Self::load_bert_like(&cfg.bert, e, positions, project, root, vb, precision)?
             }
             "distilbert" => {
                 let cfg: distilbert::Config = parse_config(config)?;
-                Self::load_distilbert(&cfg, vb)?
+                Self::load_distilbert(&cfg, vb, precision)?
             }
             _ => return Ok(None),
         };
-        Ok(Some(model.with_precision(precision)))
-    }
-
-    /// Converts the encoder's linear layers to `precision`.
-    fn with_precision(mut self, precision: Precision) -> Self {
-        for layer in &mut self.layers {
-            for linear in [
-                &mut layer.qkv,
-                &mut layer.attention_output,
-                &mut layer.intermediate,
-                &mut layer.output,
-            ] {
-                linear.convert(precision);
-            }
-        }
-        self
+        Ok(Some(model))
     }
 
     fn load_bert_like(
@@ -317,6 +320,7 @@ impl FastQaModel {
         project: Option<DenseLinear>,
         root: VarBuilder,
         vb: &VarBuilder,
+        precision: Precision,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
@@ -342,18 +346,25 @@ impl FastQaModel {
                 let attn = vb.pp("attention");
                 let selfa = attn.pp("self");
                 Ok(Layer {
-                    qkv: Linear::Dense(fused_qkv(
+                    qkv: fused_qkv(
                         h,
                         [selfa.pp("query"), selfa.pp("key"), selfa.pp("value")],
-                    )?),
-                    attention_output: Linear::Dense(linear(h, h, attn.pp("output").pp("dense"))?),
+                        precision,
+                    )?,
+                    attention_output: layer_linear(h, h, attn.pp("output").pp("dense"), precision)?,
                     attention_norm: Norm::load(h, eps, attn.pp("output").pp("LayerNorm"))?,
-                    intermediate: Linear::Dense(linear(
+                    intermediate: layer_linear(
                         h,
                         cfg.intermediate_size,
                         vb.pp("intermediate.dense"),
-                    )?),
-                    output: Linear::Dense(linear(cfg.intermediate_size, h, vb.pp("output.dense"))?),
+                        precision,
+                    )?,
+                    output: layer_linear(
+                        cfg.intermediate_size,
+                        h,
+                        vb.pp("output.dense"),
+                        precision,
+                    )?,
                     output_norm: Norm::load(h, eps, vb.pp("output.LayerNorm"))?,
                 })
             })
@@ -368,7 +379,11 @@ impl FastQaModel {
         )
     }
 
-    fn load_distilbert(cfg: &distilbert::Config, vb: &VarBuilder) -> Result<Self> {
+    fn load_distilbert(
+        cfg: &distilbert::Config,
+        vb: &VarBuilder,
+        precision: Precision,
+    ) -> Result<Self> {
         // DistilBERT's LayerNorm epsilon is fixed in transformers, not read from config.json.
         const EPS: f64 = 1e-12;
         let d = cfg.dim;
@@ -398,14 +413,15 @@ impl FastQaModel {
                 let vb = root.pp(format!("transformer.layer.{i}"));
                 let attn = vb.pp("attention");
                 Ok(Layer {
-                    qkv: Linear::Dense(fused_qkv(
+                    qkv: fused_qkv(
                         d,
                         [attn.pp("q_lin"), attn.pp("k_lin"), attn.pp("v_lin")],
-                    )?),
-                    attention_output: Linear::Dense(linear(d, d, attn.pp("out_lin"))?),
+                        precision,
+                    )?,
+                    attention_output: layer_linear(d, d, attn.pp("out_lin"), precision)?,
                     attention_norm: Norm::load(d, EPS, vb.pp("sa_layer_norm"))?,
-                    intermediate: Linear::Dense(linear(d, cfg.hidden_dim, vb.pp("ffn.lin1"))?),
-                    output: Linear::Dense(linear(cfg.hidden_dim, d, vb.pp("ffn.lin2"))?),
+                    intermediate: layer_linear(d, cfg.hidden_dim, vb.pp("ffn.lin1"), precision)?,
+                    output: layer_linear(cfg.hidden_dim, d, vb.pp("ffn.lin2"), precision)?,
                     output_norm: Norm::load(d, EPS, vb.pp("output_layer_norm"))?,
                 })
             })

@@ -1,7 +1,5 @@
 //! Fully connected layers of the fast engine.
 
-use std::borrow::Cow;
-
 use super::kernels::{activate, fill_rows, matmul, Act, MatMut, MatRef};
 use super::sgemm::PackedWeights;
 
@@ -52,14 +50,6 @@ impl DenseLinear {
     /// Number of input features.
     pub fn in_features(&self) -> usize {
         self.in_features
-    }
-
-    /// The weight, row-major `[out, in]` (unpacked into a new buffer when it is packed).
-    pub fn weight(&self) -> Cow<'_, [f32]> {
-        match &self.weight {
-            Weight::RowMajor(w) => Cow::Borrowed(w),
-            Weight::Packed(p) => Cow::Owned(p.unpack()),
-        }
     }
 
     /// The bias, `[out]`.
@@ -136,15 +126,24 @@ pub enum Linear {
 }
 
 impl Linear {
-    /// Converts the layer to `precision` (f32 layers can be quantized; int8 ones stay).
-    pub fn convert(&mut self, precision: Precision) {
-        if let (Linear::Dense(dense), Precision::Int8) = (&*self, precision) {
-            *self = Linear::Int8(super::int8::QuantizedLinear::new(
-                &dense.weight(),
-                Some(dense.bias()),
-                dense.out_features(),
-                dense.in_features(),
-            ));
+    /// A layer in `precision` from a row-major `[out, in]` weight and its `[out]` bias; int8
+    /// quantizes the weight straight from this layout (the f32 one is never packed).
+    ///
+    /// # Panics
+    /// If the lengths do not agree (the loader checks shapes first).
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Linear::Dense(DenseLinear::new(weight, bias)),
+            Precision::Int8 => {
+                assert!(!bias.is_empty() && weight.len().is_multiple_of(bias.len()));
+                let (out_features, in_features) = (bias.len(), weight.len() / bias.len());
+                Linear::Int8(super::int8::QuantizedLinear::new(
+                    &weight,
+                    Some(&bias),
+                    out_features,
+                    in_features,
+                ))
+            }
         }
     }
 
