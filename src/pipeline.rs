@@ -423,9 +423,9 @@ impl QaPipeline {
 
     /// Runs every window of `prepared` through the model, batching windows of similar length,
     /// and returns the logits of each request's windows in order, as
-    /// [`QaPipeline::answer_logits`] gives them (tokens of `p_mask` may be NaN). Batches run side by side on
-    /// the rayon pool; `on_batch` is called from the workers, in the order batches finish, with
-    /// the number of windows each one held (for progress bars).
+    /// [`QaPipeline::answer_logits`] gives them (tokens of `p_mask` may be NaN). Batches run side
+    /// by side on the rayon pool; `on_batch` is called from the workers, in the order batches
+    /// finish, with the number of windows each one held (for progress bars).
     pub fn run_prepared(
         &self,
         prepared: &[Prepared],

@@ -160,8 +160,8 @@ impl Linear {
         self.forward_activated(x, rows, None, out);
     }
 
-    /// `out = act(x·Wᵀ + b)` for the first `rows` rows of `x`; overwrites the first `rows` rows of
-    /// `out` (either may be longer).
+    /// `out = act(x·Wᵀ + b)` for the first `rows` rows of `x`; overwrites the first `rows` rows
+    /// of `out` (either may be longer).
     pub fn forward_activated(&self, x: &[f32], rows: usize, act: Option<Act>, out: &mut [f32]) {
         match self {
             Linear::Dense(l) => l.forward_activated(x, rows, act, out),
