@@ -11,9 +11,9 @@
 
 use crate::fast::kernels::{self, Act, MatMut, MatRef};
 use crate::fast::linear::dense_forward;
+use crate::fast::sgemm::PackedWeights;
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, StorageRef,
-    Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, StorageRef, Tensor,
 };
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -36,6 +36,20 @@ impl DropoutMask {
             bits,
             len,
             scale: (1.0 / (1.0 - p)) as f32,
+        }
+    }
+
+    /// Multiplies `values`, elements `start..start + values.len()` of the masked tensor, by
+    /// their part of the mask, in place.
+    fn apply_at(&self, start: usize, values: &mut [f32]) {
+        debug_assert!(start + values.len() <= self.len);
+        if start.is_multiple_of(64) {
+            apply_mask_bits(values, &self.bits[start / 64..], self.scale);
+        } else {
+            for (i, v) in (start..).zip(values.iter_mut()) {
+                let kept = (self.bits[i / 64] >> (i % 64)) & 1 == 1;
+                *v = if kept { *v * self.scale } else { 0.0 };
+            }
         }
     }
 
@@ -109,19 +123,6 @@ impl Values<'_> {
     }
 }
 
-fn cpu_tensor(storage: &CpuStorage, layout: &Layout, op: &str) -> Result<Tensor> {
-    Tensor::from_slice(
-        f32_slice(storage, layout, op)?,
-        layout.shape(),
-        &Device::Cpu,
-    )
-}
-
-fn into_storage(t: Tensor) -> Result<(CpuStorage, Shape)> {
-    let shape = t.shape().clone();
-    Ok((CpuStorage::F32(values(&t)?), shape))
-}
-
 fn require_cpu(t: &Tensor, op: &str) -> Result<()> {
     if !t.device().is_cpu() {
         bail!("{op}: training runs on the CPU only");
@@ -165,8 +166,24 @@ pub(crate) fn dropout(x: &Tensor, mask: DropoutMask) -> Result<Tensor> {
     x.contiguous()?.apply_op1(DropoutOp { mask })
 }
 
-/// `y = x·Wᵀ + b` straight on gemm. candle's composition (transpose, matmul, broadcast add)
-/// copies the transposed gradients and sums the bias gradient with a strided reduction.
+/// The row-major `[cols, rows]` transpose of row-major `[rows, cols]` `data`.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    if cols == 0 {
+        return out;
+    }
+    for (r, row) in data.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
+/// `y = x·Wᵀ + b` as one op. Where the CPU runs the fast engine's packed kernel, the forward
+/// product and `dx` use it, with the weight packed per call; the rest, and other CPUs, use gemm.
+/// candle's composition (transpose, matmul, broadcast add) copies the transposed gradients and
+/// sums the bias gradient with a strided reduction.
 struct LinearOp;
 
 /// `[rows, cols]` of a contiguous tensor whose last dimension is `cols`.
@@ -194,7 +211,12 @@ impl CustomOp3 for LinearOp {
         let (n, k) = l2.shape().dims2()?;
         let m = rows_of(x.len(), k);
         let mut out = vec![0f32; m * n];
-        dense_forward(x, w, b, m, &mut out);
+        if PackedWeights::available() {
+            // Packing costs n·k moves against the product's m·n·k multiply-adds.
+            PackedWeights::pack(w, n, k).forward(x, m, b, None, &mut out);
+        } else {
+            dense_forward(x, w, b, m, &mut out);
+        }
         let mut dims = l1.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;
@@ -214,16 +236,20 @@ impl CustomOp3 for LinearOp {
         let (xs, ws, dys) = (xv.slice(), wv.slice(), dyv.slice());
         let (n, k) = w.dims2()?;
         let m = rows_of(xs.len(), k);
-        // dx = dy·W
+        // dx = dy·W, a product against Wᵀ as the `[k, n]` weight
         let mut dx = vec![0f32; m * k];
-        kernels::matmul(
-            MatMut::row_major(&mut dx, m, k),
-            MatRef::row_major(dys, m, n),
-            MatRef::row_major(ws, n, k),
-            1.0,
-            false,
-            true,
-        );
+        if PackedWeights::available() {
+            PackedWeights::pack(&transpose(ws, n, k), k, n).accumulate(dys, m, &mut dx);
+        } else {
+            kernels::matmul(
+                MatMut::row_major(&mut dx, m, k),
+                MatRef::row_major(dys, m, n),
+                MatRef::row_major(ws, n, k),
+                1.0,
+                false,
+                true,
+            );
+        }
         // dW = dyᵀ·x
         let mut dw = vec![0f32; n * k];
         kernels::matmul(
@@ -311,32 +337,6 @@ pub(crate) fn gelu(x: &Tensor) -> Result<Option<Tensor>> {
     x.contiguous()?.apply_op1(GeluOp).map(Some)
 }
 
-/// `softmax(scale·scores + bias)` over rows of length `s`, in place; `bias` holds one row per
-/// batch entry, shared by the `rows_per_batch` rows of that entry.
-fn softmax_rows(scores: &mut [f32], s: usize, rows_per_batch: usize, bias: &[f32], scale: f32) {
-    scores
-        .par_chunks_mut(s * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (i, row) in chunk.chunks_mut(s).enumerate() {
-                let batch = (task * ROWS_PER_TASK + i) / rows_per_batch;
-                kernels::softmax_row_biased(row, &bias[batch * s..(batch + 1) * s], scale);
-            }
-        });
-}
-
-/// Softmax backward, in place: `dp ← scale · p ⊙ (dp − Σ dp ⊙ p)` row by row (the scale is
-/// that of the scores).
-fn softmax_grad_rows(dp: &mut [f32], p: &[f32], s: usize, scale: f32) {
-    dp.par_chunks_mut(s * ROWS_PER_TASK)
-        .zip(p.par_chunks(s * ROWS_PER_TASK))
-        .for_each(|(dchunk, pchunk)| {
-            for (drow, prow) in dchunk.chunks_mut(s).zip(pchunk.chunks(s)) {
-                kernels::softmax_grad_row(drow, prow, scale);
-            }
-        });
-}
-
 /// `dropout(softmax(q kᵀ · scale + bias)) v` over `[b, heads, s, d]` tensors. Only `q`, `k`,
 /// `v` are kept for the backward pass, which recomputes the probabilities.
 struct AttentionOp {
@@ -347,22 +347,45 @@ struct AttentionOp {
 }
 
 impl AttentionOp {
-    /// Attention probabilities (before dropout), `[b, h, s, s]` row-major.
-    fn probs(&self, q: &Tensor, k: &Tensor) -> Result<Vec<f32>> {
-        let (_, h, s, _) = q.dims4()?;
-        let mut p = values(&q.matmul(&k.t()?)?)?;
-        softmax_rows(&mut p, s, h * s, &self.bias, self.scale);
-        Ok(p)
+    /// One (batch entry, head) pair's probabilities, `softmax(q kᵀ · scale + bias)` as `[s, s]`
+    /// in `p`, from its `[s, d]` queries and keys; `batch` picks the bias row.
+    fn head_probs(&self, q: &[f32], k: &[f32], batch: usize, s: usize, p: &mut [f32]) {
+        let d = q.len() / s;
+        kernels::matmul(
+            MatMut::row_major(p, s, s),
+            MatRef::row_major(q, s, d),
+            MatRef::row_major(k, s, d).t(),
+            1.0,
+            false,
+            false,
+        );
+        let bias = &self.bias[batch * s..][..s];
+        for row in p.chunks_exact_mut(s) {
+            kernels::softmax_row_biased(row, bias, self.scale);
+        }
     }
 
-    fn dropped(&self, mut p: Vec<f32>) -> Vec<f32> {
+    /// Applies the dropout mask to pair `pair`'s `[s, s]` probabilities (or their gradient).
+    fn drop_head(&self, pair: usize, p: &mut [f32]) {
         if let Some(mask) = &self.mask {
-            mask.apply(&mut p);
+            mask.apply_at(pair * p.len(), p);
         }
-        p
     }
 }
 
+/// A row-major matrix of `cols` columns over all of `data`.
+fn m(data: &[f32], cols: usize) -> MatRef<'_> {
+    MatRef::row_major(data, data.len() / cols, cols)
+}
+
+/// `[s, d]` blocks of a contiguous `[b, h, s, d]` tensor, one per (batch entry, head) pair.
+fn heads(data: &[f32], s: usize, d: usize) -> std::slice::ChunksExact<'_, f32> {
+    data.chunks_exact(s * d)
+}
+
+// The (batch entry, head) pairs are independent: each runs on one thread with serial
+// products on its own `[s, s]` scratch, which stays in cache, instead of materialising
+// `[b, h, s, s]` tensors and splitting every small product across threads.
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "attention"
@@ -377,13 +400,36 @@ impl CustomOp3 for AttentionOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = cpu_tensor(s1, l1, self.name())?;
-        let k = cpu_tensor(s2, l2, self.name())?;
-        let v = cpu_tensor(s3, l3, self.name())?;
-        let (b, h, s, _) = q.dims4()?;
-        let p = self.dropped(self.probs(&q, &k)?);
-        let p = Tensor::from_vec(p, (b, h, s, s), &Device::Cpu)?;
-        into_storage(p.matmul(&v)?)
+        let q = f32_slice(s1, l1, self.name())?;
+        let k = f32_slice(s2, l2, self.name())?;
+        let v = f32_slice(s3, l3, self.name())?;
+        let (_, h, s, d) = l1.shape().dims4()?;
+        let mut out = vec![0f32; q.len()];
+        if s * d > 0 {
+            let inputs: Vec<_> = heads(q, s, d)
+                .zip(heads(k, s, d))
+                .zip(heads(v, s, d))
+                .collect();
+            out.par_chunks_mut(s * d)
+                .zip(inputs)
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; s * s],
+                    |p, (pair, (o, ((q, k), v)))| {
+                        self.head_probs(q, k, pair / h, s, p);
+                        self.drop_head(pair, p);
+                        kernels::matmul(
+                            MatMut::row_major(o, s, d),
+                            MatRef::row_major(p, s, s),
+                            MatRef::row_major(v, s, d),
+                            1.0,
+                            false,
+                            false,
+                        );
+                    },
+                );
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     fn bwd(
@@ -394,21 +440,69 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, grad) = (q.detach(), k.detach(), v.detach(), grad.detach());
-        let (b, h, s, _) = q.dims4()?;
-        let probs = self.probs(&q, &k)?;
-        // dV = dropout(P)ᵀ dO
-        let dropped = Tensor::from_vec(self.dropped(probs.clone()), (b, h, s, s), q.device())?;
-        let dv = dropped.t()?.matmul(&grad)?;
-        drop(dropped);
-        // dP = dropout'(dO Vᵀ); dS = scale · P ⊙ (dP − Σ dP ⊙ P)
-        let mut ds = self.dropped(values(&grad.matmul(&v.t()?)?)?);
-        softmax_grad_rows(&mut ds, &probs, s, self.scale);
-        drop(probs);
-        let ds = Tensor::from_vec(ds, (b, h, s, s), q.device())?;
-        let dq = ds.matmul(&k)?;
-        let dk = ds.t()?.matmul(&q)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        let (_, h, s, d) = q.dims4()?;
+        let (qv, kv, vv, gv) = (
+            Values::of(q)?,
+            Values::of(k)?,
+            Values::of(v)?,
+            Values::of(grad)?,
+        );
+        let n = qv.slice().len();
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        if s * d > 0 {
+            let inputs: Vec<_> = heads(qv.slice(), s, d)
+                .zip(heads(kv.slice(), s, d))
+                .zip(heads(vv.slice(), s, d))
+                .zip(heads(gv.slice(), s, d))
+                .collect();
+            let grads = dq
+                .par_chunks_mut(s * d)
+                .zip(dk.par_chunks_mut(s * d))
+                .zip(dv.par_chunks_mut(s * d));
+            grads.zip(inputs).enumerate().for_each_init(
+                || (vec![0f32; s * s], vec![0f32; s * s]),
+                |(p, work), (pair, (((dq, dk), dv), (((q, k), v), g)))| {
+                    self.head_probs(q, k, pair / h, s, p);
+                    // dV = dropout(P)ᵀ dO
+                    work.copy_from_slice(p);
+                    self.drop_head(pair, work);
+                    kernels::matmul(
+                        MatMut::row_major(dv, s, d),
+                        m(work, s).t(),
+                        m(g, d),
+                        1.0,
+                        false,
+                        false,
+                    );
+                    // dP = dropout'(dO Vᵀ); dS = scale · P ⊙ (dP − Σ dP ⊙ P)
+                    let ds = MatMut::row_major(work, s, s);
+                    kernels::matmul(ds, m(g, d), m(v, d).t(), 1.0, false, false);
+                    self.drop_head(pair, work);
+                    for (drow, prow) in work.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                        kernels::softmax_grad_row(drow, prow, self.scale);
+                    }
+                    // dQ = dS K, dK = dSᵀ Q
+                    kernels::matmul(
+                        MatMut::row_major(dq, s, d),
+                        m(work, s),
+                        m(k, d),
+                        1.0,
+                        false,
+                        false,
+                    );
+                    kernels::matmul(
+                        MatMut::row_major(dk, s, d),
+                        m(work, s).t(),
+                        m(q, d),
+                        1.0,
+                        false,
+                        false,
+                    );
+                },
+            );
+        }
+        let tensor = |data| Tensor::from_vec(data, q.shape(), q.device());
+        Ok((Some(tensor(dq)?), Some(tensor(dk)?), Some(tensor(dv)?)))
     }
 }
 
@@ -623,18 +717,23 @@ mod tests {
 
     #[test]
     fn attention_matches_composed_ops_with_dropout_and_padding() {
-        let (b, h, s, d) = (2, 3, 5, 4);
+        // s = 5: each head's part of the dropout mask starts mid-word; s = 8: on a word
+        // boundary (the vectorised path).
+        check_attention(2, 3, 5, 4);
+        check_attention(2, 2, 8, 4);
+    }
+
+    fn check_attention(b: usize, h: usize, s: usize, d: usize) {
         let (q, k, v) = (
             var(&[b, h, s, d], 1),
             var(&[b, h, s, d], 2),
             var(&[b, h, s, d], 3),
         );
-        // Second sequence: last two positions are padding.
-        let attend = Tensor::new(
-            &[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]],
-            &Device::Cpu,
-        )
-        .unwrap();
+        // Sequences after the first: last two positions are padding.
+        let attend: Vec<f32> = (0..b * s)
+            .map(|i| f32::from(i < s || i % s < s - 2))
+            .collect();
+        let attend = Tensor::from_vec(attend, (b, s), &Device::Cpu).unwrap();
         let bias = crate::nn::attention_bias(&attend, DType::F32).unwrap();
         let weights =
             Tensor::from_vec(values_for(b * h * s * d, 4), (b, h, s, d), &Device::Cpu).unwrap();
