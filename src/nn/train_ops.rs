@@ -4,8 +4,10 @@
 //! tensors per layer alive for the backward pass, LayerNorm eight `[b, s, h]` ones, and every
 //! dropout an f32 mask. These ops keep only their inputs (and dropout masks as bits):
 //! attention recomputes its probabilities in the backward pass, LayerNorm its statistics.
-//! Linear layers and GELU are single ops on the fast engine's gemm and vectorised kernels, in
-//! training and inference alike: composed from candle ops, their backward passes copied
+//! Attention never holds more than one `[s, s]` block per thread: each (batch entry, head) pair
+//! runs start to end on one thread. Linear layers and GELU are single ops on the fast engine's
+//! kernels (the packed f32 kernel where the CPU runs it, gemm otherwise), in training and
+//! inference alike: composed from candle ops, their backward passes copied
 //! transposed gradients, reduced the bias gradient with a strided sum and evaluated erf/exp
 //! through libm. They run on the CPU in f32, the dtype training uses.
 
