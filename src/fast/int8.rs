@@ -820,12 +820,25 @@ mod tests {
         let bias = with_bias.then_some(b.as_slice());
         let mut layer = shared_layer(&w, bias, n, k);
         assert_eq!((layer.out_features(), layer.in_features()), (n, k));
-        let (expected, tolerance) = dequantized_reference(&layer, &x, rows, bias);
-        let mut first: Option<Vec<f32>> = None;
-        for kernel in kernels() {
+        check_kernels(&mut layer, &x, rows, bias, &kernels());
+    }
+
+    /// Runs `layer` on each of `kernels`: every output within rounding of the dequantized
+    /// reference, and all kernels bit-identical (they sum the same integers exactly).
+    fn check_kernels(
+        layer: &mut QuantizedLinear,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        kernels: &[Kernel],
+    ) {
+        let (n, k) = (layer.out_features, layer.in_features);
+        let (expected, tolerance) = dequantized_reference(layer, x, rows, bias);
+        let mut first: Option<Vec<u32>> = None;
+        for &kernel in kernels {
             layer.kernel = kernel;
             let mut out = vec![f32::NAN; rows * n];
-            layer.forward(&x, rows, &mut out);
+            layer.forward(x, rows, &mut out);
             for (i, (&got, (&want, &tol))) in
                 out.iter().zip(expected.iter().zip(&tolerance)).enumerate()
             {
@@ -834,12 +847,11 @@ mod tests {
                     "{kernel:?} rows {rows} n {n} k {k}: out[{i}] = {got}, dequantized reference {want} ± {tol}"
                 );
             }
-            // All kernels sum the same integers exactly, so they agree bit for bit.
+            let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
             match &first {
-                None => first = Some(out),
+                None => first = Some(bits),
                 Some(reference) => assert_eq!(
-                    reference.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    reference, &bits,
                     "{kernel:?} differs from the scalar kernel (rows {rows} n {n} k {k})"
                 ),
             }
@@ -1044,26 +1056,11 @@ mod tests {
             layer.packed.iter().map(|q| q.unsigned_abs()).max(),
             Some(127)
         );
-        let (expected, tolerance) = dequantized_reference(&layer, &x, rows, Some(&b));
-        let mut first: Option<Vec<u32>> = None;
-        for kernel in kernels().into_iter().filter(|k| k.weight_levels() == 127.0) {
-            layer.kernel = kernel;
-            let mut out = vec![f32::NAN; rows * n];
-            layer.forward(&x, rows, &mut out);
-            for (i, (&got, (&want, &tol))) in
-                out.iter().zip(expected.iter().zip(&tolerance)).enumerate()
-            {
-                assert!(
-                    (f64::from(got) - want).abs() <= tol,
-                    "{kernel:?}: out[{i}] = {got}, dequantized reference {want} ± {tol}"
-                );
-            }
-            let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
-            match &first {
-                None => first = Some(bits),
-                Some(reference) => assert_eq!(reference, &bits, "{kernel:?} differs from scalar"),
-            }
-        }
+        let wide: Vec<Kernel> = kernels()
+            .into_iter()
+            .filter(|k| k.weight_levels() == 127.0)
+            .collect();
+        check_kernels(&mut layer, &x, rows, Some(&b), &wide);
     }
 
     #[cfg(target_arch = "x86_64")]
