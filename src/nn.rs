@@ -1,7 +1,7 @@
 //! Building blocks shared by the encoders.
 //!
 //! Every block takes a `train` flag. In training, differentiable kernels with hand-written
-//! backward passes are used (see [`train_ops`]; candle's fused LayerNorm and softmax have no
+//! backward passes are used (see `train_ops`; candle's fused LayerNorm and softmax have no
 //! backward pass), and dropout is active. In inference candle's fused kernels are used and
 //! dropout is off. Linear layers and GELU take the same single ops (with their own backward
 //! passes) in both modes on f32 CPU tensors.

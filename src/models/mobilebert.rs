@@ -47,7 +47,7 @@ pub struct Config {
     /// Number of token types (segments).
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: usize,
-    /// LayerNorm epsilon (where transformers passes it, see [`Norm`]).
+    /// LayerNorm epsilon (where transformers passes it; see `Norm`).
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// Embed each token with its neighbours (`[next, token, previous]`) before projecting.
