@@ -72,6 +72,28 @@ impl PackedWeights {
         Self { n, k, data }
     }
 
+    /// Packs the `[n, k]` weight from its row-major `[k, n]` transpose `weight_t`, which is
+    /// read row by row (for a product with `Wᵀ`, pass `W` itself).
+    ///
+    /// # Panics
+    /// If `weight_t.len() != n·k`.
+    pub fn pack_transposed(weight_t: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(
+            weight_t.len(),
+            n * k,
+            "PackedWeights::pack_transposed: weight is not [k, n]"
+        );
+        let mut data = vec![0f32; n.div_ceil(NR) * k * NR];
+        if n > 0 {
+            for (kk, row) in weight_t.chunks_exact(n).enumerate() {
+                for (p, channels) in row.chunks(NR).enumerate() {
+                    data[(p * k + kk) * NR..][..channels.len()].copy_from_slice(channels);
+                }
+            }
+        }
+        Self { n, k, data }
+    }
+
     /// The weights, row-major `[n, k]` again.
     pub fn unpack(&self) -> Vec<f32> {
         let mut weight = vec![0f32; self.n * self.k];
@@ -438,6 +460,17 @@ mod tests {
     fn pack_then_unpack_gives_the_weights_back() {
         let w: Vec<f32> = (0..37 * 13).map(|i| i as f32).collect();
         assert_eq!(PackedWeights::pack(&w, 37, 13).unpack(), w);
+    }
+
+    #[test]
+    fn packing_the_transpose_gives_the_same_panels() {
+        let (n, k) = (37, 13);
+        let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+        let w_t: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        assert_eq!(
+            PackedWeights::pack_transposed(&w_t, n, k).data,
+            PackedWeights::pack(&w, n, k).data
+        );
     }
 
     #[test]

@@ -168,20 +168,6 @@ pub(crate) fn dropout(x: &Tensor, mask: DropoutMask) -> Result<Tensor> {
     x.contiguous()?.apply_op1(DropoutOp { mask })
 }
 
-/// The row-major `[cols, rows]` transpose of row-major `[rows, cols]` `data`.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; data.len()];
-    if cols == 0 {
-        return out;
-    }
-    for (r, row) in data.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
-    }
-    out
-}
-
 /// `y = x·Wᵀ + b` as one op. Where the CPU runs the fast engine's packed kernel, the forward
 /// product and `dx` use it, with the weight packed per call; the rest, and other CPUs, use gemm.
 /// candle's composition (transpose, matmul, broadcast add) copies the transposed gradients and
@@ -238,10 +224,10 @@ impl CustomOp3 for LinearOp {
         let (xs, ws, dys) = (xv.slice(), wv.slice(), dyv.slice());
         let (n, k) = w.dims2()?;
         let m = rows_of(xs.len(), k);
-        // dx = dy·W, a product against Wᵀ as the `[k, n]` weight
+        // dx = dy·W, a product against Wᵀ as the `[k, n]` weight (W is its transpose)
         let mut dx = vec![0f32; m * k];
         if PackedWeights::available() {
-            PackedWeights::pack(&transpose(ws, n, k), k, n).accumulate(dys, m, &mut dx);
+            PackedWeights::pack_transposed(ws, k, n).accumulate(dys, m, &mut dx);
         } else {
             kernels::matmul(
                 MatMut::row_major(&mut dx, m, k),
@@ -353,14 +339,7 @@ impl AttentionOp {
     /// in `p`, from its `[s, d]` queries and keys; `batch` picks the bias row.
     fn head_probs(&self, q: &[f32], k: &[f32], batch: usize, s: usize, p: &mut [f32]) {
         let d = q.len() / s;
-        kernels::matmul(
-            MatMut::row_major(p, s, s),
-            MatRef::row_major(q, s, d),
-            MatRef::row_major(k, s, d).t(),
-            1.0,
-            false,
-            false,
-        );
+        serial_product(p, s, mat(q, d), mat(k, d).t());
         let bias = &self.bias[batch * s..][..s];
         for row in p.chunks_exact_mut(s) {
             kernels::softmax_row_biased(row, bias, self.scale);
@@ -376,8 +355,15 @@ impl AttentionOp {
 }
 
 /// A row-major matrix of `cols` columns over all of `data`.
-fn m(data: &[f32], cols: usize) -> MatRef<'_> {
+fn mat(data: &[f32], cols: usize) -> MatRef<'_> {
     MatRef::row_major(data, data.len() / cols, cols)
+}
+
+/// `out = a·b`, `out` row-major with `cols` columns, on the calling thread (the attention
+/// pairs are already spread over the pool).
+fn serial_product(out: &mut [f32], cols: usize, a: MatRef, b: MatRef) {
+    let rows = out.len() / cols;
+    kernels::matmul(MatMut::row_major(out, rows, cols), a, b, 1.0, false, false);
 }
 
 /// `[s, d]` blocks of a contiguous `[b, h, s, d]` tensor, one per (batch entry, head) pair.
@@ -420,14 +406,7 @@ impl CustomOp3 for AttentionOp {
                     |p, (pair, (o, ((q, k), v)))| {
                         self.head_probs(q, k, pair / h, s, p);
                         self.drop_head(pair, p);
-                        kernels::matmul(
-                            MatMut::row_major(o, s, d),
-                            MatRef::row_major(p, s, s),
-                            MatRef::row_major(v, s, d),
-                            1.0,
-                            false,
-                            false,
-                        );
+                        serial_product(o, d, mat(p, s), mat(v, d));
                     },
                 );
         }
@@ -468,38 +447,16 @@ impl CustomOp3 for AttentionOp {
                     // dV = dropout(P)ᵀ dO
                     work.copy_from_slice(p);
                     self.drop_head(pair, work);
-                    kernels::matmul(
-                        MatMut::row_major(dv, s, d),
-                        m(work, s).t(),
-                        m(g, d),
-                        1.0,
-                        false,
-                        false,
-                    );
+                    serial_product(dv, d, mat(work, s).t(), mat(g, d));
                     // dP = dropout'(dO Vᵀ); dS = scale · P ⊙ (dP − Σ dP ⊙ P)
-                    let ds = MatMut::row_major(work, s, s);
-                    kernels::matmul(ds, m(g, d), m(v, d).t(), 1.0, false, false);
+                    serial_product(work, s, mat(g, d), mat(v, d).t());
                     self.drop_head(pair, work);
                     for (drow, prow) in work.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
                         kernels::softmax_grad_row(drow, prow, self.scale);
                     }
                     // dQ = dS K, dK = dSᵀ Q
-                    kernels::matmul(
-                        MatMut::row_major(dq, s, d),
-                        m(work, s),
-                        m(k, d),
-                        1.0,
-                        false,
-                        false,
-                    );
-                    kernels::matmul(
-                        MatMut::row_major(dk, s, d),
-                        m(work, s).t(),
-                        m(q, d),
-                        1.0,
-                        false,
-                        false,
-                    );
+                    serial_product(dq, d, mat(work, s), mat(k, d));
+                    serial_product(dk, d, mat(work, s).t(), mat(q, d));
                 },
             );
         }
