@@ -30,7 +30,7 @@ const MR: usize = 6;
 const NR: usize = 16;
 
 /// Whether [`attention`] runs on this CPU for heads of `head_dim` values: where the packed
-/// linear kernel runs (AVX2 and FMA, no AVX-512) and `head_dim` is a multiple of 16.
+/// linear kernel runs (AVX2 and FMA) and `head_dim` is a multiple of 16.
 pub fn available(head_dim: usize) -> bool {
     PackedWeights::available() && head_dim > 0 && head_dim.is_multiple_of(NR)
 }

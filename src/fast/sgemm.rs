@@ -7,8 +7,9 @@
 //! them with a 6 × 16 register-blocked micro kernel (12 accumulators, the shape of BLIS's
 //! Haswell kernel). Only the activations are packed per call, in blocks that stay in L2.
 //!
-//! Used where the CPU has AVX2 and FMA but not AVX-512; on AVX-512 CPUs the `gemm` crate's
-//! 512-bit kernels are expected to beat this 256-bit one (not yet measured on such a CPU).
+//! CPUs with AVX-512 run a 6 × 64 kernel instead (four panels at a time, 24 accumulators of 16
+//! lanes), on the same packed layout. Against the `gemm` crate's 512-bit kernels, which repack
+//! the weights on every call, it saves most at short inputs: BERT-base at 384 tokens, batch 1.
 
 use rayon::prelude::*;
 
@@ -35,13 +36,23 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Whether this CPU runs the packed kernel (AVX2 and FMA, and no AVX-512).
+    /// Whether this CPU runs the packed kernel (AVX2 and FMA; the 512-bit one with AVX-512F).
     pub fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && !is_x86_feature_detected!("avx512f")
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Whether this CPU runs the 6 × 64 AVX-512 kernel.
+    fn wide() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -174,24 +185,80 @@ impl PackedWeights {
         let threads = rayon::current_num_threads().max(1);
         let blocks = rows.div_ceil(MC_MAX).div_ceil(threads) * threads;
         let mc = rows.div_ceil(blocks).next_multiple_of(MR).min(MC_MAX);
+        let wide = Self::wide();
         out.par_chunks_mut(mc * self.n)
             .zip(x.par_chunks(mc * self.k))
             .for_each(|(out_block, x_block)| {
-                // SAFETY: `available()` was asserted above (AVX2 and FMA present).
+                // SAFETY: `available()` was asserted above (AVX2 and FMA present), and `wide()`
+                // checked AVX-512F.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    self.row_block(x_block, out_block, bias, act)
+                    if wide {
+                        self.row_block_avx512(x_block, out_block, bias, act)
+                    } else {
+                        self.row_block_avx2(x_block, out_block, bias, act)
+                    }
                 }
             });
     }
 
-    /// One task: all output channels of a block of at most `MC_MAX` rows.
+    /// [`Self::row_block`] with the 6 × 16 AVX2 kernel.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn row_block(&self, x: &[f32], out: &mut [f32], bias: Option<&[f32]>, act: Option<Act>) {
+    unsafe fn row_block_avx2(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        bias: Option<&[f32]>,
+        act: Option<Act>,
+    ) {
+        // SAFETY: the caller guarantees AVX2/FMA, which `kernel` needs.
+        unsafe { self.row_block::<1>(x, out, bias, act, |tile| kernel(tile)) }
+    }
+
+    /// [`Self::row_block`] with the 6 × 64 AVX-512 kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn row_block_avx512(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        bias: Option<&[f32]>,
+        act: Option<Act>,
+    ) {
+        // SAFETY (all four): the caller guarantees AVX2/FMA/AVX-512F, which `kernel_avx512`
+        // needs.
+        unsafe {
+            self.row_block::<WIDE_PANELS>(x, out, bias, act, |tile| match tile.panels {
+                1 => kernel_avx512::<1>(tile),
+                2 => kernel_avx512::<2>(tile),
+                3 => kernel_avx512::<3>(tile),
+                _ => kernel_avx512::<4>(tile),
+            })
+        }
+    }
+
+    /// One task: all output channels of a block of at most `MC_MAX` rows, in micro tiles of
+    /// `MR` rows × up to `P` panels, each computed by `kernel`.
+    ///
+    /// # Safety
+    /// The CPU must support what `kernel` needs, besides AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn row_block<const P: usize>(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        bias: Option<&[f32]>,
+        act: Option<Act>,
+        kernel: impl Fn(Tile),
+    ) {
         let (n, k) = (self.n, self.k);
         let rows = x.len() / k;
         let tiles = rows.div_ceil(MR);
@@ -222,12 +289,15 @@ impl PackedWeights {
             // applies the activation.
             let first = k0 == 0;
             let tile_act = if k0 + kc == k { act } else { None };
-            for panel in 0..n.div_ceil(NR) {
-                let weights = &self.data[panel * k * NR + k0 * NR..][..kc * NR];
-                let col0 = panel * NR;
-                let cols = NR.min(n - col0);
+            let panels = n.div_ceil(NR);
+            for first_panel in (0..panels).step_by(P) {
+                let group = P.min(panels - first_panel);
+                let weights = &self.data[first_panel * k * NR..][..group * k * NR];
+                let weights = &weights[k0 * NR..];
+                let col0 = first_panel * NR;
+                let cols = (group * NR).min(n - col0);
                 // The bias of a partial panel is padded to NR (its extra sums are dropped).
-                let mut bias_tile = [0f32; NR];
+                let mut bias_tile = [0f32; WIDE_PANELS * NR];
                 let start = match bias {
                     Some(b) if first => {
                         bias_tile[..cols].copy_from_slice(&b[col0..col0 + cols]);
@@ -235,38 +305,41 @@ impl PackedWeights {
                     }
                     _ => Start::Accumulate,
                 };
-                for tile in 0..tiles {
-                    let a = &packed_x[tile * kc * MR..][..kc * MR];
-                    let r0 = tile * MR;
+                for t in 0..tiles {
+                    let a = &packed_x[t * kc * MR..][..kc * MR];
+                    let r0 = t * MR;
                     let tile_rows = MR.min(rows - r0);
-                    if tile_rows == MR && cols == NR {
-                        // SAFETY: AVX2/FMA are enabled here. `a` holds kc·MR values and
-                        // `weights` kc·NR; the C tile spans rows r0..r0+MR (≤ rows) and
-                        // columns col0..col0+NR (≤ n) of `out`, whose row stride is n, so its
-                        // last element r0+MR−1, col0+NR−1 lies inside `out`.
-                        unsafe {
-                            kernel(
-                                kc,
-                                a,
-                                weights,
-                                out.as_mut_ptr().add(r0 * n + col0),
-                                n,
-                                start,
-                                tile_act,
-                            );
-                        }
+                    let tile = |c: *mut f32, ldc: usize| Tile {
+                        kc,
+                        a,
+                        b: weights,
+                        panel_stride: k * NR,
+                        panels: group,
+                        c,
+                        ldc,
+                        start,
+                        act: tile_act,
+                    };
+                    if tile_rows == MR && cols == group * NR {
+                        // SAFETY: the caller guarantees the kernel's CPU features. `a` holds
+                        // kc·MR values and `weights` reaches kc·NR values into each of the
+                        // `group` panels; the C tile spans rows r0..r0+MR (≤ rows) and columns
+                        // col0..col0+group·NR (≤ n) of `out`, whose row stride is n, so its
+                        // last element lies inside `out`.
+                        kernel(tile(unsafe { out.as_mut_ptr().add(r0 * n + col0) }, n));
                     } else {
                         // Edge tile: run on a full-size copy, write back the valid part.
-                        let mut c = [0f32; MR * NR];
+                        let width = group * NR;
+                        let mut c = [0f32; MR * WIDE_PANELS * NR];
                         for r in 0..tile_rows {
                             let at = (r0 + r) * n + col0;
-                            c[r * NR..r * NR + cols].copy_from_slice(&out[at..at + cols]);
+                            c[r * width..r * width + cols].copy_from_slice(&out[at..at + cols]);
                         }
-                        // SAFETY: as above, with the C tile being `c` (MR rows of NR, stride NR).
-                        unsafe { kernel(kc, a, weights, c.as_mut_ptr(), NR, start, tile_act) };
+                        // As above, with the C tile being `c` (MR rows of `width`).
+                        kernel(tile(c.as_mut_ptr(), width));
                         for r in 0..tile_rows {
                             let at = (r0 + r) * n + col0;
-                            out[at..at + cols].copy_from_slice(&c[r * NR..r * NR + cols]);
+                            out[at..at + cols].copy_from_slice(&c[r * width..r * width + cols]);
                         }
                     }
                 }
@@ -367,8 +440,33 @@ pub(crate) unsafe fn product_6x16(
 enum Start<'a> {
     /// From the C tile's values.
     Accumulate,
-    /// From the bias of the tile's `NR` columns (the C tile is only written).
-    Bias(&'a [f32; NR]),
+    /// From the bias of the tile's columns (the C tile is only written).
+    Bias(&'a [f32; WIDE_PANELS * NR]),
+}
+
+/// Panels of one AVX-512 micro tile: 6 rows × 64 channels are 24 accumulators, and with the 4
+/// weight vectors and a broadcast, 29 of the 32 registers.
+const WIDE_PANELS: usize = 4;
+
+/// One micro tile's operands: `C[r][c] = act(start[r][c] + Σ_kk a[kk][r] · b(c)[kk])` for
+/// `MR` rows and the `panels · NR` columns of `panels` consecutive weight panels.
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    /// Steps of the product (`k` of this block).
+    kc: usize,
+    /// Packed activations, `[kc][MR]`.
+    a: &'a [f32],
+    /// The first panel's weights from this block's `k`, `[kc][NR]`; panel `p`'s start
+    /// `p · panel_stride` values further.
+    b: &'a [f32],
+    panel_stride: usize,
+    /// Panels of the tile (1 to [`WIDE_PANELS`]).
+    panels: usize,
+    /// The C tile: `MR` rows of `panels · NR` values, `ldc` apart.
+    c: *mut f32,
+    ldc: usize,
+    start: Start<'a>,
+    act: Option<Act>,
 }
 
 /// The 6 × 16 micro kernel: `C[r][c] = act(start[r][c] + Σ_kk a[kk][r] · b[kk][c])` over `kc`
@@ -385,17 +483,19 @@ enum Start<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn kernel(
-    kc: usize,
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    start: Start,
-    act: Option<Act>,
-) {
+unsafe fn kernel(tile: Tile) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    let Tile {
+        kc,
+        a,
+        b,
+        c,
+        ldc,
+        start,
+        act,
+        ..
+    } = tile;
+    debug_assert!(tile.panels == 1 && a.len() >= kc * MR && b.len() >= kc * NR);
     for r in 0..MR {
         // SAFETY: a prefetch never faults; both addresses lie in row r of the C tile.
         unsafe {
@@ -433,6 +533,106 @@ unsafe fn kernel(
             let row = c.add(r * ldc);
             _mm256_storeu_ps(row, sums[0]);
             _mm256_storeu_ps(row.add(8), sums[1]);
+        }
+    }
+}
+
+/// `Σ_{kk<kc} a[kk·6 + r] · b[p·panel_stride + kk·16 ..][..16]` for the 6 rows `r` and `P`
+/// panels `p`, as 6 × `P` vectors.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `a` must be readable for `kc·6` values and `b` for
+/// `(P − 1)·panel_stride + kc·16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn product_6xp<const P: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    panel_stride: usize,
+) -> [[std::arch::x86_64::__m512; P]; MR] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); P]; MR];
+    let step = |acc: &mut [[__m512; P]; MR], kk: usize| {
+        let mut bv = [_mm512_setzero_ps(); P];
+        for (p, v) in bv.iter_mut().enumerate() {
+            // SAFETY: kk < kc, so these 16 values lie within the contract's bound.
+            *v = unsafe { _mm512_loadu_ps(b.add(p * panel_stride + kk * NR)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: kk < kc and r < 6, within the contract's bound.
+            let av = _mm512_set1_ps(unsafe { *a.add(kk * MR + r) });
+            for (s, &w) in acc.iter_mut().zip(&bv) {
+                *s = _mm512_fmadd_ps(av, w, *s);
+            }
+        }
+    };
+    let body = kc - kc % 4;
+    for kk in (0..body).step_by(4) {
+        step(&mut acc, kk);
+        step(&mut acc, kk + 1);
+        step(&mut acc, kk + 2);
+        step(&mut acc, kk + 3);
+    }
+    for kk in body..kc {
+        step(&mut acc, kk);
+    }
+    acc
+}
+
+/// The 6 × (16·`P`) AVX-512 micro kernel: [`kernel`]'s sums for `P` panels at once, one
+/// 16-lane accumulator per row and panel. Each step loads `P` weight vectors and broadcasts
+/// the 6 activations, for `6·P` FMAs.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and AVX-512F; `tile.a` must hold `kc·MR` values, `tile.b`
+/// `(P − 1)·panel_stride + kc·NR`, and `tile.c` must be valid for reads and writes of `MR` rows
+/// of `P·NR` values at row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f")]
+#[inline]
+unsafe fn kernel_avx512<const P: usize>(tile: Tile) {
+    use std::arch::x86_64::*;
+    let Tile {
+        kc,
+        a,
+        b,
+        panel_stride,
+        c,
+        ldc,
+        start,
+        act,
+        ..
+    } = tile;
+    assert!(tile.panels == P && P <= WIDE_PANELS && a.len() >= kc * MR);
+    assert!(kc == 0 || b.len() >= (P - 1) * panel_stride + kc * NR);
+    for r in 0..MR {
+        for p in 0..P {
+            // SAFETY: a prefetch never faults; the address lies in row r of the C tile.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + p * NR) as *const i8) };
+        }
+    }
+    // SAFETY: the bounds asserted above are `product_6xp`'s contract; AVX-512F as here.
+    let sums = unsafe { product_6xp::<P>(kc, a.as_ptr(), b.as_ptr(), panel_stride) };
+    for (r, row) in sums.iter().enumerate() {
+        for (p, &sum) in row.iter().enumerate() {
+            // SAFETY: row r < MR, columns 16p..16p+16 < P·NR of the C tile (the caller's
+            // contract); the bias tile holds WIDE_PANELS·NR ≥ P·NR values.
+            unsafe {
+                let at = c.add(r * ldc + p * NR);
+                let from = match start {
+                    Start::Accumulate => at as *const f32,
+                    Start::Bias(bias) => bias.as_ptr().add(p * NR),
+                };
+                // `acc + start`, the same single rounding as the AVX2 kernel.
+                _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(from), sum));
+                if let Some(act) = act {
+                    // The AVX2 activation, so both kernels give the same bits.
+                    _mm256_storeu_ps(at, activate8(act, _mm256_loadu_ps(at)));
+                    _mm256_storeu_ps(at.add(8), activate8(act, _mm256_loadu_ps(at.add(8))));
+                }
+            }
         }
     }
 }
