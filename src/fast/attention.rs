@@ -15,9 +15,9 @@
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::sgemm::product_6x16;
 use super::sgemm::PackedWeights;
+#[cfg(target_arch = "x86_64")]
+use super::sgemm::{product_6x16, product_6xp};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{exp_shifted, transpose8x8};
 #[cfg(target_arch = "x86_64")]
@@ -48,6 +48,32 @@ pub fn attention(
     heads: usize,
     context: &mut [f32],
 ) {
+    attention_on(wide(), qkv, spans, hidden, heads, context);
+}
+
+/// Whether this CPU runs the products on 512-bit vectors (AVX-512F).
+fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`attention`], with the products on 512-bit vectors if `wide` (which must then be
+/// [`wide()`]).
+fn attention_on(
+    wide: bool,
+    qkv: &[f32],
+    spans: &[(usize, usize)],
+    hidden: usize,
+    heads: usize,
+    context: &mut [f32],
+) {
+    assert!(!wide || self::wide(), "attention: this CPU lacks AVX-512F");
     assert!(
         heads > 0 && hidden.is_multiple_of(heads),
         "attention: bad heads"
@@ -79,6 +105,8 @@ pub fn attention(
         hidden,
         d,
         scale: 1.0 / (d as f32).sqrt(),
+        #[cfg(target_arch = "x86_64")]
+        wide,
     };
     let out = Context(context.as_mut_ptr());
     let tasks: Vec<(usize, usize, usize)> = spans
@@ -111,6 +139,9 @@ struct Shape {
     hidden: usize,
     d: usize,
     scale: f32,
+    /// Whether the CPU has AVX-512F: the products then run [`strip_avx512`].
+    #[cfg(target_arch = "x86_64")]
+    wide: bool,
 }
 
 /// Attention of head `head` over the window of tokens `start..start+n`: writes columns
@@ -133,7 +164,9 @@ unsafe fn head_attention(
         hidden: h,
         d,
         scale,
+        wide,
     } = s;
+
     let padded = n.next_multiple_of(NR);
     // Each worker keeps its buffers: fresh ones per task would be page-faulted in again.
     thread_local! {
@@ -198,7 +231,8 @@ unsafe fn head_attention(
         // (ldb 16), p < padded / 16; its C tile is rows 0..6 × columns 16p..16p+16 of `scores`
         // (stride `padded`), inside its MR·padded values. AVX2/FMA: this function's contract.
         unsafe {
-            strip(
+            any_strip(
+                wide,
                 d,
                 q,
                 keys,
@@ -228,7 +262,19 @@ unsafe fn head_attention(
         // SAFETY: each `p[r]` holds n values; part p of `values` is rows kk·16 + 0..16 (kk < n
         // ≤ padded) at p·padded·16, p < d / 16; the C tiles cover 6 rows of d values at stride
         // h in `out` (this task's rows and columns), or all of `edge` (MR rows of d).
-        unsafe { strip(n, p, values, padded * NR, d / NR, target, ldc, inverse) };
+        unsafe {
+            any_strip(
+                wide,
+                n,
+                p,
+                values,
+                padded * NR,
+                d / NR,
+                target,
+                ldc,
+                inverse,
+            )
+        };
         if rows < MR {
             for r in 0..rows {
                 // SAFETY: row r < rows of this task's rows in `out`, d values at its columns.
@@ -299,6 +345,103 @@ unsafe fn strip(
     }
 }
 
+/// [`strip_avx512`] where the CPU has AVX-512F (`wide`), else [`strip`].
+///
+/// # Safety
+/// As [`strip`], and `wide` only where the CPU has AVX-512F.
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn any_strip(
+    wide: bool,
+    k: usize,
+    a: [&[f32]; MR],
+    b: &[f32],
+    b_step: usize,
+    panels: usize,
+    c: *mut f32,
+    ldc: usize,
+    scale: [f32; MR],
+) {
+    // SAFETY (both): the operands are the caller's (as `strip` requires); `strip_avx512` runs
+    // only with `wide`, which the caller sets only where the CPU has AVX-512F.
+    unsafe {
+        if wide {
+            strip_avx512(k, a, b, b_step, panels, c, ldc, scale)
+        } else {
+            strip(k, a, b, b_step, panels, c, ldc, scale)
+        }
+    }
+}
+
+/// [`strip`] on 512-bit vectors, two panels (6 × 32) at a time: the same sums, in the same
+/// order, with twice the values per instruction.
+///
+/// # Safety
+/// As [`strip`], and the CPU must support AVX-512F.
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn strip_avx512(
+    k: usize,
+    a: [&[f32]; MR],
+    b: &[f32],
+    b_step: usize,
+    panels: usize,
+    c: *mut f32,
+    ldc: usize,
+    scale: [f32; MR],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.iter().all(|r| r.len() >= k));
+    debug_assert!(panels == 0 || b.len() >= (panels - 1) * b_step + k * NR);
+    let a = a.map(|r| r.as_ptr());
+    let at = |r: usize, kk: usize| a[r].wrapping_add(kk);
+    let scale = scale.map(|s| _mm512_set1_ps(s));
+    let mut panel = 0;
+    while panel < panels {
+        let b = b.as_ptr().wrapping_add(panel * b_step);
+        // SAFETY: for kk < k, a[r] + kk lies in row r (k values) and each panel's
+        // b[kk·16 .. kk·16 + 16] in `b`; the C tiles are rows 0..6, columns 16·panel on, of the
+        // C strip (this function's contract); AVX-512F as here.
+        unsafe {
+            let c = c.add(panel * NR);
+            if panel + 1 < panels {
+                store_scaled(product_6xp::<2>(k, at, b, b_step), c, ldc, scale);
+                panel += 2;
+            } else {
+                store_scaled(product_6xp::<1>(k, at, b, b_step), c, ldc, scale);
+                panel += 1;
+            }
+        }
+    }
+}
+
+/// Stores `scale[r] · sums[r][p]` to row `r`, columns `16p..16p + 16` of `c` (row stride
+/// `ldc`).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `c` must be valid for writes of 6 rows of `16·P` values at
+/// row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_scaled<const P: usize>(
+    sums: [[std::arch::x86_64::__m512; P]; MR],
+    c: *mut f32,
+    ldc: usize,
+    scale: [std::arch::x86_64::__m512; MR],
+) {
+    use std::arch::x86_64::*;
+    for (r, row) in sums.iter().enumerate() {
+        for (p, &sum) in row.iter().enumerate() {
+            // SAFETY: row r < 6, columns 16p..16p + 16 < 16·P (the contract).
+            unsafe { _mm512_storeu_ps(c.add(r * ldc + p * NR), _mm512_mul_ps(sum, scale[r])) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,15 +499,28 @@ mod tests {
                 .map(|_| rng.random_range(-2.0..2.0))
                 .collect();
             let expected = reference(&qkv, &spans, h, heads);
-            // Twice: the second call reuses (stale) per-thread buffers.
-            for _ in 0..2 {
+            // Twice per kernel: the second call reuses (stale) per-thread buffers.
+            let kernels = [false, true].into_iter().filter(|&w| !w || wide());
+            let mut first: Option<Vec<f32>> = None;
+            for wide in kernels.flat_map(|w| [w, w]) {
                 let mut context = vec![f32::NAN; start * h];
-                attention(&qkv, &spans, h, heads, &mut context);
+                attention_on(wide, &qkv, &spans, h, heads, &mut context);
                 for (i, (&got, &want)) in context.iter().zip(&expected).enumerate() {
                     assert!(
                         (got as f64 - want).abs() < 1e-5,
-                        "h {h} heads {heads}: element {i} is {got}, expected {want}"
+                        "wide {wide} h {h} heads {heads}: element {i} is {got}, expected {want}"
                     );
+                }
+                // Both kernels sum in the same order: the same bits.
+                match &first {
+                    None => first = Some(context),
+                    Some(narrow) => assert!(
+                        narrow
+                            .iter()
+                            .zip(&context)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "h {h} heads {heads}: the AVX-512 products differ from the AVX2 ones"
+                    ),
                 }
             }
         }

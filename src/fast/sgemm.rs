@@ -135,7 +135,7 @@ impl PackedWeights {
     /// # Panics
     /// If the slice lengths do not match, or [`PackedWeights::available`] is false.
     pub fn accumulate(&self, x: &[f32], rows: usize, out: &mut [f32]) {
-        self.product(x, rows, out, None, None);
+        self.product(x, rows, out, None, None, Self::wide());
     }
 
     /// `out = act(x · Wᵀ + bias)`, overwriting `out`: the bias is the sums' starting value and
@@ -149,9 +149,10 @@ impl PackedWeights {
     /// [`PackedWeights::available`] is false.
     pub fn forward(&self, x: &[f32], rows: usize, bias: &[f32], act: Option<Act>, out: &mut [f32]) {
         assert_eq!(bias.len(), self.n, "PackedWeights: bias is not [n]");
-        self.product(x, rows, out, Some(bias), act);
+        self.product(x, rows, out, Some(bias), act, Self::wide());
     }
 
+    /// The product, on the AVX-512 kernel if `wide` (which must then be [`Self::wide`]).
     fn product(
         &self,
         x: &[f32],
@@ -159,7 +160,12 @@ impl PackedWeights {
         out: &mut [f32],
         bias: Option<&[f32]>,
         act: Option<Act>,
+        wide: bool,
     ) {
+        assert!(
+            !wide || Self::wide(),
+            "PackedWeights: this CPU lacks AVX-512F"
+        );
         assert_eq!(x.len(), rows * self.k, "PackedWeights: x is not [rows, k]");
         assert_eq!(
             out.len(),
@@ -185,12 +191,11 @@ impl PackedWeights {
         let threads = rayon::current_num_threads().max(1);
         let blocks = rows.div_ceil(MC_MAX).div_ceil(threads) * threads;
         let mc = rows.div_ceil(blocks).next_multiple_of(MR).min(MC_MAX);
-        let wide = Self::wide();
         out.par_chunks_mut(mc * self.n)
             .zip(x.par_chunks(mc * self.k))
             .for_each(|(out_block, x_block)| {
-                // SAFETY: `available()` was asserted above (AVX2 and FMA present), and `wide()`
-                // checked AVX-512F.
+                // SAFETY: `available()` was asserted above (AVX2 and FMA present), and `wide`
+                // only where `Self::wide()` (AVX-512F present).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     if wide {
@@ -537,18 +542,19 @@ unsafe fn kernel(tile: Tile) {
     }
 }
 
-/// `Σ_{kk<kc} a[kk·6 + r] · b[p·panel_stride + kk·16 ..][..16]` for the 6 rows `r` and `P`
-/// panels `p`, as 6 × `P` vectors.
+/// `Σ_{kk<k} a(r, kk) · b[p·panel_stride + kk·16 ..][..16]` for the 6 rows `r` and `P`
+/// panels `p`, as 6 × `P` vectors: [`product_6x16`] on 512-bit vectors, `P` panels at once.
+/// Each element is summed in the same order, with the same fused multiply-adds, as there.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `a` must be readable for `kc·6` values and `b` for
-/// `(P − 1)·panel_stride + kc·16`.
+/// The CPU must support AVX-512F; for every `r < 6` and `kk < k`, `a(r, kk)` must point to a
+/// readable `f32`, and `b` must be readable for `(P − 1)·panel_stride + k·16` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn product_6xp<const P: usize>(
-    kc: usize,
-    a: *const f32,
+pub(crate) unsafe fn product_6xp<const P: usize>(
+    k: usize,
+    a: impl Fn(usize, usize) -> *const f32,
     b: *const f32,
     panel_stride: usize,
 ) -> [[std::arch::x86_64::__m512; P]; MR] {
@@ -557,25 +563,25 @@ unsafe fn product_6xp<const P: usize>(
     let step = |acc: &mut [[__m512; P]; MR], kk: usize| {
         let mut bv = [_mm512_setzero_ps(); P];
         for (p, v) in bv.iter_mut().enumerate() {
-            // SAFETY: kk < kc, so these 16 values lie within the contract's bound.
+            // SAFETY: kk < k, so these 16 values lie within the contract's bound.
             *v = unsafe { _mm512_loadu_ps(b.add(p * panel_stride + kk * NR)) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: kk < kc and r < 6, within the contract's bound.
-            let av = _mm512_set1_ps(unsafe { *a.add(kk * MR + r) });
+            // SAFETY: kk < k and r < 6: readable (the contract).
+            let av = _mm512_set1_ps(unsafe { *a(r, kk) });
             for (s, &w) in acc.iter_mut().zip(&bv) {
                 *s = _mm512_fmadd_ps(av, w, *s);
             }
         }
     };
-    let body = kc - kc % 4;
+    let body = k - k % 4;
     for kk in (0..body).step_by(4) {
         step(&mut acc, kk);
         step(&mut acc, kk + 1);
         step(&mut acc, kk + 2);
         step(&mut acc, kk + 3);
     }
-    for kk in body..kc {
+    for kk in body..k {
         step(&mut acc, kk);
     }
     acc
@@ -613,8 +619,11 @@ unsafe fn kernel_avx512<const P: usize>(tile: Tile) {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + p * NR) as *const i8) };
         }
     }
-    // SAFETY: the bounds asserted above are `product_6xp`'s contract; AVX-512F as here.
-    let sums = unsafe { product_6xp::<P>(kc, a.as_ptr(), b.as_ptr(), panel_stride) };
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: for kk < kc, a[kk·6 + r] (r < 6) lies in `a`, and `b`'s bound was asserted
+    // above; AVX-512F as here.
+    let sums =
+        unsafe { product_6xp::<P>(kc, |r, kk| a.wrapping_add(kk * MR + r), b, panel_stride) };
     for (r, row) in sums.iter().enumerate() {
         for (p, &sum) in row.iter().enumerate() {
             // SAFETY: row r < MR, columns 16p..16p+16 < P·NR of the C tile (the caller's
@@ -656,6 +665,15 @@ mod tests {
             .collect()
     }
 
+    /// The kernels this CPU runs: `false` for AVX2, `true` for AVX-512 where present.
+    fn kernels() -> Vec<bool> {
+        let mut all = vec![false];
+        if PackedWeights::wide() {
+            all.push(true);
+        }
+        all
+    }
+
     #[test]
     fn pack_then_unpack_gives_the_weights_back() {
         let w: Vec<f32> = (0..37 * 13).map(|i| i as f32).collect();
@@ -693,14 +711,29 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bias: Vec<f32> = (0..rows * n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let expected = reference(&x, &w, &bias, rows, n, k);
-            let mut out = bias.clone();
-            PackedWeights::pack(&w, n, k).accumulate(&x, rows, &mut out);
-            for (i, (&got, &want)) in out.iter().zip(&expected).enumerate() {
-                let tolerance = 1e-5 * (k as f64).sqrt() * 4.0;
-                assert!(
-                    (got as f64 - want).abs() <= tolerance,
-                    "rows {rows} n {n} k {k}: element {i} is {got}, expected {want}"
-                );
+            let packed = PackedWeights::pack(&w, n, k);
+            let mut first: Option<Vec<f32>> = None;
+            for wide in kernels() {
+                let mut out = bias.clone();
+                packed.product(&x, rows, &mut out, None, None, wide);
+                for (i, (&got, &want)) in out.iter().zip(&expected).enumerate() {
+                    let tolerance = 1e-5 * (k as f64).sqrt() * 4.0;
+                    assert!(
+                        (got as f64 - want).abs() <= tolerance,
+                        "wide {wide} rows {rows} n {n} k {k}: element {i} is {got}, expected {want}"
+                    );
+                }
+                // Both kernels sum in the same order: the same bits.
+                match &first {
+                    None => first = Some(out),
+                    Some(narrow) => assert!(
+                        narrow
+                            .iter()
+                            .zip(&out)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "rows {rows} n {n} k {k}: the AVX-512 kernel differs from the AVX2 one"
+                    ),
+                }
             }
         }
     }
@@ -717,20 +750,21 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let packed = PackedWeights::pack(&w, n, k);
-            for act in [None, Some(Act::Gelu), Some(Act::GeluTanh), Some(Act::Relu)] {
+            let acts = [None, Some(Act::Gelu), Some(Act::GeluTanh), Some(Act::Relu)];
+            for (wide, act) in kernels().into_iter().flat_map(|w| acts.map(|a| (w, a))) {
                 let mut expected: Vec<f32> = bias.iter().copied().cycle().take(rows * n).collect();
-                packed.accumulate(&x, rows, &mut expected);
+                packed.product(&x, rows, &mut expected, None, None, wide);
                 if let Some(act) = act {
                     activate_slice::<true>(act, &mut expected);
                 }
                 // Stale values in `out` must not leak into the result.
                 let mut out = vec![f32::NAN; rows * n];
-                packed.forward(&x, rows, &bias, act, &mut out);
+                packed.product(&x, rows, &mut out, Some(&bias), act, wide);
                 for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
                     assert_eq!(
                         got.to_bits(),
                         want.to_bits(),
-                        "rows {rows} n {n} k {k} {act:?}: element {i} is {got}, expected {want}"
+                        "wide {wide} rows {rows} n {n} k {k} {act:?}: element {i} is {got}, expected {want}"
                     );
                 }
             }
