@@ -107,8 +107,9 @@ impl Kernel {
 /// A linear layer (`y = x·Wᵀ + b`) whose weights are stored as int8 and whose activations are
 /// quantized to `u8` on every call.
 ///
-/// Typical BERT layers run about twice as fast as an `f32` GEMM on AVX2 CPUs, at the cost of a
-/// quantization error of roughly 1% of the output's magnitude.
+/// Typical BERT layers run about twice as fast as the `f32` kernel on AVX2 CPUs and three times
+/// as fast with AVX-512 VNNI, at the cost of a quantization error of roughly 1% of the output's
+/// magnitude.
 #[derive(Clone, Debug)]
 pub struct QuantizedLinear {
     out_features: usize,
