@@ -425,19 +425,25 @@ pub(crate) unsafe fn product_6x16(
             }
         }
     };
-    // Unrolled by four: measured 3–5% faster than the plain loop (less loop overhead per
-    // FMA, and the loads of the next steps issue early).
+    unrolled_by_four(k, |kk| step(&mut acc, kk));
+    acc
+}
+
+/// Calls `step(kk)` for `kk` in `0..k`, unrolled by four: in the micro kernels this measured
+/// 3–5% faster than the plain loop (less loop overhead per FMA, and the loads of the next steps
+/// issue early).
+#[inline(always)]
+fn unrolled_by_four(k: usize, mut step: impl FnMut(usize)) {
     let body = k - k % 4;
     for kk in (0..body).step_by(4) {
-        step(&mut acc, kk);
-        step(&mut acc, kk + 1);
-        step(&mut acc, kk + 2);
-        step(&mut acc, kk + 3);
+        step(kk);
+        step(kk + 1);
+        step(kk + 2);
+        step(kk + 3);
     }
     for kk in body..k {
-        step(&mut acc, kk);
+        step(kk);
     }
-    acc
 }
 
 /// Where the sums of a [`kernel`] call start.
@@ -574,16 +580,7 @@ pub(crate) unsafe fn product_6xp<const P: usize>(
             }
         }
     };
-    let body = k - k % 4;
-    for kk in (0..body).step_by(4) {
-        step(&mut acc, kk);
-        step(&mut acc, kk + 1);
-        step(&mut acc, kk + 2);
-        step(&mut acc, kk + 3);
-    }
-    for kk in body..k {
-        step(&mut acc, kk);
-    }
+    unrolled_by_four(k, |kk| step(&mut acc, kk));
     acc
 }
 
