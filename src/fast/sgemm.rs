@@ -220,7 +220,8 @@ impl PackedWeights {
         bias: Option<&[f32]>,
         act: Option<Act>,
     ) {
-        // SAFETY: the caller guarantees AVX2/FMA, which `kernel` needs.
+        // SAFETY: the caller guarantees AVX2/FMA, which `kernel` needs; `row_block` calls the
+        // closure only with tiles that meet the rest of `kernel`'s contract.
         unsafe { self.row_block::<1>(x, out, bias, act, |tile| kernel(tile)) }
     }
 
@@ -238,7 +239,8 @@ impl PackedWeights {
         act: Option<Act>,
     ) {
         // SAFETY (all four): the caller guarantees AVX2/FMA/AVX-512F, which `kernel_avx512`
-        // needs.
+        // needs; `row_block` calls the closure only with tiles that meet the rest of its
+        // contract, and `tile.panels` picks the matching `P`.
         unsafe {
             self.row_block::<WIDE_PANELS>(x, out, bias, act, |tile| match tile.panels {
                 1 => kernel_avx512::<1>(tile),
@@ -250,7 +252,9 @@ impl PackedWeights {
     }
 
     /// One task: all output channels of a block of at most `MC_MAX` rows, in micro tiles of
-    /// `MR` rows × up to `P` panels, each computed by `kernel`.
+    /// `MR` rows × up to `P` panels, each computed by `kernel`. Every tile passed to `kernel`
+    /// meets the micro kernels' contract: `a` holds `kc·MR` values, `b` reaches `kc·NR` values
+    /// into each of its `panels` panels, and `c` is valid for `MR` rows of `panels·NR` values.
     ///
     /// # Safety
     /// The CPU must support what `kernel` needs, besides AVX2 and FMA.
