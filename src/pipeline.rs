@@ -13,7 +13,9 @@ use rayon::prelude::*;
 use crate::checkpoint::{self, CheckpointFiles, HubOptions};
 use crate::decode::{decode, Answer, DecodeParams, WindowLogits};
 use crate::error::{Error, Result};
+use crate::fast::int8::QuantizedLinear;
 use crate::fast::linear::Precision;
+use crate::fast::sgemm::PackedWeights;
 use crate::fast::{FastQaModel, Tokens};
 use crate::features::{QaTokenizer, Window};
 use crate::models::{self, ArchInfo, ModelInput, QaModel};
@@ -199,6 +201,12 @@ impl QaPipeline {
         if options.engine == EngineChoice::Auto && options.device.is_cpu() {
             let info = models::arch_info(config)?;
             if let Some(fast) = FastQaModel::load(config, &vb, options.precision)? {
+                tracing::debug!(
+                    f32_products = PackedWeights::kernel_description(),
+                    int8_products = (options.precision == Precision::Int8)
+                        .then(QuantizedLinear::kernel_description),
+                    "fast engine"
+                );
                 return Self::assemble(files, Engine::Fast(Box::new(fast)), info, options);
             }
         }

@@ -227,6 +227,17 @@ impl QuantizedLinear {
         }
     }
 
+    /// The integer kernel this CPU runs, in words (for logs).
+    pub fn kernel_description() -> &'static str {
+        match Kernel::detect() {
+            Kernel::Scalar => "portable, 8-bit weights",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "AVX2 vpmaddubsw, 7-bit weights",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => "AVX-512 VNNI, 8-bit weights",
+        }
+    }
+
     /// Number of input features (columns of `x`).
     pub fn in_features(&self) -> usize {
         self.in_features

@@ -48,6 +48,17 @@ impl PackedWeights {
         }
     }
 
+    /// The f32 product this CPU runs, in words (for logs).
+    pub fn kernel_description() -> &'static str {
+        if !Self::available() {
+            "gemm crate"
+        } else if Self::wide() {
+            "AVX-512, packed weights"
+        } else {
+            "AVX2 + FMA, packed weights"
+        }
+    }
+
     /// Whether this CPU runs the 6 × 64 AVX-512 kernel.
     fn wide() -> bool {
         #[cfg(target_arch = "x86_64")]
