@@ -166,7 +166,6 @@ unsafe fn head_attention(
         scale,
         wide,
     } = s;
-
     let padded = n.next_multiple_of(NR);
     // Each worker keeps its buffers: fresh ones per task would be page-faulted in again.
     thread_local! {
