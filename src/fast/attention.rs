@@ -48,23 +48,11 @@ pub fn attention(
     heads: usize,
     context: &mut [f32],
 ) {
-    attention_on(wide(), qkv, spans, hidden, heads, context);
-}
-
-/// Whether this CPU runs the products on 512-bit vectors (AVX-512F).
-fn wide() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    attention_on(PackedWeights::wide(), qkv, spans, hidden, heads, context);
 }
 
 /// [`attention`], with the products on 512-bit vectors if `wide` (which must then be
-/// [`wide()`]).
+/// [`PackedWeights::wide`]).
 fn attention_on(
     wide: bool,
     qkv: &[f32],
@@ -73,7 +61,10 @@ fn attention_on(
     heads: usize,
     context: &mut [f32],
 ) {
-    assert!(!wide || self::wide(), "attention: this CPU lacks AVX-512F");
+    assert!(
+        !wide || PackedWeights::wide(),
+        "attention: this CPU lacks AVX-512F"
+    );
     assert!(
         heads > 0 && hidden.is_multiple_of(heads),
         "attention: bad heads"
@@ -499,7 +490,9 @@ mod tests {
                 .collect();
             let expected = reference(&qkv, &spans, h, heads);
             // Twice per kernel: the second call reuses (stale) per-thread buffers.
-            let kernels = [false, true].into_iter().filter(|&w| !w || wide());
+            let kernels = [false, true]
+                .into_iter()
+                .filter(|&w| !w || PackedWeights::wide());
             let mut first: Option<Vec<f32>> = None;
             for wide in kernels.flat_map(|w| [w, w]) {
                 let mut context = vec![f32::NAN; start * h];

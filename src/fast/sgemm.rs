@@ -59,8 +59,9 @@ impl PackedWeights {
         }
     }
 
-    /// Whether this CPU runs the 6 × 64 AVX-512 kernel.
-    fn wide() -> bool {
+    /// Whether this CPU runs the 6 × 64 AVX-512 kernel (AVX-512F; attention's products use
+    /// 512-bit vectors there too).
+    pub(crate) fn wide() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             is_x86_feature_detected!("avx512f")
