@@ -5,9 +5,10 @@
 //! The element-wise loops are written so that LLVM vectorises them (fixed-width lane arrays,
 //! branch-free polynomial `exp`/`erf`), and are compiled by
 //! [`multiversion`](mod@multiversion) once per instruction set (AVX-512, AVX2+FMA, baseline),
-//! the best of which the CPU has is picked at run time. Their loops are plain `for` loops rather than `for_each`/`fold`: LLVM may outline
-//! an adaptor's `fold` into a separate function, which is then compiled for the baseline
-//! instruction set (SSE2) whatever the caller's. Hand-written because candle's CPU ops call libm per element and allocate per op.
+//! the best of which the CPU has is picked at run time. Their loops are plain `for` loops
+//! rather than `for_each`/`fold`: LLVM may outline an adaptor's `fold` into a separate
+//! function, which is then compiled for the baseline instruction set (SSE2) whatever the
+//! caller's. Hand-written because candle's CPU ops call libm per element and allocate per op.
 
 use gemm::Parallelism;
 use multiversion::multiversion;
