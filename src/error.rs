@@ -69,6 +69,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A document index (see [`crate::index`]) is missing, locked, damaged or cannot be
+    /// written.
+    #[error("index {}: {message}", path.display())]
+    Index {
+        /// The index folder.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+
     /// Tensor computation failed.
     #[error("model computation: {0}")]
     Candle(#[from] candle_core::Error),

@@ -21,6 +21,7 @@ pub mod decode;
 pub mod error;
 pub mod fast;
 pub mod features;
+pub mod index;
 pub mod models;
 pub mod nn;
 pub mod pipeline;

@@ -17,6 +17,8 @@ pub struct AskArgs {
     common: CommonArgs,
     #[command(flatten)]
     engine: super::EngineArgs,
+    #[command(flatten)]
+    collection: super::collection::CollectionArgs,
     /// A question (repeat for several questions about the same context).
     #[arg(
         long,
@@ -26,10 +28,10 @@ pub struct AskArgs {
     )]
     question: Vec<String>,
     /// The passage to search.
-    #[arg(long, short = 'c', conflicts_with_all = ["context_file", "input"])]
+    #[arg(long, short = 'c', conflicts_with_all = ["context_file", "input", "index"])]
     context: Option<String>,
     /// Read the passage from a UTF-8 file.
-    #[arg(long, conflicts_with = "input")]
+    #[arg(long, conflicts_with_all = ["input", "index"])]
     context_file: Option<PathBuf>,
     /// JSONL file, one `{"id"?, "question", "context", "params"?}` per line; writes one
     /// `{"id", "answers"}` line per input.
@@ -109,6 +111,18 @@ struct OutputLine<'a> {
 }
 
 pub fn run(args: AskArgs) -> CliResult {
+    if args.collection.index.is_some() {
+        let inputs = super::collection::AskInputs {
+            common: &args.common,
+            engine: &args.engine,
+            questions: &args.question,
+            input: args.input.as_deref(),
+            params: args.params(),
+            json: args.json,
+            batch_size: args.batch_size,
+        };
+        return super::collection::ask(&args.collection, inputs);
+    }
     args.common.init();
     // Validate cheap inputs before the (slow) model load.
     let context = match (&args.context, &args.context_file) {

@@ -25,6 +25,8 @@ pub struct EvalArgs {
     common: CommonArgs,
     #[command(flatten)]
     engine: super::EngineArgs,
+    #[command(flatten)]
+    collection: super::collection::CollectionArgs,
     /// SQuAD v1.1 or v2.0 JSON file (questions and gold answers).
     #[arg(long)]
     data: PathBuf,
@@ -61,6 +63,22 @@ struct Prediction {
 }
 
 pub fn run(args: EvalArgs) -> CliResult {
+    if args.collection.index.is_some() {
+        if args.na_probs.is_some() {
+            return Err(CliError::usage(
+                "--na-probs has no meaning with --index (every question gets an answer)",
+            ));
+        }
+        let inputs = super::collection::EvalInputs {
+            common: &args.common,
+            engine: &args.engine,
+            data: &args.data,
+            predictions: args.predictions.as_deref(),
+            batch_size: args.batch_size,
+            json: args.json,
+        };
+        return super::collection::eval(&args.collection, inputs);
+    }
     args.common.init();
     // Everything that can be checked cheaply is, before the model loads.
     let dataset = SquadDataset::from_file(&args.data)?;
@@ -216,7 +234,7 @@ fn null_score(prepared: &Prepared, logits: &[bertqa::decode::WindowLogits]) -> f
 }
 
 /// A progress bar on stderr (questions done, rate, ETA), hidden when stderr is not a terminal.
-fn progress_bar(questions: usize) -> ProgressBar {
+pub(super) fn progress_bar(questions: usize) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -236,7 +254,7 @@ fn progress_bar(questions: usize) -> ProgressBar {
 }
 
 /// Fails early (before hours of work) when `path` cannot be created: its folder must exist.
-fn check_writable(path: &Path) -> CliResult {
+pub(super) fn check_writable(path: &Path) -> CliResult {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -258,7 +276,7 @@ fn check_writable(path: &Path) -> CliResult {
 }
 
 /// A JSON object whose keys keep the order given (dataset order in prediction files).
-struct Ordered<'a>(Vec<(&'a str, Value)>);
+pub(super) struct Ordered<'a>(pub(super) Vec<(&'a str, Value)>);
 
 impl Serialize for Ordered<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -268,7 +286,7 @@ impl Serialize for Ordered<'_> {
 
 /// Writes `value` as JSON to a temporary file beside `path`, then renames it over `path`, so
 /// that `path` is never left half-written.
-fn write_json_atomically(path: &Path, value: &impl Serialize) -> CliResult {
+pub(super) fn write_json_atomically(path: &Path, value: &impl Serialize) -> CliResult {
     let name = path
         .file_name()
         .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());

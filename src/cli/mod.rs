@@ -1,7 +1,9 @@
 //! Command-line interface: argument parsing and dispatch. Each subcommand lives in its own module.
 
 mod ask;
+mod collection;
 mod eval;
+mod index;
 mod output;
 mod serve;
 mod train;
@@ -24,6 +26,8 @@ enum Command {
     Ask(ask::AskArgs),
     /// Answer every question of a SQuAD file and score the answers (exact match, F1).
     Eval(eval::EvalArgs),
+    /// Build or extend a BM25 index of documents, for `ask --index` and `eval --index`.
+    Index(index::IndexArgs),
     /// Serve question answering over HTTP, batching requests dynamically.
     Serve(serve::ServeArgs),
     /// Fine-tune a model for extractive QA on SQuAD-format data.
@@ -166,6 +170,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ask(args) => ask::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Index(args) => index::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Train(args) => train::run(args),
     };

@@ -1,0 +1,354 @@
+//! Answers over an index: retrieve passages with BM25, read them all in batches, rank the
+//! answers across passages.
+//!
+//! The pipeline's score is a softmax probability within one window: each passage's best span
+//! gets a high probability when it is the best of a bad lot, so those scores do not compare
+//! across passages (reading three passages instead of one made Haystack's answers worse). Here
+//! every candidate span is ranked by
+//!
+//! ```text
+//! z = start_logit + end_logit  +  RETRIEVAL_WEIGHT · ln(bm25 / best bm25 of the question)
+//! ```
+//!
+//! The raw logits are not normalised per window, so a span the model is sure of in one
+//! passage outranks a span that is merely the least bad in another; the BM25 term adds what the
+//! reader cannot see — how well the passage as a whole matches the question compared with the
+//! others found (0 for the best passage, negative for worse ones). The reported `score` is the
+//! softmax of `z` over all candidate spans of the question, so scores of one question compare
+//! across passages and documents and sum to at most 1. The weight and the number of passages
+//! read were chosen by measurement (see the README: *Asking a collection of documents*).
+
+use rayon::prelude::*;
+
+use super::{Hit, Index, Retrieval};
+use crate::decode::{best_spans, char_span, WindowLogits};
+use crate::error::{Error, Result};
+use crate::pipeline::{Prepared, QaParams, QaPipeline, QaRequest};
+
+/// Passages read per question by default.
+pub const DEFAULT_PASSAGES: usize = 3;
+
+/// Default weight of the BM25 term in the ranking of answers (see the module docs).
+pub const DEFAULT_RETRIEVAL_WEIGHT: f32 = 8.0;
+
+/// Candidate spans taken from each window (the pipeline's own pool for one answer).
+const SPANS_PER_WINDOW: usize = 12;
+
+/// How to answer over an index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AskOptions {
+    /// Passages retrieved and read per question.
+    pub passages: usize,
+    /// Weight of the BM25 term in the ranking (0: the reader's logits alone).
+    pub retrieval_weight: f32,
+    /// Reading parameters: `top_k` is the number of answers, the others as for one passage
+    /// (`handle_impossible_answer` is not used).
+    pub params: QaParams,
+}
+
+impl Default for AskOptions {
+    fn default() -> Self {
+        Self {
+            passages: DEFAULT_PASSAGES,
+            retrieval_weight: DEFAULT_RETRIEVAL_WEIGHT,
+            params: QaParams::default(),
+        }
+    }
+}
+
+/// One answer found in the collection.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DocumentAnswer {
+    /// The answer text: `document[start..end]` by characters.
+    pub answer: String,
+    /// Softmax of the ranking score over the question's candidate spans (see the module docs).
+    pub score: f32,
+    /// Start in the document, in characters (Unicode scalar values).
+    pub start: usize,
+    /// End (exclusive) in the document, in characters.
+    pub end: usize,
+    /// The document's id.
+    pub doc_id: String,
+    /// The document's title.
+    pub title: String,
+    /// The file the document came from.
+    pub path: String,
+    /// The passage the answer was read in.
+    pub passage: PassageText,
+    /// The passage's BM25 score for the question.
+    pub retrieval_score: f32,
+    /// `start_logit + end_logit` of the span.
+    pub reader_logit: f32,
+}
+
+/// The passage an answer was read in.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PassageText {
+    /// Its first character in the document.
+    pub start: usize,
+    /// Its end (exclusive) in the document, in characters.
+    pub end: usize,
+    /// Its text; the answer is `text[answer.start - start..answer.end - start]` by characters.
+    pub text: String,
+}
+
+/// The answers to one question, best first.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct DocumentAnswers {
+    /// Best first; empty when nothing was found (see `reason`).
+    pub answers: Vec<DocumentAnswer>,
+    /// Passages read.
+    pub passages_read: usize,
+    /// Why there is no answer, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A span the reader proposes in one passage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanCandidate {
+    /// The text.
+    pub text: String,
+    /// Start in the passage, in characters.
+    pub start: usize,
+    /// End (exclusive) in the passage, in characters.
+    pub end: usize,
+    /// `start_logit + end_logit`.
+    pub logit: f32,
+    /// The pipeline's probability of the span within its window.
+    pub probability: f32,
+}
+
+impl QaPipeline {
+    /// Answers `questions` over `index`: the best [`AskOptions::passages`] passages of each by
+    /// BM25 are read (windows of all questions batched together) and the answers ranked
+    /// across them (see [`crate::index::answer`]). A question without searchable words, or
+    /// whose words are in no passage, gets no answers and a reason. An empty index is an
+    /// error.
+    pub fn answer_over<Q: AsRef<str> + Sync>(
+        &self,
+        index: &Index,
+        questions: &[Q],
+        options: &AskOptions,
+    ) -> Result<Vec<DocumentAnswers>> {
+        if index.stats().passages == 0 {
+            return Err(Error::Index {
+                path: index.dir().to_path_buf(),
+                message: "it holds no passages; add documents with \
+                          `bertqa index --index DIR PATH...`"
+                    .into(),
+            });
+        }
+        if options.passages == 0 {
+            return Err(Error::InvalidParameter {
+                name: "passages",
+                message: "must be at least 1".into(),
+            });
+        }
+        let retrievals = questions
+            .iter()
+            .map(|q| {
+                let q = q.as_ref();
+                if q.trim().is_empty() {
+                    return Err(Error::InvalidInput("the question is empty".into()));
+                }
+                index.search(q, options.passages)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.answer_retrieved(questions, &retrievals, options)
+    }
+
+    /// [`QaPipeline::answer_over`] on passages already retrieved: `retrievals[q]` holds
+    /// question `q`'s passages (from [`Index::search`]).
+    pub fn answer_retrieved<Q: AsRef<str> + Sync>(
+        &self,
+        questions: &[Q],
+        retrievals: &[Retrieval],
+        options: &AskOptions,
+    ) -> Result<Vec<DocumentAnswers>> {
+        let hits: Vec<&[Hit]> = retrievals.iter().map(|r| r.hits.as_slice()).collect();
+        let questions: Vec<&str> = questions.iter().map(AsRef::as_ref).collect();
+        let candidates = self.read_hits(&questions, &hits, &options.params)?;
+        let top_k = options.params.decode_params().top_k;
+        Ok(retrievals
+            .iter()
+            .zip(candidates)
+            .map(|(retrieval, candidates)| {
+                let answers = rank(
+                    &retrieval.hits,
+                    &candidates,
+                    options.retrieval_weight,
+                    top_k,
+                );
+                let reason = if retrieval.terms.is_empty() {
+                    Some("the question has no word to search for")
+                } else if retrieval.hits.is_empty() {
+                    Some("no passage holds any word of the question")
+                } else if answers.is_empty() {
+                    Some("the reader found no answer span")
+                } else {
+                    None
+                };
+                DocumentAnswers {
+                    answers,
+                    passages_read: retrieval.hits.len(),
+                    reason: reason.map(str::to_string),
+                }
+            })
+            .collect())
+    }
+
+    /// Reads the passages found for each question: `hits[q]` are question `q`'s passages.
+    /// Returns, per question and passage, the candidate spans with their raw logits (windows
+    /// of all questions are batched together).
+    pub fn read_hits(
+        &self,
+        questions: &[&str],
+        hits: &[&[Hit]],
+        params: &QaParams,
+    ) -> Result<Vec<Vec<Vec<SpanCandidate>>>> {
+        let pairs: Vec<(usize, &Hit)> = hits
+            .iter()
+            .enumerate()
+            .flat_map(|(q, hits)| hits.iter().map(move |h| (q, h)))
+            .collect();
+        let reading = QaParams {
+            top_k: Some(1),
+            handle_impossible_answer: None,
+            ..params.clone()
+        };
+        let prepared = pairs
+            .par_iter()
+            .map(|(q, hit)| {
+                self.prepare(&QaRequest {
+                    question: questions[*q].to_string(),
+                    context: hit.passage.text.clone(),
+                    params: reading.clone(),
+                })
+            })
+            .collect::<Result<Vec<Prepared>>>()?;
+        let logits = self.run_prepared(&prepared, |_| {})?;
+        let mut out: Vec<Vec<Vec<SpanCandidate>>> =
+            hits.iter().map(|h| Vec::with_capacity(h.len())).collect();
+        let spans: Vec<Vec<SpanCandidate>> = prepared
+            .par_iter()
+            .zip(&logits)
+            .map(|(p, l)| span_candidates(p, l))
+            .collect();
+        for ((q, _), spans) in pairs.iter().zip(spans) {
+            out[*q].push(spans);
+        }
+        Ok(out)
+    }
+}
+
+/// The best spans of every window of one passage with their raw logits; spans with the same
+/// text (case-insensitively) are one candidate, at the offsets of its best logit.
+pub fn span_candidates(prepared: &Prepared, logits: &[WindowLogits]) -> Vec<SpanCandidate> {
+    let context = &prepared.context;
+    let chars: Vec<usize> = context.char_indices().map(|(b, _)| b).collect();
+    let byte = |c: usize| chars.get(c).copied().unwrap_or(context.len());
+    let mut out: Vec<SpanCandidate> = Vec::new();
+    for (window, (start_logits, end_logits)) in prepared.windows.iter().zip(logits) {
+        let n = window.len();
+        let (spans, _) = best_spans(
+            &start_logits[..n],
+            &end_logits[..n],
+            &window.p_mask,
+            SPANS_PER_WINDOW,
+            prepared.decode.max_answer_len,
+        );
+        for span in spans {
+            let (start, end) =
+                char_span(window, span.start, span.end, prepared.decode.align_to_words);
+            if start >= end {
+                continue;
+            }
+            let text = &context[byte(start)..byte(end)];
+            let logit = start_logits[span.start] + end_logits[span.end];
+            let key = text.to_lowercase();
+            match out.iter_mut().find(|c| c.text.to_lowercase() == key) {
+                Some(c) if c.logit >= logit => {}
+                Some(c) => {
+                    *c = SpanCandidate {
+                        text: text.to_string(),
+                        start,
+                        end,
+                        logit,
+                        probability: span.score,
+                    }
+                }
+                None => out.push(SpanCandidate {
+                    text: text.to_string(),
+                    start,
+                    end,
+                    logit,
+                    probability: span.score,
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// Ranks the candidates of all passages of one question (see the module docs) and returns the
+/// best `top_k` distinct answers.
+fn rank(
+    hits: &[Hit],
+    candidates: &[Vec<SpanCandidate>],
+    retrieval_weight: f32,
+    top_k: usize,
+) -> Vec<DocumentAnswer> {
+    let best_bm25 = hits
+        .iter()
+        .map(|h| h.score)
+        .fold(f32::MIN_POSITIVE, f32::max);
+    let mut scored: Vec<(f32, &Hit, &SpanCandidate)> = hits
+        .iter()
+        .zip(candidates)
+        .flat_map(|(hit, spans)| {
+            let prior = retrieval_weight * (hit.score.max(f32::MIN_POSITIVE) / best_bm25).ln();
+            spans.iter().map(move |s| (s.logit + prior, hit, s))
+        })
+        .filter(|(z, _, _)| z.is_finite())
+        .collect();
+    // Stable: ties keep retrieval order.
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let Some(&(best, _, _)) = scored.first() else {
+        return Vec::new();
+    };
+    let total: f64 = scored
+        .iter()
+        .map(|(z, _, _)| f64::from(z - best).exp())
+        .sum();
+    let mut answers: Vec<DocumentAnswer> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for (z, hit, span) in scored {
+        if answers.len() == top_k {
+            break;
+        }
+        let key = span.text.to_lowercase();
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let passage = &hit.passage;
+        answers.push(DocumentAnswer {
+            answer: span.text.clone(),
+            score: (f64::from(z - best).exp() / total) as f32,
+            start: passage.start + span.start,
+            end: passage.start + span.end,
+            doc_id: passage.doc_id.clone(),
+            title: passage.title.clone(),
+            path: passage.path.clone(),
+            passage: PassageText {
+                start: passage.start,
+                end: passage.end,
+                text: passage.text.clone(),
+            },
+            retrieval_score: hit.score,
+            reader_logit: span.logit,
+        });
+    }
+    answers
+}

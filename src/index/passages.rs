@@ -1,0 +1,277 @@
+//! Splitting documents into passages, the units that are retrieved and read.
+//!
+//! A passage is a contiguous slice of its document, so that an answer's offsets in the passage
+//! plus the passage's start are its offsets in the document. Documents are cut at blank lines
+//! into paragraphs; consecutive short paragraphs (a Markdown heading and its text, a list) are
+//! merged up to [`PASSAGE_WORDS`] words; a paragraph of up to [`PARAGRAPH_WORDS`] words stays
+//! whole, because cutting it separates answers from the sentences that explain them; a longer
+//! one is cut at sentence ends into pieces of at most [`PASSAGE_WORDS`] words (a sentence
+//! longer than that at word boundaries).
+//!
+//! The sizes follow the reader: a window of 384 tokens holds about 280 English words next to
+//! a question, so a passage of 200 words is read in one window, and a whole paragraph of up to
+//! 400 in two.
+
+use std::ops::Range;
+
+/// Consecutive paragraphs are merged while the passage stays within this many words; longer
+/// paragraphs are cut into pieces of at most this many.
+pub const PASSAGE_WORDS: usize = 200;
+
+/// A paragraph of up to this many words is one passage (or part of one), never cut.
+pub const PARAGRAPH_WORDS: usize = 400;
+
+/// Where a passage lies in its document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassageSpan {
+    /// Byte range in the document's text.
+    pub bytes: Range<usize>,
+    /// Character (Unicode scalar value) range in the document's text.
+    pub chars: Range<usize>,
+}
+
+/// Cuts `text` into passages (see the module docs). Whitespace-only text has none.
+pub fn split_passages(text: &str) -> Vec<PassageSpan> {
+    let mut pieces: Vec<(Range<usize>, usize)> = Vec::new();
+    for paragraph in paragraphs(text) {
+        let words = count_words(&text[paragraph.clone()]);
+        if words <= PARAGRAPH_WORDS {
+            pieces.push((paragraph, words));
+        } else {
+            pieces.extend(cut_long(text, paragraph));
+        }
+    }
+    let mut merged: Vec<Range<usize>> = Vec::new();
+    let mut words_in_last = usize::MAX;
+    for (range, words) in pieces {
+        match merged.last_mut() {
+            Some(last) if words_in_last + words <= PASSAGE_WORDS => {
+                last.end = range.end;
+                words_in_last += words;
+            }
+            _ => {
+                merged.push(range);
+                words_in_last = words;
+            }
+        }
+    }
+    with_char_offsets(text, merged)
+}
+
+fn count_words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+/// `range` of `text` without leading and trailing whitespace (`None` if nothing is left).
+fn trimmed(text: &str, range: Range<usize>) -> Option<Range<usize>> {
+    let slice = &text[range.clone()];
+    let start = range.start + (slice.len() - slice.trim_start().len());
+    let end = range.end - (slice.len() - slice.trim_end().len());
+    (start < end).then_some(start..end)
+}
+
+/// Blocks of text separated by blank (whitespace-only) lines, trimmed.
+fn paragraphs(text: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim().is_empty() {
+            out.extend(trimmed(text, start..offset));
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    out.extend(trimmed(text, start..text.len()));
+    out
+}
+
+/// Cuts a long paragraph at sentence ends into pieces of at most [`PASSAGE_WORDS`] words,
+/// with their word counts.
+fn cut_long(text: &str, paragraph: Range<usize>) -> Vec<(Range<usize>, usize)> {
+    let mut pieces: Vec<(Range<usize>, usize)> = Vec::new();
+    for sentence in sentences(text, paragraph) {
+        let words = count_words(&text[sentence.clone()]);
+        let sentence_pieces = if words > PASSAGE_WORDS {
+            cut_at_words(text, sentence)
+        } else {
+            vec![(sentence, words)]
+        };
+        for (range, words) in sentence_pieces {
+            match pieces.last_mut() {
+                Some((last, n)) if *n + words <= PASSAGE_WORDS => {
+                    last.end = range.end;
+                    *n += words;
+                }
+                _ => pieces.push((range, words)),
+            }
+        }
+    }
+    pieces
+}
+
+/// Sentences of `range`: cut after `.`, `!` or `?` followed by whitespace, trimmed.
+fn sentences(text: &str, range: Range<usize>) -> Vec<Range<usize>> {
+    let slice = &text[range.clone()];
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = slice.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next_is_space = chars.peek().is_some_and(|(_, n)| n.is_whitespace());
+        if matches!(c, '.' | '!' | '?') && next_is_space {
+            let end = i + c.len_utf8();
+            out.extend(trimmed(text, range.start + start..range.start + end));
+            start = end;
+        }
+    }
+    out.extend(trimmed(text, range.start + start..range.end));
+    out
+}
+
+/// Cuts `range` at word boundaries into pieces of [`PASSAGE_WORDS`] words.
+fn cut_at_words(text: &str, range: Range<usize>) -> Vec<(Range<usize>, usize)> {
+    let slice = &text[range.clone()];
+    let mut out = Vec::new();
+    let mut piece_start: Option<usize> = None;
+    let mut piece_end = 0;
+    let mut words = 0;
+    let mut in_word = false;
+    for (i, c) in slice.char_indices() {
+        if c.is_whitespace() {
+            if in_word {
+                piece_end = i;
+                in_word = false;
+                if words == PASSAGE_WORDS {
+                    if let Some(s) = piece_start.take() {
+                        out.push((range.start + s..range.start + piece_end, words));
+                    }
+                    words = 0;
+                }
+            }
+        } else if !in_word {
+            in_word = true;
+            words += 1;
+            piece_start.get_or_insert(i);
+        }
+    }
+    if in_word {
+        piece_end = slice.len();
+    }
+    if let Some(s) = piece_start {
+        out.push((range.start + s..range.start + piece_end, words));
+    }
+    out
+}
+
+/// Adds character offsets to byte ranges given in document order.
+fn with_char_offsets(text: &str, ranges: Vec<Range<usize>>) -> Vec<PassageSpan> {
+    let mut byte = 0;
+    let mut chars = 0;
+    let mut to_chars = |b: usize| {
+        chars += text[byte..b].chars().count();
+        byte = b;
+        chars
+    };
+    ranges
+        .into_iter()
+        .map(|bytes| {
+            let start = to_chars(bytes.start);
+            let end = to_chars(bytes.end);
+            PassageSpan {
+                bytes,
+                chars: start..end,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts<'a>(text: &'a str, spans: &[PassageSpan]) -> Vec<&'a str> {
+        spans.iter().map(|s| &text[s.bytes.clone()]).collect()
+    }
+
+    /// Every passage's char range selects the same text as its byte range.
+    fn check_offsets(text: &str, spans: &[PassageSpan]) {
+        let chars: Vec<char> = text.chars().collect();
+        for s in spans {
+            let by_chars: String = chars[s.chars.clone()].iter().collect();
+            assert_eq!(by_chars, &text[s.bytes.clone()]);
+        }
+    }
+
+    #[test]
+    fn short_paragraphs_merge_into_one_passage() {
+        let text = "# Título\n\nÜber 😀 alles.\r\n  \r\nSecond paragraph.\n";
+        let spans = split_passages(text);
+        assert_eq!(
+            texts(text, &spans),
+            ["# Título\n\nÜber 😀 alles.\r\n  \r\nSecond paragraph."]
+        );
+        check_offsets(text, &spans);
+        assert_eq!(spans[0].chars.start, 0);
+    }
+
+    #[test]
+    fn paragraphs_past_the_passage_size_stay_apart() {
+        let long = vec!["word"; 150].join(" ");
+        let text = format!("{long}\n\n{long}\n\n\nshort tail");
+        let spans = split_passages(&text);
+        assert_eq!(spans.len(), 2);
+        assert_eq!(&text[spans[0].bytes.clone()], long);
+        assert_eq!(
+            &text[spans[1].bytes.clone()],
+            format!("{long}\n\n\nshort tail")
+        );
+        check_offsets(&text, &spans);
+    }
+
+    #[test]
+    fn a_paragraph_up_to_the_limit_stays_whole() {
+        let text = vec!["mot"; PARAGRAPH_WORDS].join(" ");
+        assert_eq!(split_passages(&text).len(), 1);
+    }
+
+    #[test]
+    fn long_paragraphs_are_cut_at_sentence_ends() {
+        let sentence = format!("{}é.", vec!["ça"; 49].join(" ")); // 50 words
+        let text = vec![sentence.clone(); 9].join(" "); // 450 words, one paragraph
+        let spans = split_passages(&text);
+        let words: Vec<usize> = texts(&text, &spans)
+            .iter()
+            .map(|t| count_words(t))
+            .collect();
+        assert_eq!(words, [200, 200, 50]);
+        for t in texts(&text, &spans) {
+            assert!(
+                t.ends_with("é."),
+                "cut inside a sentence: …{}",
+                &t[t.len() - 8..]
+            );
+        }
+        check_offsets(&text, &spans);
+    }
+
+    #[test]
+    fn a_sentence_longer_than_a_passage_is_cut_at_words() {
+        let text = format!("  {}  ", vec!["ab"; 450].join(" \n "));
+        let spans = split_passages(&text);
+        let words: Vec<usize> = texts(&text, &spans)
+            .iter()
+            .map(|t| count_words(t))
+            .collect();
+        assert_eq!(words, [200, 200, 50]);
+        check_offsets(&text, &spans);
+        // Nothing is lost between pieces.
+        let total: usize = words.iter().sum();
+        assert_eq!(total, 450);
+    }
+
+    #[test]
+    fn whitespace_has_no_passages() {
+        assert!(split_passages("").is_empty());
+        assert!(split_passages(" \n\n\t\r\n ").is_empty());
+    }
+}
