@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn long_paragraphs_are_cut_at_sentence_ends() {
-        let sentence = format!("{}é.", vec!["ça"; 49].join(" ")); // 50 words
+        let sentence = format!("{} é.", vec!["ça"; 49].join(" ")); // 50 words
         let text = vec![sentence.clone(); 9].join(" "); // 450 words, one paragraph
         let spans = split_passages(&text);
         let words: Vec<usize> = texts(&text, &spans)

@@ -9,6 +9,7 @@ mod golden_arch_b;
 mod golden_bert;
 mod golden_deberta;
 mod golden_minilm;
+mod index;
 mod int8;
 mod properties;
 mod sentencepiece_fallback;
