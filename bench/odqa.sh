@@ -43,10 +43,10 @@ haystack() { # K
     --pred "$WORK/haystack-$1-pred.json" > "$WORK/haystack-$1.json"
 }
 haystack 1
-bertqa_eval bertqa-1 1 8
+bertqa_eval bertqa-1 1 20
 haystack 3
 bertqa_eval bertqa-3-reader 3 0
-bertqa_eval bertqa-3 3 8
+bertqa_eval bertqa-3 3 20
 
 "$PY" - "$WORK" <<'PYEOF'
 import json, sys
@@ -59,7 +59,7 @@ rows = [
 ]
 for name, label in [("bertqa-1", "bertqa, 1 passage"),
                     ("bertqa-3-reader", "bertqa, 3 passages, reader logits alone (weight 0)"),
-                    ("bertqa-3", "bertqa, 3 passages, default ranking (weight 8)")]:
+                    ("bertqa-3", "bertqa, 3 passages, default ranking (weight 20)")]:
     b = load(name)
     rows.append((label, b["exact_match"], b["f1"], b["recall_at_k"], b["questions_per_second"]))
 print(f"\n{h1['questions']} questions over {h1['corpus_paragraphs']} paragraphs, torch threads {h1['torch_threads']}\n")

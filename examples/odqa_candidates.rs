@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dataset = SquadDataset::from_file(data)?;
     let dir = std::env::temp_dir().join(format!("odqa-candidates-{}", std::process::id()));
     let mut index = Index::create(&dir, &IndexSettings::default())?;
-    index.add(&[data.into()], |_| {})?;
+    index.add(&[data], |_| {})?;
     let qa = QaPipeline::load(model, &LoadOptions::default())?;
     let mut writer = std::io::BufWriter::new(std::fs::File::create(out)?);
     for round in dataset.examples.chunks(64) {

@@ -98,7 +98,7 @@ fn load_model(
 }
 
 /// Opens the index and refuses an empty one before the model loads.
-fn open_index(dir: &Path) -> CliResult<Index> {
+pub fn open_index(dir: &Path) -> CliResult<Index> {
     let index = Index::open(dir)?;
     if index.stats().passages == 0 {
         return Err(CliError::usage(format!(

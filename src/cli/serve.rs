@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Write logs as JSON lines (one object per event) instead of text.
     #[arg(long)]
     json_logs: bool,
+    /// Also answer over this document index (made by `bertqa index`) on
+    /// `POST /documents/question-answering`. Restart the server after re-indexing.
+    #[arg(long)]
+    index: Option<std::path::PathBuf>,
 }
 
 /// Parses a size such as `2MB`, `512KiB` or `1048576`.
@@ -102,6 +106,12 @@ pub fn run(args: ServeArgs) -> CliResult {
             return Err(CliError::usage(format!("{name} must be at least 1")));
         }
     }
+    let index = args
+        .index
+        .as_deref()
+        .map(super::collection::open_index)
+        .transpose()?
+        .map(Arc::new);
     let options = LoadOptions {
         hub: args.common.hub(),
         max_context_chars: args.max_context_chars,
@@ -116,6 +126,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         max_client_batch_size: args.max_client_batch_size,
         max_context_chars: args.max_context_chars,
         payload_limit: args.payload_limit,
+        index,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -113,9 +113,9 @@ impl Index {
     /// ones replace their passages; files gone from a folder given are removed. Binary,
     /// non-UTF-8 and malformed files are skipped and reported. `on_progress` is called after
     /// each file.
-    pub fn add(
+    pub fn add<P: AsRef<Path>>(
         &mut self,
-        paths: &[PathBuf],
+        paths: &[P],
         on_progress: impl Fn(&AddProgress),
     ) -> Result<AddReport> {
         let found = self.find_files(paths)?;
@@ -166,9 +166,10 @@ impl Index {
 
     /// Removes the indexed files at `paths` (a file, or every file under a folder), whether
     /// they still exist or not. A path with nothing indexed is an error naming it.
-    pub fn remove(&mut self, paths: &[PathBuf]) -> Result<RemoveReport> {
+    pub fn remove<P: AsRef<Path>>(&mut self, paths: &[P]) -> Result<RemoveReport> {
         let mut keys = Vec::new();
         for path in paths {
+            let path = path.as_ref();
             let key = absolute_key(path)?;
             let under = self.manifest.files_under(&key);
             if under.is_empty() {
@@ -299,11 +300,12 @@ impl Index {
     }
 
     /// The files at `paths`, folders walked in name order.
-    fn find_files(&self, paths: &[PathBuf]) -> Result<Found> {
+    fn find_files<P: AsRef<Path>>(&self, paths: &[P]) -> Result<Found> {
         let index_dir = std::fs::canonicalize(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let mut found = Found::default();
         let mut keys = BTreeSet::new();
         for path in paths {
+            let path = path.as_ref();
             let meta = std::fs::metadata(path).map_err(|e| {
                 Error::io(
                     path,

@@ -11,12 +11,18 @@
 //! ```
 //!
 //! The raw logits are not normalised per window, so a span the model is sure of in one
-//! passage outranks a span that is merely the least bad in another; the BM25 term adds what the
-//! reader cannot see — how well the passage as a whole matches the question compared with the
-//! others found (0 for the best passage, negative for worse ones). The reported `score` is the
-//! softmax of `z` over all candidate spans of the question, so scores of one question compare
-//! across passages and documents and sum to at most 1. The weight and the number of passages
-//! read were chosen by measurement (see the README: *Asking a collection of documents*).
+//! passage can outrank a span that is merely the least bad in another; the BM25 term adds what
+//! the reader cannot see — how well the passage as a whole matches the question compared with
+//! the others found (0 for the best passage, negative for worse ones). Measured on XQuAD, the
+//! reader's logits alone rank badly across passages (3 passages read: EM 32.9 against 43.7 for
+//! the first passage alone), so the weight is high: a span of a passage with 90% of the best
+//! BM25 score needs 2.1 more logit to win, one with half of it 13.9. The reported `score` is
+//! the softmax of `z` over all candidate spans of the question, so scores of one question
+//! compare across passages and documents and sum to at most 1. The weight and the number of
+//! passages read were chosen by measurement (`bench/odqa_weights.py`; see the README section
+//! *Asking a collection of documents*).
+
+use std::borrow::Borrow;
 
 use rayon::prelude::*;
 
@@ -29,7 +35,7 @@ use crate::pipeline::{Prepared, QaParams, QaPipeline, QaRequest};
 pub const DEFAULT_PASSAGES: usize = 3;
 
 /// Default weight of the BM25 term in the ranking of answers (see the module docs).
-pub const DEFAULT_RETRIEVAL_WEIGHT: f32 = 8.0;
+pub const DEFAULT_RETRIEVAL_WEIGHT: f32 = 20.0;
 
 /// Candidate spans taken from each window (the pipeline's own pool for one answer).
 const SPANS_PER_WINDOW: usize = 12;
@@ -125,7 +131,7 @@ impl QaPipeline {
     /// across them (see [`crate::index::answer`]). A question without searchable words, or
     /// whose words are in no passage, gets no answers and a reason. An empty index is an
     /// error.
-    pub fn answer_over<Q: AsRef<str> + Sync>(
+    pub fn answer_over<Q: AsRef<str>>(
         &self,
         index: &Index,
         questions: &[Q],
@@ -160,7 +166,7 @@ impl QaPipeline {
 
     /// [`QaPipeline::answer_over`] on passages already retrieved: `retrievals[q]` holds
     /// question `q`'s passages (from [`Index::search`]).
-    pub fn answer_retrieved<Q: AsRef<str> + Sync>(
+    pub fn answer_retrieved<Q: AsRef<str>>(
         &self,
         questions: &[Q],
         retrievals: &[Retrieval],
@@ -168,34 +174,61 @@ impl QaPipeline {
     ) -> Result<Vec<DocumentAnswers>> {
         let hits: Vec<&[Hit]> = retrievals.iter().map(|r| r.hits.as_slice()).collect();
         let questions: Vec<&str> = questions.iter().map(AsRef::as_ref).collect();
-        let candidates = self.read_hits(&questions, &hits, &options.params)?;
-        let top_k = options.params.decode_params().top_k;
+        let (prepared, counts) = self.prepare_all(&questions, &hits, &options.params)?;
+        // One model run over the windows of every passage of every question.
+        let logits = self.run_prepared(&prepared, |_| {})?;
+        let mut offset = 0;
         Ok(retrievals
             .iter()
-            .zip(candidates)
-            .map(|(retrieval, candidates)| {
-                let answers = rank(
-                    &retrieval.hits,
-                    &candidates,
-                    options.retrieval_weight,
-                    top_k,
-                );
-                let reason = if retrieval.terms.is_empty() {
-                    Some("the question has no word to search for")
-                } else if retrieval.hits.is_empty() {
-                    Some("no passage holds any word of the question")
-                } else if answers.is_empty() {
-                    Some("the reader found no answer span")
-                } else {
-                    None
-                };
-                DocumentAnswers {
-                    answers,
-                    passages_read: retrieval.hits.len(),
-                    reason: reason.map(str::to_string),
-                }
+            .zip(counts)
+            .map(|(retrieval, n)| {
+                let range = offset..offset + n;
+                offset += n;
+                rank_read(retrieval, &prepared[range.clone()], &logits[range], options)
             })
             .collect())
+    }
+
+    /// The windows of every passage of every question, flat, and how many passages each
+    /// question has.
+    fn prepare_all(
+        &self,
+        questions: &[&str],
+        hits: &[&[Hit]],
+        params: &QaParams,
+    ) -> Result<(Vec<Prepared>, Vec<usize>)> {
+        let per_question = questions
+            .par_iter()
+            .zip(hits)
+            .map(|(q, h)| self.prepare_hits(q, h, params))
+            .collect::<Result<Vec<_>>>()?;
+        let counts = per_question.iter().map(Vec::len).collect();
+        Ok((per_question.into_iter().flatten().collect(), counts))
+    }
+
+    /// Cuts each passage found for `question` into windows (in parallel), ready for
+    /// [`QaPipeline::run_prepared`] or a server's batcher; [`rank_read`] ranks what the model
+    /// makes of them.
+    pub fn prepare_hits(
+        &self,
+        question: &str,
+        hits: &[Hit],
+        params: &QaParams,
+    ) -> Result<Vec<Prepared>> {
+        let reading = QaParams {
+            top_k: Some(1),
+            handle_impossible_answer: None,
+            ..params.clone()
+        };
+        hits.par_iter()
+            .map(|hit| {
+                self.prepare(&QaRequest {
+                    question: question.to_string(),
+                    context: hit.passage.text.clone(),
+                    params: reading.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Reads the passages found for each question: `hits[q]` are question `q`'s passages.
@@ -207,38 +240,54 @@ impl QaPipeline {
         hits: &[&[Hit]],
         params: &QaParams,
     ) -> Result<Vec<Vec<Vec<SpanCandidate>>>> {
-        let pairs: Vec<(usize, &Hit)> = hits
-            .iter()
-            .enumerate()
-            .flat_map(|(q, hits)| hits.iter().map(move |h| (q, h)))
-            .collect();
-        let reading = QaParams {
-            top_k: Some(1),
-            handle_impossible_answer: None,
-            ..params.clone()
-        };
-        let prepared = pairs
-            .par_iter()
-            .map(|(q, hit)| {
-                self.prepare(&QaRequest {
-                    question: questions[*q].to_string(),
-                    context: hit.passage.text.clone(),
-                    params: reading.clone(),
-                })
-            })
-            .collect::<Result<Vec<Prepared>>>()?;
+        let (prepared, counts) = self.prepare_all(questions, hits, params)?;
         let logits = self.run_prepared(&prepared, |_| {})?;
-        let mut out: Vec<Vec<Vec<SpanCandidate>>> =
-            hits.iter().map(|h| Vec::with_capacity(h.len())).collect();
-        let spans: Vec<Vec<SpanCandidate>> = prepared
+        let mut candidates = prepared
             .par_iter()
             .zip(&logits)
             .map(|(p, l)| span_candidates(p, l))
-            .collect();
-        for ((q, _), spans) in pairs.iter().zip(spans) {
-            out[*q].push(spans);
-        }
-        Ok(out)
+            .collect::<Vec<_>>()
+            .into_iter();
+        Ok(counts
+            .into_iter()
+            .map(|n| candidates.by_ref().take(n).collect())
+            .collect())
+    }
+}
+
+/// The answers to one question from the model's logits on its passages: `prepared[i]` and
+/// `logits[i]` belong to `retrieval.hits[i]` (see [`QaPipeline::prepare_hits`]).
+pub fn rank_read<P: Borrow<Prepared>>(
+    retrieval: &Retrieval,
+    prepared: &[P],
+    logits: &[Vec<WindowLogits>],
+    options: &AskOptions,
+) -> DocumentAnswers {
+    let candidates: Vec<Vec<SpanCandidate>> = prepared
+        .iter()
+        .zip(logits)
+        .map(|(p, l)| span_candidates(p.borrow(), l))
+        .collect();
+    let top_k = options.params.decode_params().top_k;
+    let answers = rank(
+        &retrieval.hits,
+        &candidates,
+        options.retrieval_weight,
+        top_k,
+    );
+    let reason = if retrieval.terms.is_empty() {
+        Some("the question has no word to search for")
+    } else if retrieval.hits.is_empty() {
+        Some("no passage holds any word of the question")
+    } else if answers.is_empty() {
+        Some("the reader found no answer span")
+    } else {
+        None
+    };
+    DocumentAnswers {
+        answers,
+        passages_read: retrieval.hits.len(),
+        reason: reason.map(str::to_string),
     }
 }
 

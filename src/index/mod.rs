@@ -6,7 +6,7 @@
 //! use bertqa::{LoadOptions, QaPipeline};
 //!
 //! let mut index = Index::open_or_create("my-index", &IndexSettings::default())?;
-//! index.add(&["docs/".into()], |_| {})?;
+//! index.add(&["docs/"], |_| {})?;
 //! let qa = QaPipeline::load("../shared/models/minilm-xquad-qa", &LoadOptions::default())?;
 //! let found = qa.answer_over(&index, &["Who wrote the manual?"], &AskOptions::default())?;
 //! for answer in &found[0].answers {

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod batcher;
+pub mod documents;
 pub mod error;
 pub mod metrics;
 pub mod routes;
@@ -36,6 +37,9 @@ pub struct ServerConfig {
     pub max_context_chars: usize,
     /// Largest request body, in bytes.
     pub payload_limit: usize,
+    /// The document index `POST /documents/question-answering` answers over (none: that
+    /// endpoint answers 404).
+    pub index: Option<Arc<crate::index::Index>>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +50,7 @@ impl Default for ServerConfig {
             max_client_batch_size: 32,
             max_context_chars: crate::pipeline::DEFAULT_MAX_CONTEXT_CHARS,
             payload_limit: 2_000_000,
+            index: None,
         }
     }
 }

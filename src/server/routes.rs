@@ -31,6 +31,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let qa = Router::new()
         .route("/", post(question_answering))
         .route("/question-answering", post(question_answering))
+        .route(
+            "/documents/question-answering",
+            post(super::documents::question_answering),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_concurrency,
@@ -53,6 +57,7 @@ fn endpoint_label(path: &str) -> &'static str {
     match path {
         "/" => "/",
         "/question-answering" => "/question-answering",
+        "/documents/question-answering" => "/documents/question-answering",
         "/health" => "/health",
         "/info" => "/info",
         "/metrics" => "/metrics",
@@ -146,7 +151,7 @@ async fn limit_concurrency(
     next.run(req).await
 }
 
-fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
+pub(super) fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             ErrorKind::PayloadTooLarge,
@@ -171,7 +176,7 @@ fn prepare_error(error: Error, path: &str) -> ApiError {
     }
 }
 
-fn batch_error(error: BatchError) -> ApiError {
+pub(super) fn batch_error(error: BatchError) -> ApiError {
     match error {
         BatchError::Stopped => ApiError::new(
             ErrorKind::Unavailable,
@@ -181,11 +186,11 @@ fn batch_error(error: BatchError) -> ApiError {
     }
 }
 
-fn join_error(e: tokio::task::JoinError) -> ApiError {
+pub(super) fn join_error(e: tokio::task::JoinError) -> ApiError {
     ApiError::new(ErrorKind::Internal, format!("worker task failed: {e}"))
 }
 
-fn millis(d: Duration) -> HeaderValue {
+pub(super) fn millis(d: Duration) -> HeaderValue {
     HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
         .unwrap_or(HeaderValue::from_static("0"))
 }
@@ -299,6 +304,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "max_client_batch_size": c.max_client_batch_size,
         "max_context_chars": c.max_context_chars,
         "payload_limit": c.payload_limit,
+        "index": c.index.as_ref().map(|index| super::documents::info(index)),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

@@ -59,7 +59,7 @@ fn the_xquad_file_is_indexed_then_reindexed_after_a_change() {
     std::fs::copy(xquad(), &data).unwrap();
     let dir = work.join("index");
     let mut index = Index::open_or_create(&dir, &IndexSettings::default()).unwrap();
-    let report = index.add(&[data.clone()], |_| {}).unwrap();
+    let report = index.add(&[&data], |_| {}).unwrap();
     assert_eq!((report.added, report.passages), (1, 180));
     let stats = index.stats();
     assert_eq!(
@@ -85,10 +85,7 @@ fn the_xquad_file_is_indexed_then_reindexed_after_a_change() {
     assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
 
     // Unchanged: nothing is read again, nothing added.
-    let again = Index::open(&dir)
-        .unwrap()
-        .add(&[data.clone()], |_| {})
-        .unwrap();
+    let again = Index::open(&dir).unwrap().add(&[&data], |_| {}).unwrap();
     assert_eq!((again.unchanged, again.added, again.passages), (1, 0, 0));
 
     // Changed: the file's passages are replaced, not added to.
@@ -101,7 +98,7 @@ fn the_xquad_file_is_indexed_then_reindexed_after_a_change() {
     )
     .unwrap();
     let mut index = Index::open(&dir).unwrap();
-    let changed = index.add(&[data.clone()], |_| {}).unwrap();
+    let changed = index.add(&[&data], |_| {}).unwrap();
     assert_eq!((changed.updated, changed.passages), (1, 180));
     assert_eq!(index.stats().passages, 180);
     let found = index.search("Zyxwarble", 3).unwrap().hits;
@@ -273,7 +270,7 @@ fn a_locked_or_damaged_index_is_a_clear_error() {
     // Another writer holds the lock.
     let other = tantivy::Index::open_in_dir(&dir).unwrap();
     let writer: tantivy::IndexWriter = other.writer(20_000_000).unwrap();
-    match index.add(&[file.clone()], |_| {}) {
+    match index.add(&[&file], |_| {}) {
         Err(Error::Index { message, .. }) => {
             assert!(
                 message.contains("another bertqa index is writing"),

@@ -686,3 +686,86 @@ fn inputs_of_a_client_that_left_are_dropped_before_compute() {
     let short = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
     assert_eq!(server.post(&short).status, 200);
 }
+
+#[test]
+fn documents_endpoint_answers_over_the_index() {
+    let work = common::TempDir::new("serve-index");
+    let index_dir = work.join("index");
+    let data = common::shared().join("data/xquad-en-train.json");
+    let mut index = bertqa::index::Index::open_or_create(&index_dir, &Default::default())
+        .expect("create index");
+    index.add(&[&data], |_| {}).expect("index xquad");
+    // The same answers as the library gives.
+    let question = "How many points did the Panthers defense give up?";
+    let options = bertqa::index::AskOptions {
+        params: bertqa::QaParams {
+            top_k: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let qa = common::load_pipeline(&minilm());
+    let expected = qa
+        .answer_over(&index, &[question], &options)
+        .expect("answer");
+    drop(index);
+
+    let server = Server::start(&minilm(), &["--index", index_dir.to_str().unwrap()]);
+    let path = "/documents/question-answering";
+    let body = json!({"inputs": {"question": question}, "parameters": {"top_k": 2}});
+    let reply = server.request("POST", path, Some(&body.to_string()));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.header("x-inference-time").is_some());
+    let got = reply.json();
+    assert_eq!(got["passages_read"], 3);
+    let want = serde_json::to_value(&expected[0]).unwrap();
+    assert_eq!(got["answers"].as_array().unwrap().len(), 2);
+    for (g, w) in got["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(want["answers"].as_array().unwrap())
+    {
+        for key in ["answer", "start", "end", "doc_id", "title", "path"] {
+            assert_eq!(g[key], w[key], "{key}");
+        }
+        let (gs, ws) = (g["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+        assert!((gs - ws).abs() < 1e-4, "score {gs} vs {ws}");
+    }
+
+    // No searchable word: an empty list and the reason.
+    let reply = server.request(
+        "POST",
+        path,
+        Some(&json!({"inputs": {"question": "?!"}}).to_string()),
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["answers"], json!([]));
+    assert_eq!(
+        reply.json()["reason"],
+        "the question has no word to search for"
+    );
+    // Bad bodies name the field.
+    let bad = json!({"inputs": {"question": "Who?"}, "parameters": {"passages": 0}});
+    let reply = server.request("POST", path, Some(&bad.to_string()));
+    assert_error(&reply, 422, "validation", "parameters.passages");
+
+    // It shows in /info, /openapi.json and the metrics.
+    let info = server.request("GET", "/info", None).json();
+    assert_eq!(info["index"]["passages"], 180);
+    let openapi = server.request("GET", "/openapi.json", None).json();
+    assert!(openapi["paths"][path].is_object());
+    assert!(server
+        .metrics()
+        .contains("endpoint=\"/documents/question-answering\""));
+
+    // Without --index the endpoint says how to get one.
+    drop(server);
+    let plain = Server::start(&minilm(), &[]);
+    let reply = plain.request("POST", path, Some(&body.to_string()));
+    assert_error(&reply, 404, "not_found", "--index");
+    assert_eq!(
+        plain.request("GET", "/info", None).json()["index"],
+        Value::Null
+    );
+}
