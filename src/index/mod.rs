@@ -184,16 +184,15 @@ impl Index {
                  `bertqa index --index DIR PATH...`",
             ));
         }
-        let mut index = tantivy::Index::open_in_dir(dir).map_err(|e| damaged(dir, e))?;
-        Self::from_tantivy(dir, &mut index).and_then(|(fields, manifest)| {
-            let reader = reader_of(dir, &index)?;
-            Ok(Self {
-                dir: dir.to_path_buf(),
-                index,
-                reader,
-                fields,
-                manifest,
-            })
+        let index = tantivy::Index::open_in_dir(dir).map_err(|e| damaged(dir, e))?;
+        let (fields, manifest) = Self::fields_and_manifest(dir, &index)?;
+        let reader = reader_of(dir, &index)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index,
+            reader,
+            fields,
+            manifest,
         })
     }
 
@@ -248,7 +247,8 @@ impl Index {
         }
     }
 
-    fn from_tantivy(dir: &Path, index: &mut tantivy::Index) -> Result<(Fields, Manifest)> {
+    /// Registers the analyzers of an opened index and reads its fields and manifest.
+    fn fields_and_manifest(dir: &Path, index: &tantivy::Index) -> Result<(Fields, Manifest)> {
         Analyzer::register_all(index.tokenizers());
         let fields = Fields::of(&index.schema())
             .map_err(|m| index_error(dir, &format!("not a bertqa index: {m}")))?;
