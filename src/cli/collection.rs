@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bertqa::index::answer::{DEFAULT_PASSAGES, DEFAULT_RETRIEVAL_WEIGHT};
+use bertqa::index::answer::{DEFAULT_PASSAGES, DEFAULT_RETRIEVAL_WEIGHT, MAX_PASSAGES};
 use bertqa::index::{AskOptions, DocumentAnswer, DocumentAnswers, Hit, Index};
 use bertqa::squad::{self, SquadDataset, SquadExample};
 use bertqa::{Answer, LoadOptions, QaParams, QaPipeline};
@@ -34,8 +34,10 @@ pub struct CollectionArgs {
 
 impl CollectionArgs {
     fn options(&self, params: QaParams) -> CliResult<AskOptions> {
-        if self.passages == 0 {
-            return Err(CliError::usage("--passages must be at least 1"));
+        if self.passages == 0 || self.passages > MAX_PASSAGES {
+            return Err(CliError::usage(format!(
+                "--passages must be from 1 to {MAX_PASSAGES}"
+            )));
         }
         if !self.retrieval_weight.is_finite() || self.retrieval_weight < 0.0 {
             return Err(CliError::usage(

@@ -34,6 +34,9 @@ use crate::pipeline::{Prepared, QaParams, QaPipeline, QaRequest};
 /// Passages read per question by default.
 pub const DEFAULT_PASSAGES: usize = 3;
 
+/// Most passages read per question (bounds the work one question can ask for).
+pub const MAX_PASSAGES: usize = 1000;
+
 /// Default weight of the BM25 term in the ranking of answers (see the module docs).
 pub const DEFAULT_RETRIEVAL_WEIGHT: f32 = 20.0;
 
@@ -145,10 +148,10 @@ impl QaPipeline {
                     .into(),
             });
         }
-        if options.passages == 0 {
+        if options.passages == 0 || options.passages > MAX_PASSAGES {
             return Err(Error::InvalidParameter {
                 name: "passages",
-                message: "must be at least 1".into(),
+                message: format!("must be from 1 to {MAX_PASSAGES}"),
             });
         }
         let retrievals = questions
