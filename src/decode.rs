@@ -8,6 +8,7 @@
 //! merged, their scores added — and sorted by score (stably, first-seen order breaking ties, as
 //! Python's `sorted`); the best `top_k` are returned.
 
+use crate::engine::WindowLogits;
 use crate::features::Window;
 
 /// Decoding parameters, named as the pipeline's keyword arguments.
@@ -78,9 +79,6 @@ fn masked_softmax(logits: &[f32], p_mask: &[bool]) -> Vec<f32> {
     let sum: f32 = exp.iter().map(|&x| x as f64).sum::<f64>() as f32;
     exp.into_iter().map(|x| x / sum).collect()
 }
-
-/// Start and end logits of one window's tokens.
-pub type WindowLogits = (Vec<f32>, Vec<f32>);
 
 /// A candidate span within one window, in token indices.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -153,6 +151,17 @@ pub fn char_span(window: &Window, s: usize, e: usize, align_to_words: bool) -> (
     (offsets[s].0, offsets[e].1)
 }
 
+/// The answers to one question, and its score for "no answer".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decoded {
+    /// The best `top_k` answers, best first (with the empty answer among them when
+    /// `handle_impossible_answer` asked for it).
+    pub answers: Vec<Answer>,
+    /// The pipeline's null score: the smallest `p_start(CLS)·p_end(CLS)` over windows (SQuAD
+    /// v2's no-answer probability).
+    pub null_score: f32,
+}
+
 /// Pools the spans of all windows of one (question, context) pair into the final answers.
 ///
 /// `logits[w]` holds the start and end logits of `windows[w]`, each at least as long as the window.
@@ -161,7 +170,7 @@ pub fn decode(
     windows: &[Window],
     logits: &[WindowLogits],
     params: &DecodeParams,
-) -> Vec<Answer> {
+) -> Decoded {
     // Word alignment may merge candidates, so the pipeline asks each window for more of them.
     let pre_top_k = if params.align_to_words {
         params.top_k * 2 + 10
@@ -221,5 +230,8 @@ pub fn decode(
     // Stable: equal scores keep window order, as Python's sorted(reverse=True).
     answers.sort_by(|a, b| b.score.total_cmp(&a.score));
     answers.truncate(params.top_k);
-    answers
+    Decoded {
+        answers,
+        null_score: min_null_score,
+    }
 }

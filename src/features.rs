@@ -10,6 +10,7 @@ use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, Tru
 
 use crate::checkpoint::{read_json, CheckpointFiles};
 use crate::error::{Error, Result};
+use crate::models::ModelSpec;
 
 /// One window of a (question, context) pair, ready for the model.
 #[derive(Clone, Debug)]
@@ -67,8 +68,9 @@ fn token_name(config: &serde_json::Value, key: &str) -> Option<String> {
 impl QaTokenizer {
     /// Loads tokenizer.json, or when there is none builds the tokenizer transformers would:
     /// BERT WordPiece from vocab.txt (lower-casing as tokenizer_config.json says), byte-level
-    /// BPE from vocab.json + merges.txt, or a converted SentencePiece model.
-    pub fn from_checkpoint(files: &CheckpointFiles) -> Result<Self> {
+    /// BPE from vocab.json + merges.txt, or a converted SentencePiece model (as the
+    /// architecture of `spec` converts it).
+    pub fn from_checkpoint(files: &CheckpointFiles, spec: &ModelSpec) -> Result<Self> {
         let tok_config = match &files.tokenizer_config {
             Some(p) => read_json(p)?,
             None => serde_json::Value::Null,
@@ -84,7 +86,7 @@ impl QaTokenizer {
         } else if let Some((vocab, merges)) = &files.bpe_files {
             byte_level_bpe_from_files(vocab, merges, &tok_config)?
         } else if let Some(model) = &files.spm_model {
-            sentencepiece_from_model(files, model, &tok_config, &special_map)?
+            sentencepiece_from_model(files, spec, model, &tok_config, &special_map)?
         } else {
             return Err(Error::ModelNotFound {
                 model: files.name.clone(),
@@ -211,15 +213,15 @@ fn json_beside_config(files: &CheckpointFiles, name: &str) -> Result<serde_json:
         .map(|v| v.unwrap_or(serde_json::Value::Null))
 }
 
-/// The tokenizer transformers converts from a SentencePiece model; config.json's
-/// `model_type` and the token files beside it say how.
+/// The tokenizer transformers converts from a SentencePiece model; the architecture and the
+/// token files beside the model say how.
 fn sentencepiece_from_model(
     files: &CheckpointFiles,
+    spec: &ModelSpec,
     model: &std::path::Path,
     tok_config: &serde_json::Value,
     special_map: &serde_json::Value,
 ) -> Result<Tokenizer> {
-    let config = read_json(&files.config)?;
     let added_tokens = json_beside_config(files, "added_tokens.json")?;
     crate::sentencepiece::tokenizer_from_model_file(
         model,
@@ -227,7 +229,8 @@ fn sentencepiece_from_model(
             tokenizer_config: tok_config,
             special_tokens_map: special_map,
             added_tokens: &added_tokens,
-            model_type: config.get("model_type").and_then(|v| v.as_str()),
+            model_type: Some(spec.model_type()),
+            model_default: spec.architecture().sentencepiece,
         },
     )
 }

@@ -109,7 +109,7 @@ pub fn run(args: ServeArgs) -> CliResult {
     };
     let options = args.engine.apply(options);
     let qa = QaPipeline::load(&args.common.model, &options)?;
-    tracing::info!(model = %qa.files().name, model_type = %qa.arch().model_type, "model loaded");
+    tracing::info!(model = %qa.files().name, model_type = %qa.spec().model_type(), "model loaded");
     let config = ServerConfig {
         max_concurrent_requests: args.max_concurrent_requests,
         max_batch_tokens: args.max_batch_tokens,

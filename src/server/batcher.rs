@@ -1,9 +1,11 @@
 //! Dynamic batching: windows of many requests share model calls.
 //!
 //! Handlers tokenize on worker threads and [`Batcher::enqueue`] the result. One model thread
-//! drains the queue, packs windows in arrival order into a call of at most `max_batch_tokens`
-//! padded tokens (windows × longest window; one window always goes), runs the model and, when all
-//! of an input's windows are done, hands its logits back through a oneshot channel. Inputs whose
+//! drains the queue, packs windows in arrival order into a call that costs at most
+//! `max_batch_tokens` tokens as the engine counts them ([`crate::Engine::batch_cost`]: the
+//! padded size for padded engines, the sum of lengths for packed ones; one window always goes),
+//! runs the model and, when all of an input's windows are done, hands its logits back through a
+//! oneshot channel. Inputs whose
 //! receiver was dropped (the client went away) leave the queue before any compute is spent on
 //! them. Model compute runs only on that thread, never on the async runtime.
 
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
-use crate::decode::WindowLogits;
+use crate::engine::WindowLogits;
 use crate::features::Window;
 use crate::pipeline::Prepared;
 
@@ -45,8 +47,11 @@ pub struct Computed {
 /// What the model thread sends back for one input.
 pub type Reply = Result<Computed, BatchError>;
 
-/// Runs the model on windows padded into one batch.
+/// Runs the model on windows as one batch.
 pub type Runner = Box<dyn FnMut(&[&Window]) -> crate::Result<Vec<WindowLogits>> + Send>;
+
+/// What a model call on windows of these lengths costs, in tokens computed.
+pub type BatchCost = Box<dyn Fn(&[usize]) -> usize + Send>;
 
 struct Job {
     prepared: Arc<Prepared>,
@@ -75,14 +80,19 @@ impl Batcher {
     /// Starts the model thread. It stops once every handle is dropped and its queue is empty.
     pub fn start(
         runner: Runner,
+        cost: BatchCost,
         max_batch_tokens: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let loop_metrics = metrics.clone();
+        let budget = Budget {
+            cost,
+            max_tokens: max_batch_tokens.max(1),
+        };
         std::thread::Builder::new()
             .name("bertqa-model".into())
-            .spawn(move || model_loop(runner, rx, max_batch_tokens.max(1), &loop_metrics))?;
+            .spawn(move || model_loop(runner, rx, &budget, &loop_metrics))?;
         Ok(Self { queue: tx, metrics })
     }
 
@@ -104,31 +114,31 @@ impl Batcher {
     }
 }
 
-/// How many of the next windows (given by their lengths, in queue order) fit into one call of at
-/// most `max_batch_tokens` padded tokens. Always at least one when there is any.
-pub fn windows_that_fit(
-    lengths: impl IntoIterator<Item = usize>,
-    max_batch_tokens: usize,
-) -> usize {
-    let mut longest = 0;
-    let mut count = 0;
-    for len in lengths {
-        let padded = longest.max(len) * (count + 1);
-        if count > 0 && padded > max_batch_tokens {
-            break;
-        }
-        longest = longest.max(len);
-        count += 1;
-    }
-    count
+/// The most a model call may cost.
+struct Budget {
+    cost: BatchCost,
+    max_tokens: usize,
 }
 
-fn model_loop(
-    mut runner: Runner,
-    rx: mpsc::Receiver<Job>,
-    max_batch_tokens: usize,
-    metrics: &Metrics,
-) {
+/// How many of the next windows (given by their lengths, in queue order) fit into one call
+/// costing at most `max_tokens` by `cost`. Always at least one when there is any.
+pub fn windows_that_fit(
+    lengths: impl IntoIterator<Item = usize>,
+    max_tokens: usize,
+    cost: &dyn Fn(&[usize]) -> usize,
+) -> usize {
+    let mut taken = Vec::new();
+    for len in lengths {
+        taken.push(len);
+        if taken.len() > 1 && cost(&taken) > max_tokens {
+            taken.pop();
+            break;
+        }
+    }
+    taken.len()
+}
+
+fn model_loop(mut runner: Runner, rx: mpsc::Receiver<Job>, budget: &Budget, metrics: &Metrics) {
     let mut active: VecDeque<Active> = VecDeque::new();
     let activate = |job: Job| Active {
         logits: Vec::with_capacity(job.prepared.windows.len()),
@@ -165,7 +175,7 @@ fn model_loop(
         let lengths = pending
             .clone()
             .map(|(i, w)| active[i].job.prepared.windows[w].len());
-        let count = windows_that_fit(lengths, max_batch_tokens);
+        let count = windows_that_fit(lengths, budget.max_tokens, &budget.cost);
         let picks: Vec<(usize, usize)> = pending.take(count).collect();
         if picks.is_empty() {
             // Only inputs without windows: they are complete as they are.
@@ -180,8 +190,8 @@ fn model_loop(
             .iter()
             .map(|&(i, w)| &active[i].job.prepared.windows[w])
             .collect();
-        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(0);
-        metrics.record_batch(windows.len(), longest * windows.len());
+        let lengths: Vec<usize> = windows.iter().map(|w| w.len()).collect();
+        metrics.record_batch(windows.len(), (budget.cost)(&lengths));
         let result = catch_unwind(AssertUnwindSafe(|| runner(&windows)));
         drop(windows);
         let outcome = match result {
@@ -249,16 +259,32 @@ mod tests {
     use crate::{LoadOptions, QaPipeline, QaRequest};
     use std::sync::Mutex;
 
+    fn padded(lengths: &[usize]) -> usize {
+        lengths.iter().max().copied().unwrap_or(0) * lengths.len()
+    }
+
+    fn packed(lengths: &[usize]) -> usize {
+        lengths.iter().sum()
+    }
+
     #[test]
     fn packs_windows_up_to_the_padded_token_budget() {
-        assert_eq!(windows_that_fit([], 100), 0);
+        assert_eq!(windows_that_fit([], 100, &padded), 0);
         // One window always goes, even over the budget.
-        assert_eq!(windows_that_fit([500, 10], 100), 1);
+        assert_eq!(windows_that_fit([500, 10], 100, &padded), 1);
         // 4 × 25 = 100 fits; a fifth would make 125.
-        assert_eq!(windows_that_fit([25; 8], 100), 4);
+        assert_eq!(windows_that_fit([25; 8], 100, &padded), 4);
         // Padding counts: after a 40-token window, 3 × 40 = 120 > 100.
-        assert_eq!(windows_that_fit([10, 40, 10], 100), 2);
-        assert_eq!(windows_that_fit([10, 10, 10, 60], 100), 3);
+        assert_eq!(windows_that_fit([10, 40, 10], 100, &padded), 2);
+        assert_eq!(windows_that_fit([10, 10, 10, 60], 100, &padded), 3);
+    }
+
+    #[test]
+    fn packed_engines_are_budgeted_by_the_sum_of_lengths() {
+        // 10 + 40 + 10 + 40 = 100 fits unpadded, where padding would allow only two.
+        assert_eq!(windows_that_fit([10, 40, 10, 40, 5], 100, &packed), 4);
+        assert_eq!(windows_that_fit([500, 10], 100, &packed), 1);
+        assert_eq!(windows_that_fit([30, 30, 30, 11], 100, &packed), 3);
     }
 
     fn pipeline() -> QaPipeline {
@@ -294,7 +320,7 @@ mod tests {
             runner_qa.run_windows(w)
         });
         let metrics = Arc::new(Metrics::default());
-        let batcher = Batcher::start(runner, 100, metrics.clone()).unwrap();
+        let batcher = Batcher::start(runner, Box::new(padded), 100, metrics.clone()).unwrap();
         let receivers: Vec<_> = inputs
             .iter()
             .map(|p| batcher.enqueue(p.clone()).unwrap())
@@ -342,7 +368,7 @@ mod tests {
                 .collect())
         });
         let metrics = Arc::new(Metrics::default());
-        let batcher = Batcher::start(runner, 16384, metrics.clone()).unwrap();
+        let batcher = Batcher::start(runner, Box::new(padded), 16384, metrics.clone()).unwrap();
         let rx1 = batcher.enqueue(first).unwrap();
         // Wait until the first call is running.
         while seen.lock().unwrap().is_empty() {
@@ -376,7 +402,13 @@ mod tests {
                 .map(|w| (vec![0.0; w.len()], vec![0.0; w.len()]))
                 .collect())
         });
-        let batcher = Batcher::start(runner, 16384, Arc::new(Metrics::default())).unwrap();
+        let batcher = Batcher::start(
+            runner,
+            Box::new(padded),
+            16384,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
         let rx1 = batcher.enqueue(prepared(&qa, 384)).unwrap();
         let err = rx1.blocking_recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("panicked"), "{err}");

@@ -19,7 +19,6 @@ use super::api::{self, InputLimits};
 use super::batcher::BatchError;
 use super::error::{ApiError, ErrorKind};
 use super::AppState;
-use crate::decode::decode;
 use crate::{Error, QaRequest};
 
 /// The OpenAPI 3 description of the endpoints.
@@ -258,7 +257,7 @@ async fn question_answering(
         prepared
             .iter()
             .zip(&logits)
-            .map(|(p, l)| decode(&p.context, &p.windows, l, &p.decode))
+            .map(|(p, l)| p.answers(l).answers)
             .collect::<Vec<_>>()
     })
     .await
@@ -291,8 +290,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
     let c = &state.config;
     Json(json!({
         "model_id": qa.files().name,
-        "model_type": qa.arch().model_type,
-        "max_position_embeddings": qa.arch().max_position_embeddings,
+        "model_type": qa.spec().model_type(),
+        "max_position_embeddings": qa.spec().max_input_len(),
         "default_max_seq_len": qa.default_max_seq_len(),
         "max_concurrent_requests": c.max_concurrent_requests,
         "max_batch_tokens": c.max_batch_tokens,
