@@ -9,6 +9,7 @@ pub mod api;
 pub mod batcher;
 pub mod error;
 pub mod metrics;
+pub mod page;
 pub mod routes;
 
 use std::future::Future;

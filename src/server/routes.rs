@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +25,7 @@ use crate::{Error, QaRequest};
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Builds the router: question answering on `POST /` and `POST /question-answering`, plus
-/// `/health`, `/info`, `/metrics` and `/openapi.json`.
+/// `/health`, `/info`, `/metrics`, `/openapi.json` and the browser page on `GET /`.
 pub fn router(state: Arc<AppState>) -> Router {
     let qa = Router::new()
         .route("/", post(question_answering))
@@ -36,6 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .merge(qa)
+        // Outside the concurrency limit: loading the page must not take a request's permit.
+        .route("/", get(super::page::page))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -87,6 +89,9 @@ fn request_id(req: &Request) -> String {
 async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = request_id(&req);
     let endpoint = endpoint_label(req.uri().path());
+    // `GET /` is the page, not a question.
+    let answers_questions =
+        req.method() == Method::POST && matches!(endpoint, "/" | "/question-answering");
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -97,7 +102,6 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let mut response = next.run(req).instrument(span.clone()).await;
     let latency = start.elapsed();
     let status = response.status().as_u16();
-    let answers_questions = matches!(endpoint, "/" | "/question-answering");
     state
         .metrics
         .record_request(endpoint, status, answers_questions.then_some(latency));

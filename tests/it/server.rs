@@ -686,3 +686,42 @@ fn inputs_of_a_client_that_left_are_dropped_before_compute() {
     let short = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
     assert_eq!(server.post(&short).status, 200);
 }
+
+#[test]
+fn the_page_is_served_on_get_root_and_post_root_still_answers() {
+    let server = Server::start(&common::fixture("bert-uncased"), &[]);
+    let page = server.request("GET", "/", None);
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "text/html");
+    assert!(page
+        .header("content-type")
+        .is_some_and(|t| t.contains("charset=utf-8")));
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|csp| csp.contains("default-src 'none'")));
+    assert!(page.text.starts_with("<!doctype html>"), "{}", page.text);
+    assert!(page.text.contains("id=\"question\""));
+
+    let golden = common::load_golden(&common::fixture("bert-uncased").join("golden.json"));
+    let case = &golden.cases[0];
+    let reply = server.request("POST", "/", Some(&case_body(case).to_string()));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let errors = common::compare_answers(&case.id, &answers_of(&reply.json()), &case.expected);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+
+    // Only the question counts as answered; the page is a plain GET.
+    assert_eq!(
+        server.metric("bertqa_requests_total{endpoint=\"/\",status=\"200\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        server.metric("bertqa_request_duration_seconds_count"),
+        Some(1.0)
+    );
+    assert_error(
+        &server.request("PUT", "/", Some("{}")),
+        405,
+        "method_not_allowed",
+        "method",
+    );
+}
