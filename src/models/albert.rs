@@ -12,21 +12,20 @@ use serde::Deserialize;
 
 use super::{check_absolute_positions, check_heads, parse_as, Architecture, ModelConfig};
 use super::{Encoder, ModelInput, ModelType};
-use crate::engine::Precision;
 use crate::error::Error;
-use crate::fast::FastEncoder;
 use crate::nn::{self, Activation, LayerNorm, Linear};
 use crate::sentencepiece::Converter;
 
 /// ALBERT in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
-    name: "ALBERT",
     model_types: &[ModelType {
-        name: "albert",
-        qa_class: "AlbertForQuestionAnswering",
-    }],
-    weight_prefix: "albert",
+    name: "albert",
+    title: "ALBERT",
+    qa_class: "AlbertForQuestionAnswering",
     tokenizer: "SentencePiece unigram",
+    example: "twmkn9/albert-base-v2-squad2",
+}],
+    weight_prefix: "albert",
     sentencepiece: Some(Converter::Albert),
     padding_tables: &["word_embeddings"],
     config_class:
@@ -249,7 +248,7 @@ fn group_of(step: usize, num_hidden_layers: usize, num_hidden_groups: usize) -> 
 }
 
 impl ModelConfig for Config {
-    fn validate(&self) -> crate::Result<()> {
+    fn validate(&self) -> crate::error::Result<()> {
         check_absolute_positions(self.position_embedding_type.as_deref())?;
         check_heads(self.hidden_size, self.num_attention_heads)?;
         if self.num_hidden_groups == 0 || self.num_hidden_groups > self.num_hidden_layers {
@@ -271,10 +270,6 @@ impl ModelConfig for Config {
 
     fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
         Ok(Box::new(AlbertModel::new(self, root)?))
-    }
-
-    fn fast_encoder(&self, _: &VarBuilder, _: Precision) -> crate::Result<Option<FastEncoder>> {
-        Ok(None)
     }
 }
 

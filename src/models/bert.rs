@@ -13,13 +13,14 @@ use crate::nn::{self, Activation, LayerNorm, Linear};
 
 /// BERT in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
-    name: "BERT",
     model_types: &[ModelType {
-        name: "bert",
-        qa_class: "BertForQuestionAnswering",
-    }],
-    weight_prefix: "bert",
+    name: "bert",
+    title: "BERT",
+    qa_class: "BertForQuestionAnswering",
     tokenizer: "WordPiece",
+    example: "bert-large-uncased-whole-word-masking-finetuned-squad",
+}],
+    weight_prefix: "bert",
     sentencepiece: None,
     padding_tables: &["word_embeddings"],
     config_class: "https://huggingface.co/docs/transformers/model_doc/bert#transformers.BertConfig",
@@ -293,7 +294,7 @@ const LAYER_NAMES: LayerNames = LayerNames {
 
 impl Config {
     /// The validation every BERT-style config shares.
-    pub(crate) fn check(&self) -> crate::Result<()> {
+    pub(crate) fn check(&self) -> crate::error::Result<()> {
         check_absolute_positions(self.position_embedding_type.as_deref())?;
         check_heads(self.hidden_size, self.num_attention_heads)
     }
@@ -329,7 +330,7 @@ impl Config {
         root: &VarBuilder,
         embeddings: fast::Embeddings,
         precision: Precision,
-    ) -> crate::Result<FastEncoder> {
+    ) -> crate::error::Result<FastEncoder> {
         let shape = LayerShape {
             hidden: self.hidden_size,
             intermediate: self.intermediate_size,
@@ -349,7 +350,7 @@ impl Config {
 }
 
 impl ModelConfig for Config {
-    fn validate(&self) -> crate::Result<()> {
+    fn validate(&self) -> crate::error::Result<()> {
         self.check()
     }
 
@@ -369,7 +370,7 @@ impl ModelConfig for Config {
         &self,
         root: &VarBuilder,
         precision: Precision,
-    ) -> crate::Result<Option<FastEncoder>> {
+    ) -> crate::error::Result<Option<FastEncoder>> {
         let embeddings = self.fast_embeddings(root, self.hidden_size, PositionIds::FromZero, true)?;
         self.fast_stack(root, embeddings, precision).map(Some)
     }

@@ -12,21 +12,20 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Deserializer};
 
 use super::{parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
-use crate::engine::Precision;
 use crate::error::Error;
-use crate::fast::FastEncoder;
 use crate::nn::{self, Activation, LayerNorm, Linear};
 use crate::sentencepiece::Converter;
 
 /// DeBERTa-v2 and -v3 in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
-    name: "DeBERTa-v2, DeBERTa-v3",
     model_types: &[ModelType {
-        name: "deberta-v2",
-        qa_class: "DebertaV2ForQuestionAnswering",
-    }],
-    weight_prefix: "deberta",
+    name: "deberta-v2",
+    title: "DeBERTa-v2 / v3",
+    qa_class: "DebertaV2ForQuestionAnswering",
     tokenizer: "SentencePiece unigram",
+    example: "deepset/deberta-v3-base-squad2",
+}],
+    weight_prefix: "deberta",
     sentencepiece: Some(Converter::DebertaV2),
     padding_tables: &["word_embeddings"],
     config_class: "https://huggingface.co/docs/transformers/model_doc/deberta-v2#transformers.DebertaV2Config",
@@ -681,7 +680,7 @@ impl Encoder for DebertaV2Model {
 }
 
 impl ModelConfig for Config {
-    fn validate(&self) -> crate::Result<()> {
+    fn validate(&self) -> crate::error::Result<()> {
         let heads = self.num_attention_heads;
         if heads == 0 || (self.attention_head_size.is_none() && !self.hidden_size.is_multiple_of(heads)) {
             return Err(Error::InvalidInput(format!(
@@ -703,10 +702,6 @@ impl ModelConfig for Config {
 
     fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
         Ok(Box::new(DebertaV2Model::new(self, root)?))
-    }
-
-    fn fast_encoder(&self, _: &VarBuilder, _: Precision) -> crate::Result<Option<FastEncoder>> {
-        Ok(None)
     }
 }
 

@@ -15,13 +15,14 @@ use crate::nn::{self, Activation, LayerNorm, Linear};
 
 /// DistilBERT in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
-    name: "DistilBERT",
     model_types: &[ModelType {
-        name: "distilbert",
-        qa_class: "DistilBertForQuestionAnswering",
-    }],
-    weight_prefix: "distilbert",
+    name: "distilbert",
+    title: "DistilBERT",
+    qa_class: "DistilBertForQuestionAnswering",
     tokenizer: "WordPiece",
+    example: "distilbert-base-cased-distilled-squad",
+}],
+    weight_prefix: "distilbert",
     sentencepiece: None,
     padding_tables: &["word_embeddings"],
     config_class: "https://huggingface.co/docs/transformers/model_doc/distilbert#transformers.DistilBertConfig",
@@ -221,7 +222,7 @@ const LAYER_NAMES: LayerNames = LayerNames {
 };
 
 impl ModelConfig for Config {
-    fn validate(&self) -> crate::Result<()> {
+    fn validate(&self) -> crate::error::Result<()> {
         check_heads(self.dim, self.n_heads)
     }
 
@@ -245,7 +246,7 @@ impl ModelConfig for Config {
         &self,
         root: &VarBuilder,
         precision: Precision,
-    ) -> crate::Result<Option<FastEncoder>> {
+    ) -> crate::error::Result<Option<FastEncoder>> {
         let d = self.dim;
         let fixed_positions = self
             .sinusoidal_pos_embds

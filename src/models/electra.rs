@@ -16,13 +16,14 @@ use crate::nn::Linear;
 
 /// ELECTRA in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
-    name: "ELECTRA",
     model_types: &[ModelType {
-        name: "electra",
-        qa_class: "ElectraForQuestionAnswering",
-    }],
-    weight_prefix: "electra",
+    name: "electra",
+    title: "ELECTRA",
+    qa_class: "ElectraForQuestionAnswering",
     tokenizer: "WordPiece",
+    example: "deepset/electra-base-squad2",
+}],
+    weight_prefix: "electra",
     sentencepiece: None,
     padding_tables: &["word_embeddings"],
     config_class:
@@ -86,7 +87,7 @@ impl EncoderModel for ElectraModel {
 }
 
 impl ModelConfig for Config {
-    fn validate(&self) -> crate::Result<()> {
+    fn validate(&self) -> crate::error::Result<()> {
         self.bert.check()
     }
 
@@ -106,7 +107,7 @@ impl ModelConfig for Config {
         &self,
         root: &VarBuilder,
         precision: Precision,
-    ) -> crate::Result<Option<FastEncoder>> {
+    ) -> crate::error::Result<Option<FastEncoder>> {
         let (cfg, e) = (&self.bert, self.embedding_size);
         let mut embeddings = cfg.fast_embeddings(root, e, PositionIds::FromZero, true)?;
         if e != cfg.hidden_size {

@@ -11,20 +11,19 @@ use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
 use super::{check_heads, parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
-use crate::engine::Precision;
 use crate::error::Error;
-use crate::fast::FastEncoder;
 use crate::nn::{self, Activation, LayerNorm, Linear};
 
 /// MobileBERT in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
-    name: "MobileBERT",
     model_types: &[ModelType {
-        name: "mobilebert",
-        qa_class: "MobileBertForQuestionAnswering",
-    }],
-    weight_prefix: "mobilebert",
+    name: "mobilebert",
+    title: "MobileBERT",
+    qa_class: "MobileBertForQuestionAnswering",
     tokenizer: "WordPiece",
+    example: "csarron/mobilebert-uncased-squad-v2",
+}],
+    weight_prefix: "mobilebert",
     sentencepiece: None,
     padding_tables: &["word_embeddings"],
     config_class: "https://huggingface.co/docs/transformers/model_doc/mobilebert#transformers.MobileBertConfig",
@@ -507,7 +506,7 @@ impl Encoder for MobileBertModel {
 }
 
 impl ModelConfig for Config {
-    fn validate(&self) -> crate::Result<()> {
+    fn validate(&self) -> crate::error::Result<()> {
         if self.num_feedforward_networks == 0 {
             return Err(Error::InvalidInput(
                 "config.json: num_feedforward_networks must be at least 1".into(),
@@ -526,10 +525,6 @@ impl ModelConfig for Config {
 
     fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
         Ok(Box::new(MobileBertModel::new(self, root)?))
-    }
-
-    fn fast_encoder(&self, _: &VarBuilder, _: Precision) -> crate::Result<Option<FastEncoder>> {
-        Ok(None)
     }
 }
 

@@ -31,7 +31,8 @@ pub use qa::{encoder_root, Encoder, ForQuestionAnswering, ModelInput, QaHead, Qa
 pub use reference::ReferenceEngine;
 pub(crate) use registry::{check_absolute_positions, check_heads};
 pub use registry::{
-    lookup, parse_as, supported_model_types, Architecture, ModelConfig, ModelSpec, ModelType,
+    lookup, markdown_table, parse_as, supported_model_types, Architecture, ModelConfig, ModelSpec,
+    ModelType,
 };
 
 use candle_nn::VarBuilder;

@@ -14,27 +14,30 @@ use crate::error::{Error, Result};
 use crate::fast::{FastEncoder, FastQaModel};
 use crate::sentencepiece::Converter;
 
-/// One config.json `model_type` and the transformers class a QA model of it is saved as.
+/// One config.json `model_type`: the transformers class a QA model of it is saved as, and what
+/// the README's table says of it.
 #[derive(Clone, Copy, Debug)]
 pub struct ModelType {
     /// config.json's `model_type`.
     pub name: &'static str,
+    /// Its name in prose.
+    pub title: &'static str,
     /// The class written to `architectures` when training saves a model.
     pub qa_class: &'static str,
+    /// Its tokenizer, in prose.
+    pub tokenizer: &'static str,
+    /// A QA checkpoint of this type on the Hub.
+    pub example: &'static str,
 }
 
 /// One architecture, as its file declares it in its `ARCHITECTURE` constant.
 #[derive(Debug)]
 pub struct Architecture {
-    /// Its name in prose (the README's table).
-    pub name: &'static str,
     /// The `model_type`s it reads.
     pub model_types: &'static [ModelType],
     /// Where a QA checkpoint keeps the encoder's weights (`bert` → `bert.embeddings.…`); base
     /// checkpoints keep them at the root.
     pub weight_prefix: &'static str,
-    /// Its tokenizer, in prose (the README's table).
-    pub tokenizer: &'static str,
     /// How transformers converts its SentencePiece model when a checkpoint has no
     /// tokenizer.json (`None`: its tokenizer is not SentencePiece).
     pub sentencepiece: Option<Converter>,
@@ -68,9 +71,12 @@ pub trait ModelConfig: Debug + Send + Sync {
     /// from the weights under `root` (the encoder's prefix).
     fn encoder(&self, root: VarBuilder) -> candle_core::Result<Box<dyn Encoder>>;
 
-    /// The encoder on the fast engine, from the weights under `root`; `Ok(None)` where the
-    /// fast engine does not cover this configuration.
-    fn fast_encoder(&self, root: &VarBuilder, precision: Precision) -> Result<Option<FastEncoder>>;
+    /// The encoder on the fast engine, from the weights under `root`; `Ok(None)` (the
+    /// default) where the fast engine does not cover this configuration.
+    fn fast_encoder(&self, root: &VarBuilder, precision: Precision) -> Result<Option<FastEncoder>> {
+        let _ = (root, precision);
+        Ok(None)
+    }
 }
 
 /// [`Architecture::parse`] for a config type: deserializes, then validates.
@@ -223,4 +229,18 @@ pub(crate) fn check_absolute_positions(kind: Option<&str>) -> Result<()> {
             "config.json: position_embedding_type `{kind}` is not supported (only `absolute`)"
         ))),
     }
+}
+
+/// The README's table of supported architectures, one row per `model_type`, from the registry.
+pub fn markdown_table() -> String {
+    let mut table = String::from(
+        "| `model_type` | architecture | tokenizer | saved as | Hub example |\n|---|---|---|---|---|\n",
+    );
+    for t in ARCHITECTURES.iter().flat_map(|a| a.model_types) {
+        table.push_str(&format!(
+            "| `{}` | {} | {} | `{}` | `{}` |\n",
+            t.name, t.title, t.tokenizer, t.qa_class, t.example
+        ));
+    }
+    table
 }

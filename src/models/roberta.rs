@@ -16,19 +16,23 @@ use crate::sentencepiece::Converter;
 
 /// RoBERTa and XLM-RoBERTa in the registry: one network, two tokenizers.
 pub const ARCHITECTURE: Architecture = Architecture {
-    name: "RoBERTa, XLM-RoBERTa",
     model_types: &[
         ModelType {
             name: "roberta",
+            title: "RoBERTa",
             qa_class: "RobertaForQuestionAnswering",
+            tokenizer: "byte-level BPE",
+            example: "deepset/roberta-base-squad2",
         },
         ModelType {
             name: "xlm-roberta",
+            title: "XLM-RoBERTa",
             qa_class: "XLMRobertaForQuestionAnswering",
+            tokenizer: "SentencePiece unigram",
+            example: "deepset/xlm-roberta-large-squad2",
         },
     ],
     weight_prefix: "roberta",
-    tokenizer: "byte-level BPE (RoBERTa), SentencePiece unigram (XLM-RoBERTa)",
     sentencepiece: Some(Converter::XlmRoberta),
     padding_tables: &["word_embeddings", "position_embeddings"],
     config_class:
@@ -101,7 +105,7 @@ impl EncoderModel for RobertaModel {
 }
 
 impl ModelConfig for Config {
-    fn validate(&self) -> crate::Result<()> {
+    fn validate(&self) -> crate::error::Result<()> {
         self.bert.check()
     }
 
@@ -125,7 +129,7 @@ impl ModelConfig for Config {
         &self,
         root: &VarBuilder,
         precision: Precision,
-    ) -> crate::Result<Option<FastEncoder>> {
+    ) -> crate::error::Result<Option<FastEncoder>> {
         let cfg = &self.bert;
         let positions = PositionIds::AfterPadding(self.pad_token_id());
         let embeddings = cfg.fast_embeddings(root, cfg.hidden_size, positions, false)?;

@@ -48,7 +48,7 @@ pub struct Computed {
 pub type Reply = Result<Computed, BatchError>;
 
 /// Runs the model on windows as one batch.
-pub type Runner = Box<dyn FnMut(&[&Window]) -> crate::Result<Vec<WindowLogits>> + Send>;
+pub type Runner = Box<dyn FnMut(&[&Window]) -> crate::error::Result<Vec<WindowLogits>> + Send>;
 
 /// What a model call on windows of these lengths costs, in tokens computed.
 pub type BatchCost = Box<dyn Fn(&[usize]) -> usize + Send>;
@@ -256,7 +256,7 @@ fn finish_done(active: &mut VecDeque<Active>, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LoadOptions, QaPipeline, QaRequest};
+    use crate::pipeline::{LoadOptions, QaPipeline, QaRequest};
     use std::sync::Mutex;
 
     fn padded(lengths: &[usize]) -> usize {

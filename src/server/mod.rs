@@ -20,7 +20,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::{QaPipeline, QaRequest};
+use crate::pipeline::{QaPipeline, QaRequest};
 use batcher::{Batcher, Runner};
 use metrics::Metrics;
 

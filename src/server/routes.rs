@@ -19,7 +19,8 @@ use super::api::{self, InputLimits};
 use super::batcher::BatchError;
 use super::error::{ApiError, ErrorKind};
 use super::AppState;
-use crate::{Error, QaRequest};
+use crate::error::Error;
+use crate::pipeline::QaRequest;
 
 /// The OpenAPI 3 description of the endpoints.
 pub const OPENAPI: &str = include_str!("openapi.json");

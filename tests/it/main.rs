@@ -11,6 +11,7 @@ mod golden_deberta;
 mod golden_minilm;
 mod int8;
 mod properties;
+mod registry;
 mod sentencepiece_fallback;
 mod server;
 mod train_cli;

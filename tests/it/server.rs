@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
@@ -660,16 +661,23 @@ fn inputs_of_a_client_that_left_are_dropped_before_compute() {
     let input = long_input(12_000);
     let body = json!({"inputs": [input, input, input], "parameters": {"max_seq_len": 48, "doc_stride": 8}});
     let batches_before = server.metric("bertqa_batches_total").expect("batches");
-    let impatient = ureq::AgentBuilder::new()
-        .timeout(Duration::from_millis(500))
-        .build();
-    let result = impatient
-        .post(&format!("{}/question-answering", server.base))
-        .send_string(&body.to_string());
-    assert!(
-        matches!(result, Err(ureq::Error::Transport(_))),
-        "the request should have timed out"
-    );
+    // The client sends the request, waits until its inputs are queued, and hangs up.
+    let text = body.to_string();
+    let address = server.base.trim_start_matches("http://");
+    let mut client = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        client,
+        "POST /question-answering HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{text}",
+        text.len()
+    )
+    .expect("send the request");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("bertqa_queue_size") != Some(3.0) {
+        assert!(Instant::now() < deadline, "the inputs were never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(client);
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.metric("bertqa_queue_size") != Some(0.0) {
         assert!(Instant::now() < deadline, "the queue never emptied");
