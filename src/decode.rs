@@ -113,7 +113,8 @@ pub fn best_spans(
         if p_start[i] == 0.0 {
             continue;
         }
-        let last = (i + max_answer_len.max(1) - 1).min(n - 1);
+        // Saturating: any length past the window (up to usize::MAX) means "no limit".
+        let last = i.saturating_add(max_answer_len.max(1) - 1).min(n - 1);
         for j in i..=last {
             if !p_mask[j] {
                 let score = p_start[i] * p_end[j];
@@ -173,7 +174,7 @@ pub fn decode(
 ) -> Decoded {
     // Word alignment may merge candidates, so the pipeline asks each window for more of them.
     let pre_top_k = if params.align_to_words {
-        params.top_k * 2 + 10
+        params.top_k.saturating_mul(2).saturating_add(10)
     } else {
         params.top_k
     };

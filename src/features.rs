@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::checkpoint::{read_json, CheckpointFiles};
 use crate::error::{Error, Result};
@@ -160,8 +162,34 @@ impl QaTokenizer {
         Ok(tok)
     }
 
+    /// Context tokens that fit into a window of `max_seq_len` tokens beside `question` (and the
+    /// special tokens of a pair), and the question's length in tokens; fails when none fit.
+    pub fn context_room(&self, question: &str, max_seq_len: usize) -> Result<(usize, usize)> {
+        let question_tokens = self
+            .base
+            .encode(question, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .len();
+        let specials = self
+            .base
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let used = question_tokens + specials;
+        match max_seq_len.checked_sub(used) {
+            Some(room) if room > 0 => Ok((room, question_tokens)),
+            _ => Err(Error::InvalidInput(format!(
+                "the question is {question_tokens} tokens, and with {specials} special tokens \
+                 no context fits into max_seq_len {max_seq_len}: shorten the question or raise \
+                 max_seq_len (at least {} here)",
+                used + 1
+            ))),
+        }
+    }
+
     /// Cuts (question, context) into windows of at most `max_seq_len` tokens, consecutive windows
-    /// sharing `doc_stride` context tokens.
+    /// sharing `doc_stride` context tokens. Fails, before tokenizing the context, when the
+    /// question leaves no more than `doc_stride` context tokens per window (no window could
+    /// move past the previous one).
     pub fn windows(
         &self,
         question: &str,
@@ -169,23 +197,35 @@ impl QaTokenizer {
         max_seq_len: usize,
         doc_stride: usize,
     ) -> Result<Vec<Window>> {
+        let (room, question_tokens) = self.context_room(question, max_seq_len)?;
+        if doc_stride >= room {
+            return Err(Error::InvalidInput(format!(
+                "the question is {question_tokens} tokens, which leaves {room} context tokens per \
+                 window of max_seq_len {max_seq_len}, and doc_stride {doc_stride} must be smaller \
+                 than that: shorten the question, raise max_seq_len or lower doc_stride"
+            )));
+        }
         let tok = self.truncating(max_seq_len, doc_stride)?;
-        let mut encoding = tok
-            .encode_char_offsets((question, context), true)
-            .map_err(|e| {
-                let msg = e.to_string();
-                if msg.contains("runcat") || msg.contains("too short") || msg.contains("stride") {
-                    Error::InvalidInput(format!(
-                        "the question does not leave room for context within max_seq_len {max_seq_len} \
-                         and doc_stride {doc_stride} ({msg}); shorten the question or raise max_seq_len"
-                    ))
-                } else {
-                    Error::Tokenizer(msg)
-                }
-            })?;
+        // The checks above keep the tokenizer's own assertions from firing; should one fire
+        // all the same, it is this request's error, not the process's end.
+        let encoded =
+            std::panic::catch_unwind(|| tok.encode_char_offsets((question, context), true))
+                .map_err(|_| {
+                    Error::Tokenizer(format!(
+                    "the tokenizer failed on this input (max_seq_len {max_seq_len}, doc_stride \
+                     {doc_stride})"
+                ))
+                })?;
+        let mut encoding = encoded.map_err(|e| Error::Tokenizer(e.to_string()))?;
         let overflowing = encoding.take_overflowing();
         let mut windows = Vec::with_capacity(1 + overflowing.len());
         for enc in std::iter::once(encoding).chain(overflowing) {
+            if enc.len() > max_seq_len {
+                return Err(Error::Tokenizer(format!(
+                    "a window of {} tokens came out longer than max_seq_len {max_seq_len}",
+                    enc.len()
+                )));
+            }
             let p_mask = enc
                 .get_sequence_ids()
                 .iter()

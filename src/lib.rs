@@ -24,6 +24,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fast;
 pub mod features;
+pub mod files;
 pub mod kernels;
 pub mod models;
 pub mod nn;

@@ -19,31 +19,89 @@ use crate::kernels::int8::QuantizedLinear;
 use crate::kernels::sgemm::PackedWeights;
 use crate::models::{ModelSpec, QaModel, ReferenceEngine};
 
-/// Per-question parameters, as the transformers pipeline's keyword arguments.
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+/// Per-question parameters, as the transformers pipeline's keyword arguments. Read from a JSON
+/// object of those names (`null` gives the defaults); unknown names and other JSON values are
+/// refused.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct QaParams {
     /// Number of answers (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
     /// Longest answer in tokens (default 15).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_answer_len: Option<usize>,
     /// Window length in tokens (default min(model max, 384)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_seq_len: Option<usize>,
     /// Overlap of consecutive windows in tokens (default min(max_seq_len / 2, 128)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub doc_stride: Option<usize>,
     /// Accepted for compatibility; fast tokenizers ignore it in transformers too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_question_len: Option<usize>,
     /// Offer the empty answer (SQuAD v2 models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub handle_impossible_answer: Option<bool>,
     /// Widen spans to whole words (default true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub align_to_words: Option<bool>,
+}
+
+/// [`QaParams`] as serde reads it from a map.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamsMap {
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    max_answer_len: Option<usize>,
+    #[serde(default)]
+    max_seq_len: Option<usize>,
+    #[serde(default)]
+    doc_stride: Option<usize>,
+    #[serde(default)]
+    max_question_len: Option<usize>,
+    #[serde(default)]
+    handle_impossible_answer: Option<bool>,
+    #[serde(default)]
+    align_to_words: Option<bool>,
+}
+
+impl<'de> serde::Deserialize<'de> for QaParams {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Params;
+        impl<'de> serde::de::Visitor<'de> for Params {
+            type Value = QaParams;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of the pipeline's parameters (top_k, max_answer_len, ...)")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<QaParams, E> {
+                Ok(QaParams::default())
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<QaParams, E> {
+                Ok(QaParams::default())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<QaParams, A::Error> {
+                use serde::Deserialize;
+                let m = ParamsMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(QaParams {
+                    top_k: m.top_k,
+                    max_answer_len: m.max_answer_len,
+                    max_seq_len: m.max_seq_len,
+                    doc_stride: m.doc_stride,
+                    max_question_len: m.max_question_len,
+                    handle_impossible_answer: m.handle_impossible_answer,
+                    align_to_words: m.align_to_words,
+                })
+            }
+        }
+        // Any: a plain `deserialize_map` would still let formats hand a sequence to it.
+        deserializer.deserialize_any(Params)
+    }
 }
 
 impl QaParams {

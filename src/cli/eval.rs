@@ -111,17 +111,39 @@ pub fn run(args: EvalArgs) -> CliResult {
     Ok(())
 }
 
-/// Writes the predictions file and the no-answer probabilities, where asked for.
+/// Writes the predictions file and the no-answer probabilities, where asked for. Both are
+/// written in full before either is renamed into place, and an old probabilities file is
+/// removed first: a run killed in between leaves the new predictions alone, never beside the
+/// probabilities of an earlier run.
 fn write_outputs(args: &EvalArgs, dataset: &SquadDataset, predictions: &[Prediction]) -> CliResult {
     let entries = |value: fn(&Prediction) -> Value| {
         let pairs = dataset.examples.iter().zip(predictions);
         Ordered(pairs.map(|(e, p)| (e.id.as_str(), value(p))).collect())
     };
-    if let Some(path) = &args.predictions {
-        write_json_atomically(path, &entries(|p| Value::from(p.text.as_str())))?;
+    let texts = match &args.predictions {
+        Some(path) => Some((
+            write_temporary(path, &entries(|p| Value::from(p.text.as_str())))?,
+            path,
+        )),
+        None => None,
+    };
+    let probs = match &args.na_probs {
+        Some(path) => {
+            let value = entries(|p| Value::from(f64::from(p.no_answer_prob)));
+            Some((write_temporary(path, &value)?, path))
+        }
+        None => None,
+    };
+    if let Some((_, path)) = &probs {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(write_error(path, &e))
+            }
+            _ => {}
+        }
     }
-    if let Some(path) = &args.na_probs {
-        write_json_atomically(path, &entries(|p| Value::from(f64::from(p.no_answer_prob))))?;
+    for (tmp, path) in texts.into_iter().chain(probs) {
+        commit(&tmp, path)?;
     }
     Ok(())
 }
@@ -177,17 +199,29 @@ impl Serialize for Ordered<'_> {
     }
 }
 
-/// Writes `value` as JSON to a temporary file beside `path`, then renames it over `path`, so
-/// that `path` is never left half-written.
-fn write_json_atomically(path: &Path, value: &impl Serialize) -> CliResult {
+/// Prefix of the temporary written beside `path` before it is renamed over it; a killed run
+/// leaves `{prefix}{pid}` behind, which the next run removes.
+fn temp_prefix(path: &Path) -> String {
     let name = path
         .file_name()
         .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let fail = |e: &dyn std::fmt::Display| CliError {
+    format!(".{name}.tmp-")
+}
+
+fn write_error(path: &Path, e: &dyn std::fmt::Display) -> CliError {
+    CliError {
         message: format!("cannot write {}: {e}", path.display()),
         code: 1,
-    };
+    }
+}
+
+/// Writes `value` as JSON to a synced temporary file beside `path` and returns the
+/// temporary's path; [`commit`] renames it into place.
+fn write_temporary(path: &Path, value: &impl Serialize) -> CliResult<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let prefix = temp_prefix(path);
+    bertqa::files::remove_stale_temporaries(dir.unwrap_or(Path::new(".")), &prefix);
+    let tmp = path.with_file_name(format!("{prefix}{}", std::process::id()));
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
         let file = std::fs::File::create(&tmp)?;
         let mut writer = std::io::BufWriter::new(file);
@@ -195,12 +229,19 @@ fn write_json_atomically(path: &Path, value: &impl Serialize) -> CliResult {
         writer.write_all(b"\n")?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
         Ok(())
     })();
-    result.map_err(|e| {
+    result.map(|()| tmp.clone()).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        fail(&e)
+        write_error(path, &e)
+    })
+}
+
+/// Renames a temporary of [`write_temporary`] over `path`.
+fn commit(tmp: &Path, path: &Path) -> CliResult {
+    std::fs::rename(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        write_error(path, &e)
     })
 }
 

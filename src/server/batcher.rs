@@ -140,6 +140,20 @@ pub fn windows_that_fit(
 
 fn model_loop(mut runner: Runner, rx: mpsc::Receiver<Job>, budget: &Budget, metrics: &Metrics) {
     let mut active: VecDeque<Active> = VecDeque::new();
+    while receive(&rx, &mut active) {
+        drop_departed(&mut active, metrics);
+        let picks = next_batch(&active, budget);
+        if !picks.is_empty() {
+            run_batch(&mut runner, &mut active, &picks, budget, metrics);
+        }
+        // Inputs without windows are complete as they are.
+        finish_done(&mut active, metrics);
+    }
+}
+
+/// Moves queued jobs into `active`, waiting for one when there is no work; false once every
+/// handle is dropped and nothing is left (shut down).
+fn receive(rx: &mpsc::Receiver<Job>, active: &mut VecDeque<Active>) -> bool {
     let activate = |job: Job| Active {
         logits: Vec::with_capacity(job.prepared.windows.len()),
         job,
@@ -147,79 +161,116 @@ fn model_loop(mut runner: Runner, rx: mpsc::Receiver<Job>, budget: &Budget, metr
         first_call: None,
         failed: None,
     };
-    loop {
-        if active.is_empty() {
-            match rx.recv() {
-                Ok(job) => active.push_back(activate(job)),
-                Err(_) => break, // every handle dropped: shut down
-            }
+    if active.is_empty() {
+        match rx.recv() {
+            Ok(job) => active.push_back(activate(job)),
+            Err(_) => return false,
         }
-        while let Ok(job) = rx.try_recv() {
-            active.push_back(activate(job));
-        }
-        // Clients that went away: drop their inputs before spending compute on them.
-        active.retain(|a| {
-            let gone = a.job.reply.is_closed();
-            if gone {
-                metrics.record_cancelled();
-                metrics.queue_size.dec();
-            }
-            !gone
-        });
+    }
+    while let Ok(job) = rx.try_recv() {
+        active.push_back(activate(job));
+    }
+    true
+}
 
-        // Windows of the batch, in queue order, as (input, window) indices.
-        let pending = active
-            .iter()
-            .enumerate()
-            .flat_map(|(i, a)| (a.next..a.job.prepared.windows.len()).map(move |w| (i, w)));
-        let lengths = pending
-            .clone()
-            .map(|(i, w)| active[i].job.prepared.windows[w].len());
-        let count = windows_that_fit(lengths, budget.max_tokens, &budget.cost);
-        let picks: Vec<(usize, usize)> = pending.take(count).collect();
-        if picks.is_empty() {
-            // Only inputs without windows: they are complete as they are.
-            finish_done(&mut active, metrics);
-            continue;
+/// Drops the inputs of clients that went away, before any compute is spent on them.
+fn drop_departed(active: &mut VecDeque<Active>, metrics: &Metrics) {
+    active.retain(|a| {
+        let gone = a.job.reply.is_closed();
+        if gone {
+            metrics.record_cancelled();
+            metrics.queue_size.dec();
         }
-        let started = Instant::now();
-        for &(i, _) in &picks {
-            active[i].first_call.get_or_insert(started);
-        }
-        let windows: Vec<&Window> = picks
-            .iter()
-            .map(|&(i, w)| &active[i].job.prepared.windows[w])
-            .collect();
-        let lengths: Vec<usize> = windows.iter().map(|w| w.len()).collect();
-        metrics.record_batch(windows.len(), (budget.cost)(&lengths));
-        let result = catch_unwind(AssertUnwindSafe(|| runner(&windows)));
-        drop(windows);
-        let outcome = match result {
-            Ok(Ok(logits)) if logits.len() == picks.len() => Ok(logits),
-            Ok(Ok(logits)) => Err(BatchError::Model(format!(
-                "{} windows in, {} results out",
-                picks.len(),
-                logits.len()
-            ))),
-            Ok(Err(e)) => Err(BatchError::Model(e.to_string())),
-            Err(_) => Err(BatchError::Model("the model panicked".into())),
-        };
-        match outcome {
-            Ok(logits) => {
-                // Each input's windows are taken in order, so pushing keeps them in order.
-                for (&(i, w), l) in picks.iter().zip(logits) {
-                    active[i].logits.push(l);
-                    active[i].next = w + 1;
+        !gone
+    });
+}
+
+/// The windows of the next model call, in queue order, as (input, window) indices.
+fn next_batch(active: &VecDeque<Active>, budget: &Budget) -> Vec<(usize, usize)> {
+    let pending = active
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| (a.next..a.job.prepared.windows.len()).map(move |w| (i, w)));
+    let lengths = pending
+        .clone()
+        .map(|(i, w)| active[i].job.prepared.windows[w].len());
+    let count = windows_that_fit(lengths, budget.max_tokens, &budget.cost);
+    pending.take(count).collect()
+}
+
+/// Runs one model call on `picks` and hands the logits to their inputs. When a call of
+/// several inputs fails, each input is run again alone, so that only the input that fails
+/// alone gets the error and its neighbours their answers.
+fn run_batch(
+    runner: &mut Runner,
+    active: &mut VecDeque<Active>,
+    picks: &[(usize, usize)],
+    budget: &Budget,
+    metrics: &Metrics,
+) {
+    let started = Instant::now();
+    for &(i, _) in picks {
+        active[i].first_call.get_or_insert(started);
+    }
+    match call(runner, active, picks, budget, metrics) {
+        Ok(logits) => deliver(active, picks, logits),
+        Err(e) if picks.iter().any(|&(i, _)| i != picks[0].0) => {
+            tracing::warn!(error = %e, windows = picks.len(), "model call failed; retrying its inputs one by one");
+            let mut inputs: Vec<usize> = picks.iter().map(|&(i, _)| i).collect();
+            inputs.dedup();
+            for input in inputs {
+                let own: Vec<(usize, usize)> =
+                    picks.iter().copied().filter(|&(i, _)| i == input).collect();
+                match call(runner, active, &own, budget, metrics) {
+                    Ok(logits) => deliver(active, &own, logits),
+                    Err(e) => fail(active, &own, e),
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, windows = picks.len(), "model call failed");
-                for &(i, _) in &picks {
-                    active[i].failed = Some(e.clone());
-                }
-            }
         }
-        finish_done(&mut active, metrics);
+        Err(e) => fail(active, picks, e),
+    }
+}
+
+/// One model call on the windows `picks`; errors and panics become a [`BatchError`].
+fn call(
+    runner: &mut Runner,
+    active: &VecDeque<Active>,
+    picks: &[(usize, usize)],
+    budget: &Budget,
+    metrics: &Metrics,
+) -> Result<Vec<WindowLogits>, BatchError> {
+    let windows: Vec<&Window> = picks
+        .iter()
+        .map(|&(i, w)| &active[i].job.prepared.windows[w])
+        .collect();
+    let lengths: Vec<usize> = windows.iter().map(|w| w.len()).collect();
+    metrics.record_batch(windows.len(), (budget.cost)(&lengths));
+    match catch_unwind(AssertUnwindSafe(|| runner(&windows))) {
+        Ok(Ok(logits)) if logits.len() == picks.len() => Ok(logits),
+        Ok(Ok(logits)) => Err(BatchError::Model(format!(
+            "{} windows in, {} results out",
+            picks.len(),
+            logits.len()
+        ))),
+        Ok(Err(e)) => Err(BatchError::Model(e.to_string())),
+        Err(_) => Err(BatchError::Model("the model panicked".into())),
+    }
+}
+
+/// Hands each window's logits to its input (windows are taken in order, so pushing keeps them
+/// in order).
+fn deliver(active: &mut VecDeque<Active>, picks: &[(usize, usize)], logits: Vec<WindowLogits>) {
+    for (&(i, w), l) in picks.iter().zip(logits) {
+        active[i].logits.push(l);
+        active[i].next = w + 1;
+    }
+}
+
+/// Marks the inputs of `picks` failed with `error`.
+fn fail(active: &mut VecDeque<Active>, picks: &[(usize, usize)], error: BatchError) {
+    tracing::error!(error = %error, windows = picks.len(), "model call failed");
+    for &(i, _) in picks {
+        active[i].failed = Some(error.clone());
     }
 }
 
@@ -387,6 +438,75 @@ mod tests {
             .render()
             .contains("bertqa_cancelled_inputs_total 1\n"));
         assert_eq!(metrics.queue_size.get(), 0);
+    }
+
+    /// A call that fails because of one input is retried input by input: that input gets the
+    /// error, the inputs batched with it their logits.
+    #[test]
+    fn an_input_that_fails_does_not_fail_its_neighbours() {
+        let qa = Arc::new(pipeline());
+        // Windows longer than 30 tokens stand for a request the model cannot run.
+        let (good, bad) = (prepared(&qa, 24), prepared(&qa, 384));
+        assert!(bad.windows.iter().any(|w| w.len() > 30));
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let runner_calls = calls.clone();
+        let runner: Runner = Box::new(move |w: &[&Window]| {
+            let first = {
+                let mut calls = runner_calls.lock().unwrap();
+                calls.push(w.len());
+                calls.len() == 1
+            };
+            if first {
+                let _ = gate_rx.recv();
+            }
+            if w.iter().any(|w| w.len() > 30) {
+                return Err(crate::Error::InvalidInput("too long".into()));
+            }
+            Ok(w.iter()
+                .map(|w| (vec![0.0; w.len()], vec![0.0; w.len()]))
+                .collect())
+        });
+        let batcher = Batcher::start(
+            runner,
+            Box::new(padded),
+            1 << 20,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let first = batcher.enqueue(good.clone()).unwrap();
+        while calls.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Queued while the first call runs, so that they share the next one.
+        let receivers: Vec<_> = [good.clone(), bad, good.clone()]
+            .into_iter()
+            .map(|p| batcher.enqueue(p).unwrap())
+            .collect();
+        gate_tx.send(()).unwrap();
+        assert!(first.blocking_recv().unwrap().is_ok());
+        let replies: Vec<_> = receivers
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect();
+        assert_eq!(
+            replies[0].as_ref().unwrap().logits.len(),
+            good.windows.len()
+        );
+        assert!(replies[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("too long"));
+        assert_eq!(
+            replies[2].as_ref().unwrap().logits.len(),
+            good.windows.len()
+        );
+        let calls = calls.lock().unwrap();
+        assert!(
+            calls[1] > good.windows.len() + 1,
+            "the three inputs never shared a call: {calls:?}"
+        );
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl<'o> Trainer<'o> {
         validate(options)?;
         let out = &options.output;
         prepare_output(out)?;
+        crate::files::remove_stale_temporaries(out, state::TEMP_PREFIX);
         if !options.resume && state::holds_run(out) {
             return Err(Error::InvalidInput(format!(
                 "{} already holds a training run; pass --resume to continue it, or choose \
@@ -87,7 +88,7 @@ impl<'o> Trainer<'o> {
                 ),
             ));
         }
-        let features = Self::features(options, &tokenizer)?;
+        let (train_data, features) = Self::features(options, &tokenizer)?;
         let eval_data = match &options.eval_data {
             Some(path) => Some(read_questions(path, "holds no questions")?),
             None => None,
@@ -98,7 +99,12 @@ impl<'o> Trainer<'o> {
         let total_steps = options
             .max_steps
             .unwrap_or_else(|| ((options.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
-        let settings = state::run_settings(options, total_steps, nf)?;
+        let settings = state::run_settings(
+            options,
+            total_steps,
+            &train_data.examples,
+            &features.features,
+        )?;
         let resumed = Self::checkpoint_to_resume(options, &settings)?;
         let (model, optimizer, position) =
             Self::model_and_optimizer(options, &files, base_config, resumed.as_ref())?;
@@ -122,8 +128,11 @@ impl<'o> Trainer<'o> {
         })
     }
 
-    /// The labelled training windows; fails when no question is usable.
-    fn features(options: &TrainOptions, tokenizer: &QaTokenizer) -> Result<TrainFeatures> {
+    /// The training questions and their labelled windows; fails when no question is usable.
+    fn features(
+        options: &TrainOptions,
+        tokenizer: &QaTokenizer,
+    ) -> Result<(SquadDataset, TrainFeatures)> {
         let path = &options.train_data;
         let train_data = read_questions(path, "holds no questions: nothing to train on")?;
         let (max_seq_len, stride) = (options.max_seq_len, options.doc_stride);
@@ -138,7 +147,7 @@ impl<'o> Trainer<'o> {
                 ),
             });
         }
-        Ok(features)
+        Ok((train_data, features))
     }
 
     /// With `--resume`, the most advanced checkpoint, which must come from a run with the same

@@ -733,3 +733,54 @@ fn the_page_is_served_on_get_root_and_post_root_still_answers() {
         "method",
     );
 }
+
+/// A question that leaves no room for `doc_stride` in the window is the client's error (422,
+/// with the limits in the message), never a 500 or a panic in the log.
+#[test]
+fn a_question_longer_than_the_window_allows_is_a_422() {
+    let server = Server::start(&minilm(), &[]);
+    let question = "why ".repeat(33);
+    let context = long_input(5_000)["context"].clone();
+    let body = json!({"inputs": {"question": question, "context": context},
+        "parameters": {"max_seq_len": 48}});
+    let reply = server.post(&body);
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert!(reply.text.contains("max_seq_len 48"), "{}", reply.text);
+    let logs = server.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    // Absurd answer lengths mean "no limit", as in transformers.
+    let body = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."},
+        "parameters": {"max_answer_len": u64::MAX}});
+    let reply = server.post(&body);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.text.contains("Ann"), "{}", reply.text);
+}
+
+/// A bad request sent among good ones fails alone: the good ones, batched with it, are
+/// answered.
+#[test]
+fn a_bad_request_does_not_fail_the_requests_beside_it() {
+    let server = Arc::new(Server::start(&minilm(), &[]));
+    let good = long_input(3_000);
+    let bad = json!({"inputs": long_input(15_000), "parameters": {"max_seq_len": 1}});
+    let start = Arc::new(Barrier::new(7));
+    let clients: Vec<_> = (0..7)
+        .map(|i| {
+            let (server, start) = (server.clone(), start.clone());
+            let body = if i == 3 {
+                bad.clone()
+            } else {
+                json!({"inputs": good.clone()})
+            };
+            std::thread::spawn(move || {
+                start.wait();
+                server.post(&body)
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for (i, reply) in replies.iter().enumerate() {
+        let want = if i == 3 { 422 } else { 200 };
+        assert_eq!(reply.status, want, "request {i}: {}", reply.text);
+    }
+}
