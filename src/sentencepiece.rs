@@ -168,22 +168,17 @@ pub enum Converter {
 
 impl Converter {
     /// The converter for a checkpoint, from tokenizer_config.json's `tokenizer_class` (what
-    /// `AutoTokenizer` goes by) or, when it names none, config.json's `model_type`. `None` when
-    /// the tokenizer is of another kind.
-    pub fn detect(tokenizer_class: Option<&str>, model_type: Option<&str>) -> Option<Self> {
-        if let Some(class) = tokenizer_class {
-            return match class.trim_end_matches("Fast") {
+    /// `AutoTokenizer` goes by) or, when it names none, the architecture's own (`model_default`,
+    /// from the registry). `None` when the tokenizer is of another kind.
+    pub fn detect(tokenizer_class: Option<&str>, model_default: Option<Self>) -> Option<Self> {
+        match tokenizer_class {
+            Some(class) => match class.trim_end_matches("Fast") {
                 "AlbertTokenizer" => Some(Self::Albert),
                 "XLMRobertaTokenizer" => Some(Self::XlmRoberta),
                 "DebertaV2Tokenizer" => Some(Self::DebertaV2),
                 _ => None,
-            };
-        }
-        match model_type? {
-            "albert" => Some(Self::Albert),
-            "xlm-roberta" => Some(Self::XlmRoberta),
-            "deberta-v2" => Some(Self::DebertaV2),
-            _ => None,
+            },
+            None => model_default,
         }
     }
 
@@ -223,8 +218,11 @@ pub struct ConversionInputs<'a> {
     pub special_tokens_map: &'a Value,
     /// added_tokens.json (`Value::Null` when absent): token → id, from older checkpoints.
     pub added_tokens: &'a Value,
-    /// config.json's `model_type`, used when tokenizer_config.json names no tokenizer class.
+    /// config.json's `model_type` (for messages).
     pub model_type: Option<&'a str>,
+    /// The converter of the checkpoint's architecture, used when tokenizer_config.json names no
+    /// tokenizer class.
+    pub model_default: Option<Converter>,
 }
 
 /// Builds the fast tokenizer transformers would convert from the SentencePiece model at
@@ -239,7 +237,7 @@ pub fn tokenizer_from_model_file(
     };
     let config = inputs.tokenizer_config;
     let tokenizer_class = config.get("tokenizer_class").and_then(Value::as_str);
-    let converter = Converter::detect(tokenizer_class, inputs.model_type).ok_or_else(|| {
+    let converter = Converter::detect(tokenizer_class, inputs.model_default).ok_or_else(|| {
         bad(format!(
             "no tokenizer.json, and a SentencePiece tokenizer for {} is not supported (only ALBERT, \
              XLM-RoBERTa and DeBERTa-v2/v3 are); save a tokenizer.json with transformers \

@@ -42,7 +42,7 @@ enum AnalyzerArg {
 }
 
 pub fn run(args: IndexArgs) -> CliResult {
-    super::init_logging(args.verbose);
+    super::init_logging(args.verbose, "warn", false);
     if args.remove {
         let mut index = Index::open(&args.index)?;
         let report = index.remove(&args.paths)?;

@@ -27,7 +27,8 @@ use std::borrow::Borrow;
 use rayon::prelude::*;
 
 use super::{Hit, Index, Retrieval};
-use crate::decode::{best_spans, char_span, WindowLogits};
+use crate::decode::{best_spans, char_span};
+use crate::engine::WindowLogits;
 use crate::error::{Error, Result};
 use crate::pipeline::{Prepared, QaParams, QaPipeline, QaRequest};
 
@@ -308,11 +309,15 @@ pub fn span_candidates(prepared: &Prepared, logits: &[WindowLogits]) -> Vec<Span
             &end_logits[..n],
             &window.p_mask,
             SPANS_PER_WINDOW,
-            prepared.decode.max_answer_len,
+            prepared.decode_params.max_answer_len,
         );
         for span in spans {
-            let (start, end) =
-                char_span(window, span.start, span.end, prepared.decode.align_to_words);
+            let (start, end) = char_span(
+                window,
+                span.start,
+                span.end,
+                prepared.decode_params.align_to_words,
+            );
             if start >= end {
                 continue;
             }

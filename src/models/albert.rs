@@ -10,8 +10,28 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{check_absolute_positions, check_heads, parse_as, Architecture, ModelConfig};
+use super::{Encoder, ModelInput, ModelType};
+use crate::error::Error;
 use crate::nn::{self, Activation, LayerNorm, Linear};
+use crate::sentencepiece::Converter;
+
+/// ALBERT in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "albert",
+    title: "ALBERT",
+    qa_class: "AlbertForQuestionAnswering",
+    tokenizer: "SentencePiece unigram",
+    example: "twmkn9/albert-base-v2-squad2",
+}],
+    weight_prefix: "albert",
+    sentencepiece: Some(Converter::Albert),
+    padding_tables: &["word_embeddings"],
+    config_class:
+        "https://huggingface.co/docs/transformers/model_doc/albert#transformers.AlbertConfig",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of an ALBERT checkpoint (defaults as transformers' `AlbertConfig`).
 #[derive(Clone, Debug, Deserialize)]
@@ -181,20 +201,6 @@ pub struct AlbertModel {
 impl AlbertModel {
     /// Loads `embeddings.*` and `encoder.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if let Some(kind) = cfg.position_embedding_type.as_deref() {
-            if kind != "absolute" {
-                candle_core::bail!(
-                    "position_embedding_type `{kind}` is not supported (only `absolute`)"
-                );
-            }
-        }
-        if cfg.num_hidden_groups == 0 || cfg.num_hidden_groups > cfg.num_hidden_layers {
-            candle_core::bail!(
-                "num_hidden_groups ({}) must be between 1 and num_hidden_layers ({})",
-                cfg.num_hidden_groups,
-                cfg.num_hidden_layers
-            );
-        }
         let encoder = vb.pp("encoder");
         let groups = (0..cfg.num_hidden_groups)
             .map(|g| {
@@ -216,8 +222,10 @@ impl AlbertModel {
         })
     }
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+}
+
+impl Encoder for AlbertModel {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
         let x = self.embeddings.forward(input, train)?;
         let mut x = self.embedding_hidden_mapping_in.forward(&x)?;
@@ -239,28 +247,29 @@ fn group_of(step: usize, num_hidden_layers: usize, num_hidden_groups: usize) -> 
     ((step as f64 / per_group) as usize).min(num_hidden_groups - 1)
 }
 
-/// ALBERT with the span-prediction head (`AlbertForQuestionAnswering`).
-pub struct AlbertForQuestionAnswering {
-    albert: AlbertModel,
-    head: QaHead,
-}
-
-impl AlbertForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `albert.` (or at the root for base models)
-    /// and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "albert", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            albert: AlbertModel::new(cfg, root)?,
-            head: QaHead::new(cfg.hidden_size, vb)?,
-        })
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        check_absolute_positions(self.position_embedding_type.as_deref())?;
+        check_heads(self.hidden_size, self.num_attention_heads)?;
+        if self.num_hidden_groups == 0 || self.num_hidden_groups > self.num_hidden_layers {
+            return Err(Error::InvalidInput(format!(
+                "config.json: num_hidden_groups ({}) must be between 1 and num_hidden_layers ({})",
+                self.num_hidden_groups, self.num_hidden_layers
+            )));
+        }
+        Ok(())
     }
-}
 
-impl QaModel for AlbertForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.albert.forward(input, train)?;
-        self.head.forward(&hidden)
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(AlbertModel::new(self, root)?))
     }
 }
 

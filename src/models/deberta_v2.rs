@@ -11,8 +11,26 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Deserializer};
 
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
+use crate::error::Error;
 use crate::nn::{self, Activation, LayerNorm, Linear};
+use crate::sentencepiece::Converter;
+
+/// DeBERTa-v2 and -v3 in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "deberta-v2",
+    title: "DeBERTa-v2 / v3",
+    qa_class: "DebertaV2ForQuestionAnswering",
+    tokenizer: "SentencePiece unigram",
+    example: "deepset/deberta-v3-base-squad2",
+}],
+    weight_prefix: "deberta",
+    sentencepiece: Some(Converter::DebertaV2),
+    padding_tables: &["word_embeddings"],
+    config_class: "https://huggingface.co/docs/transformers/model_doc/deberta-v2#transformers.DebertaV2Config",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of a DeBERTa-v2/v3 checkpoint.
 #[derive(Clone, Debug, Deserialize)]
@@ -621,8 +639,10 @@ impl DebertaV2Model {
         })
     }
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+}
+
+impl Encoder for DebertaV2Model {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let (b, s) = input.attention_mask.dims2()?;
         let dev = input.input_ids.device();
         let mask = input
@@ -659,28 +679,29 @@ impl DebertaV2Model {
     }
 }
 
-/// DeBERTa-v2 with the span-prediction head (`DebertaV2ForQuestionAnswering`).
-pub struct DebertaV2ForQuestionAnswering {
-    deberta: DebertaV2Model,
-    head: QaHead,
-}
-
-impl DebertaV2ForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `deberta.` (or at the root for base models)
-    /// and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "deberta", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            deberta: DebertaV2Model::new(cfg, root)?,
-            head: QaHead::new(cfg.hidden_size, vb)?,
-        })
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        let heads = self.num_attention_heads;
+        if heads == 0 || (self.attention_head_size.is_none() && !self.hidden_size.is_multiple_of(heads)) {
+            return Err(Error::InvalidInput(format!(
+                "config.json: hidden size {} is not a multiple of {heads} attention heads \
+                 (and no attention_head_size is given)",
+                self.hidden_size
+            )));
+        }
+        Ok(())
     }
-}
 
-impl QaModel for DebertaV2ForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.deberta.forward(input, train)?;
-        self.head.forward(&hidden)
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(DebertaV2Model::new(self, root)?))
     }
 }
 

@@ -10,8 +10,25 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{check_heads, parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
+use crate::error::Error;
 use crate::nn::{self, Activation, LayerNorm, Linear};
+
+/// MobileBERT in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "mobilebert",
+    title: "MobileBERT",
+    qa_class: "MobileBertForQuestionAnswering",
+    tokenizer: "WordPiece",
+    example: "csarron/mobilebert-uncased-squad-v2",
+}],
+    weight_prefix: "mobilebert",
+    sentencepiece: None,
+    padding_tables: &["word_embeddings"],
+    config_class: "https://huggingface.co/docs/transformers/model_doc/mobilebert#transformers.MobileBertConfig",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of a MobileBERT checkpoint (defaults as transformers' `MobileBertConfig`).
 #[derive(Clone, Debug, Deserialize)]
@@ -468,9 +485,6 @@ pub struct MobileBertModel {
 impl MobileBertModel {
     /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if cfg.num_feedforward_networks == 0 {
-            candle_core::bail!("num_feedforward_networks must be at least 1");
-        }
         let embeddings = Embeddings::new(cfg, vb.pp("embeddings"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, vb.pp(format!("encoder.layer.{i}"))))
@@ -478,8 +492,10 @@ impl MobileBertModel {
         Ok(Self { embeddings, layers })
     }
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+}
+
+impl Encoder for MobileBertModel {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
         let mut x = self.embeddings.forward(input, train)?;
         for layer in &self.layers {
@@ -489,28 +505,26 @@ impl MobileBertModel {
     }
 }
 
-/// MobileBERT with the span-prediction head (`MobileBertForQuestionAnswering`).
-pub struct MobileBertForQuestionAnswering {
-    mobilebert: MobileBertModel,
-    head: QaHead,
-}
-
-impl MobileBertForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `mobilebert.` (or at the root for base
-    /// models) and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "mobilebert", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            mobilebert: MobileBertModel::new(cfg, root)?,
-            head: QaHead::new(cfg.hidden_size, vb)?,
-        })
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        if self.num_feedforward_networks == 0 {
+            return Err(Error::InvalidInput(
+                "config.json: num_feedforward_networks must be at least 1".into(),
+            ));
+        }
+        check_heads(self.true_hidden_size(), self.num_attention_heads)
     }
-}
 
-impl QaModel for MobileBertForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.mobilebert.forward(input, train)?;
-        self.head.forward(&hidden)
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(MobileBertModel::new(self, root)?))
     }
 }
 

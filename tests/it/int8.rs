@@ -37,12 +37,7 @@ fn int8_minilm_stays_close_to_f32_and_transformers() {
                 count += 1;
             }
         }
-        let answers = bertqa::decode::decode(
-            &prepared.context,
-            &prepared.windows,
-            &logits,
-            &prepared.decode,
-        );
+        let answers = prepared.answers(&logits).answers;
         if answers.first().map(|a| &a.answer) == case.expected.first().map(|a| &a.answer) {
             same_answer += 1;
         }

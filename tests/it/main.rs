@@ -12,6 +12,8 @@ mod golden_minilm;
 mod index;
 mod int8;
 mod properties;
+mod registry;
+mod robustness;
 mod sentencepiece_fallback;
 mod server;
 mod train_cli;

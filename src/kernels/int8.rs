@@ -27,7 +27,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{activate_slice, Act};
+use super::ops::{activate_slice, Act};
 
 /// Output channels per packed weight block: two AVX2 vectors of 8 `i32` lanes, or one
 /// AVX-512 vector of 16.
@@ -262,7 +262,7 @@ impl QuantizedLinear {
 
     /// Computes `out = act(x·Wᵀ + bias)`, applying `act` to each row of a tile as it is
     /// scaled back to `f32` rather than in another pass over `out`. The result is exactly
-    /// that of [`Self::forward`] followed by [`super::kernels::activate`].
+    /// that of [`Self::forward`] followed by [`super::ops::activate`].
     ///
     /// # Panics
     /// As [`Self::forward`].
@@ -1048,7 +1048,7 @@ mod tests {
                 layer.forward(&x, rows, &mut plain);
                 for act in [Act::Gelu, Act::GeluTanh, Act::Relu] {
                     let mut separate = plain.clone();
-                    crate::fast::kernels::activate(act, &mut separate);
+                    crate::kernels::ops::activate(act, &mut separate);
                     let mut fused = vec![f32::NAN; rows * n];
                     layer.forward_activated(&x, rows, Some(act), &mut fused);
                     assert_eq!(

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{activate_slice, fill_rows, Act};
+use super::ops::{activate_slice, fill_rows, Act};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{activate8, transpose8x8};
 
