@@ -55,13 +55,16 @@ haystack() { # K PART
   "$PY" "$SHARED/reference/haystack_odqa.py" "$MODEL" "$WORK/parts/part$2.json" "$DATA" \
     --top-k "$1" --pred "$WORK/parts/haystack-$1-$2-pred.json" > "$WORK/parts/haystack-$1-$2.json"
 }
+# The machine's 1-minute load average before each system's turn, reported with the table.
+load() { cut -d' ' -f1 /proc/loadavg >> "$WORK/parts/load.txt"; }
 for ((p = 0; p < PARTS; p++)); do
-  haystack 1 "$p"
-  bertqa_eval bertqa-1 1 20 "$p"
-  haystack 3 "$p"
-  bertqa_eval bertqa-3-reader 3 0 "$p"
-  bertqa_eval bertqa-3 3 20 "$p"
+  load; haystack 1 "$p"
+  load; bertqa_eval bertqa-1 1 20 "$p"
+  load; haystack 3 "$p"
+  load; bertqa_eval bertqa-3-reader 3 0 "$p"
+  load; bertqa_eval bertqa-3 3 20 "$p"
 done
+load
 
 "$PY" - "$WORK" "$DATA" "$PARTS" "$SHARED/reference" <<'PYEOF'
 import json, sys
@@ -88,7 +91,9 @@ rows = [row("Haystack 2.31, top 1 paragraph", "haystack-1", True),
         row("bertqa, 3 passages, reader logits alone (weight 0)", "bertqa-3-reader", False),
         row("bertqa, 3 passages, default ranking (weight 20)", "bertqa-3", False)]
 h3 = rows[1][4]
-print(f"\nall questions over all paragraphs, in {parts} parts taken in turns\n")
+loads = [float(x) for x in open(f"{work}/parts/load.txt").read().split()]
+print(f"\nall questions over all paragraphs, in {parts} parts taken in turns; load average "
+      f"{min(loads):.2f} to {max(loads):.2f} (mean {sum(loads) / len(loads):.2f})\n")
 print("| system | EM | F1 | recall@K | questions/s | vs Haystack top 3 |")
 print("|---|---|---|---|---|---|")
 for label, em, f1, rec, qps in rows:
