@@ -236,10 +236,25 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, String> {
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c));
-    if !matches!(scheme, "http" | "https") || !host_ok {
+    if !matches!(scheme, "http" | "https") || !host_ok || !port_ok(host) {
         return Err(wrong());
     }
     HeaderValue::from_str(origin).map_err(|_| wrong())
+}
+
+/// The port of `host` (`name:port`, `[v6]:port`), when it has one, is a TCP port.
+fn port_ok(host: &str) -> bool {
+    let port = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, rest)) => rest,
+            None => return false,
+        },
+        None => host.find(':').map_or("", |colon| &host[colon..]),
+    };
+    port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|n| n.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 /// The CORS layer for `origins`; none for same-origin only.
@@ -302,12 +317,14 @@ mod tests {
             parse(&[
                 "https://example.com",
                 "http://localhost:3000",
-                "http://[::1]:8080"
+                "http://[::1]:8080",
+                "http://[::1]"
             ]),
             Ok(CorsOrigins::List(vec![
                 HeaderValue::from_static("https://example.com"),
                 HeaderValue::from_static("http://localhost:3000"),
                 HeaderValue::from_static("http://[::1]:8080"),
+                HeaderValue::from_static("http://[::1]"),
             ]))
         );
         assert!(parse(&["*", "https://example.com"])
@@ -321,6 +338,11 @@ mod tests {
             "https://",
             "https://exa mple.com",
             "https://example.com?x",
+            "http://localhost:99999",
+            "http://localhost:0",
+            "http://localhost:",
+            "http://a:b:1",
+            "http://[::1]x",
         ] {
             let e = parse(&[bad]).unwrap_err();
             assert!(e.contains("is not an origin"), "{bad}: {e}");
