@@ -67,7 +67,7 @@ impl Default for AskOptions {
 }
 
 /// One answer found in the collection.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct DocumentAnswer {
     /// The answer text: `document[start..end]` by characters.
     pub answer: String,
@@ -92,7 +92,7 @@ pub struct DocumentAnswer {
 }
 
 /// The passage an answer was read in.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct PassageText {
     /// Its first character in the document.
     pub start: usize,
@@ -103,7 +103,7 @@ pub struct PassageText {
 }
 
 /// The answers to one question, best first.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct DocumentAnswers {
     /// Best first; empty when nothing was found (see `reason`).
     pub answers: Vec<DocumentAnswer>,

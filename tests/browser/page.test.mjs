@@ -270,16 +270,24 @@ test("with an index, a Documents mode asks over it and shows the documents", asy
       score: 0.8125,
       start: river,
       end: river + 8,
-      document: { id: "rivers.md", title: "Rivers of Lower Saxony", path: "docs/rivers.md" },
+      doc_id: "rivers.md",
+      title: "Rivers of Lower Saxony",
+      path: "docs/rivers.md",
       passage: { text: passage, start: 1000, end: 1000 + Array.from(passage).length },
+      retrieval_score: 7.5,
+      reader_logit: 12.25,
     },
     {
       answer: "Göttingen",
       score: 0.0625,
       start: cafe,
       end: cafe + 9,
-      document: { id: "cafe.txt", title: "", path: "notes/cafe.txt" },
+      doc_id: "cafe.txt",
+      title: "",
+      path: "notes/cafe.txt",
       passage: { text: CONTEXT, start: 0, end: Array.from(CONTEXT).length },
+      retrieval_score: 3.5,
+      reader_logit: 9.5,
     },
   ];
   await page.route("**/info", (route) =>
@@ -288,7 +296,11 @@ test("with an index, a Documents mode asks over it and shows the documents", asy
   let sentBody;
   await page.route("**/documents/question-answering", (route) => {
     sentBody = route.request().postDataJSON();
-    route.fulfill({ json: answers });
+    route.fulfill({
+      json: sentBody.inputs.question === "?!"
+        ? { answers: [], passages_read: 0, reason: "the question has no word to search for" }
+        : { answers, passages_read: 2 },
+    });
   });
   await open();
   assert.equal(await page.isVisible("#modes"), true);
@@ -312,6 +324,11 @@ test("with an index, a Documents mode asks over it and shows the documents", asy
     { answer: "Hannover", source: `Rivers of Lower Saxony · docs/rivers.md · characters ${river}–${river + 8}`, marked: "Hannover" },
     { answer: "Göttingen", source: `cafe.txt · notes/cafe.txt · characters ${cafe}–${cafe + 9}`, marked: "Göttingen" },
   ]);
+  // No answer: the server's reason is shown.
+  await page.fill("#question", "?!");
+  await page.click("#ask");
+  await page.waitForFunction(() => document.querySelector("#answers li.note") !== null);
+  assert.equal(await page.textContent("#answers li.note"), "No answer: the question has no word to search for.");
   // Back to asking about a pasted passage.
   await page.click("#tab-passage");
   assert.equal(await page.isVisible("#context"), true);
