@@ -16,71 +16,77 @@
 //! [`Layer`]): each architecture file names its weights (see `fast_encoder` in
 //! [`crate::models::ModelConfig`]); the engine knows nothing of any architecture.
 
+mod bottleneck;
 mod embeddings;
 mod layer;
+mod relative;
 
-pub use embeddings::{EmbeddingSpec, Embeddings, PositionIds};
-pub use layer::{dense_linear, linear_parts, Layer, LayerNames, LayerShape};
+pub use bottleneck::{BottleneckLayer, BottleneckNames, BottleneckShape};
+pub use embeddings::{EmbeddingSpec, Embeddings, PositionIds, WordTransform};
+pub use layer::{
+    dense_linear, fused_linear, linear, linear_parts, Layer, LayerNames, LayerShape, Norm,
+};
+pub use relative::{RelativeAttention, RelativeSpec};
+
+use std::sync::Arc;
 
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 use crate::engine::{Engine, EngineKind, Tokens, WindowLogits};
 use crate::error::{Error, Result};
-use crate::kernels::attention;
-use crate::kernels::ops::{matmul, softmax_rows, Act, MatMut, MatRef};
-use crate::nn::Activation;
 
-/// An encoder on the fast engine: embeddings and a stack of layers.
+/// One layer of a fast encoder: reads and rewrites the packed hidden states in a [`Scratch`].
+pub trait FastLayer: std::fmt::Debug + Send + Sync {
+    /// One layer over the rows of `scratch.hidden` (windows `spans`, end to end); with `keep`,
+    /// only those rows (ascending) go on past attention, and the hidden states are left
+    /// holding them alone, in order.
+    fn forward(&self, spans: &[(usize, usize)], scratch: &mut Scratch, keep: Option<&[usize]>);
+}
+
+/// An encoder on the fast engine: embeddings and the layers they go through, in order (a layer
+/// may appear several times: ALBERT shares one layer's weights between all of its steps).
 #[derive(Debug)]
 pub struct FastEncoder {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    layers: Vec<Arc<dyn FastLayer>>,
     hidden: usize,
-    heads: usize,
-    act: Act,
+    /// Longest window the layers take, where the embeddings do not bound it themselves.
+    max_window: Option<usize>,
 }
 
 impl FastEncoder {
-    /// An encoder of `layers` over `embeddings`, with `heads` attention heads over hidden
-    /// states of width `hidden` and the feed-forward activation `activation`.
-    pub fn new(
-        embeddings: Embeddings,
-        layers: Vec<Layer>,
-        hidden: usize,
-        heads: usize,
-        activation: Activation,
-    ) -> Result<Self> {
-        if heads == 0 || !hidden.is_multiple_of(heads) {
-            return Err(Error::InvalidInput(format!(
-                "config.json: hidden size {hidden} is not a multiple of {heads} attention heads"
-            )));
-        }
-        let act = match activation {
-            Activation::Gelu => Act::Gelu,
-            Activation::GeluNew => Act::GeluTanh,
-            Activation::Relu => Act::Relu,
-        };
-        Ok(Self {
+    /// An encoder of `layers` over `embeddings`, whose final hidden states are `hidden` wide.
+    pub fn new(embeddings: Embeddings, layers: Vec<Arc<dyn FastLayer>>, hidden: usize) -> Self {
+        Self {
             embeddings,
             layers,
             hidden,
-            heads,
-            act,
-        })
+            max_window: None,
+        }
+    }
+
+    /// Refuses windows longer than `tokens` (models without a position table, whose relative
+    /// positions reach that far).
+    pub fn with_max_window(mut self, tokens: usize) -> Self {
+        self.max_window = Some(tokens);
+        self
     }
 }
 
-/// Scratch buffers reused by every layer of a forward pass, and kept between passes: fresh
+/// Buffers reused by every layer of a forward pass, and kept between passes: fresh
 /// multi-megabyte buffers come from the OS as pages that it must zero on first touch.
 #[derive(Debug, Default)]
-struct Scratch {
+pub struct Scratch {
+    /// The hidden states, `[rows, width]`.
     hidden: Vec<f32>,
     qkv: Vec<f32>,
     heads: Vec<f32>,
     context: Vec<f32>,
     projected: Vec<f32>,
     intermediate: Vec<f32>,
+    /// The input of a MobileBERT layer and its narrowed copy, kept for the residuals.
+    residual: Vec<f32>,
+    narrowed: Vec<f32>,
 }
 
 /// An encoder with its QA head, for inference on CPU.
@@ -171,32 +177,22 @@ impl FastQaModel {
         scratch: &mut Scratch,
     ) -> Result<()> {
         let encoder = &self.encoder;
-        let h = encoder.hidden;
-        let inter = encoder
-            .layers
-            .first()
-            .map_or(0, |l| l.intermediate.out_features());
+        if let Some(max) = encoder.max_window {
+            if let Some(w) = windows.iter().find(|w| w.input_ids.len() > max) {
+                return Err(Error::InvalidInput(format!(
+                    "a window of {} tokens is longer than the model's {max} positions",
+                    w.input_ids.len()
+                )));
+            }
+        }
         let mut x = std::mem::take(&mut scratch.hidden);
         let embedded = encoder.embeddings.forward(windows, total, &mut x);
         scratch.hidden = x;
         embedded?;
-        for (buffer, len) in [
-            (&mut scratch.qkv, total * 3 * h),
-            (&mut scratch.context, total * h),
-            (&mut scratch.projected, total * h),
-            (&mut scratch.intermediate, total * inter),
-        ] {
-            // Every buffer is written before it is read: growing one need not copy its old
-            // contents (a realloc would).
-            if len > buffer.capacity() {
-                *buffer = Vec::new();
-            }
-            buffer.resize(len, 0.0);
-        }
         let layers = encoder.layers.len();
         for (i, layer) in encoder.layers.iter().enumerate() {
             let keep = keep.filter(|_| i + 1 == layers);
-            encoder.layer_forward(layer, spans, scratch, keep);
+            layer.forward(spans, scratch, keep);
         }
         Ok(())
     }
@@ -268,113 +264,5 @@ impl Engine for FastQaModel {
 
     fn is_padded(&self) -> bool {
         false
-    }
-}
-
-impl FastEncoder {
-    /// One layer over the rows of `scratch.hidden`; with `keep`, only those rows (ascending)
-    /// go on past attention, and the hidden states are left holding them alone, in order.
-    fn layer_forward(
-        &self,
-        layer: &Layer,
-        spans: &[(usize, usize)],
-        scratch: &mut Scratch,
-        keep: Option<&[usize]>,
-    ) {
-        let h = self.hidden;
-        let x = &mut scratch.hidden;
-        let mut total = x.len() / h;
-        layer.qkv.forward(x, total, &mut scratch.qkv);
-        let d = h / self.heads;
-        if attention::available(d) {
-            attention::attention(&scratch.qkv, spans, h, self.heads, &mut scratch.context);
-        } else {
-            scratch.heads.resize(total * h, 0.0);
-            self.attention(
-                &scratch.qkv,
-                spans,
-                &mut scratch.heads,
-                &mut scratch.context,
-            );
-        }
-        if let Some(rows) = keep {
-            // Every row's keys and values were needed; from here on rows are independent, so
-            // the kept ones move to the front (rows ascend, so each moves down or stays).
-            for (to, &from) in rows.iter().enumerate() {
-                x.copy_within(from * h..(from + 1) * h, to * h);
-                scratch
-                    .context
-                    .copy_within(from * h..(from + 1) * h, to * h);
-            }
-            total = rows.len();
-            x.truncate(total * h);
-        }
-        layer
-            .attention_output
-            .forward(&scratch.context, total, &mut scratch.projected);
-        layer.attention_norm.apply(x, Some(&scratch.projected));
-        let inter = &mut scratch.intermediate;
-        layer
-            .intermediate
-            .forward_activated(x, total, Some(self.act), inter);
-        layer.output.forward(inter, total, &mut scratch.projected);
-        layer.output_norm.apply(x, Some(&scratch.projected));
-    }
-
-    /// Multi-head self-attention of every window over the fused `[tokens, 3·hidden]`
-    /// projections; writes the merged heads to `context` (`[tokens, hidden]`).
-    fn attention(
-        &self,
-        qkv: &[f32],
-        spans: &[(usize, usize)],
-        per_head: &mut [f32],
-        context: &mut [f32],
-    ) {
-        let h = self.hidden;
-        let d = h / self.heads;
-        let total = context.len() / h;
-        let scale = 1.0 / (d as f32).sqrt();
-        // Heads run in parallel; each writes its own `[tokens, head_dim]` block.
-        per_head
-            .par_chunks_mut(total * d)
-            .enumerate()
-            .for_each(|(head, out)| {
-                let mut scores = Vec::new();
-                for &(start, len) in spans {
-                    let at = |part: usize| {
-                        MatRef::new(
-                            &qkv[start * 3 * h + part * h + head * d..],
-                            len,
-                            d,
-                            3 * h,
-                            1,
-                        )
-                    };
-                    scores.clear();
-                    scores.resize(len * len, 0.0);
-                    let s = MatMut::row_major(&mut scores, len, len);
-                    matmul(s, at(0), at(1).t(), scale, false, false);
-                    softmax_rows(&mut scores, len);
-                    let o = MatMut::row_major(&mut out[start * d..(start + len) * d], len, d);
-                    matmul(
-                        o,
-                        MatRef::row_major(&scores, len, len),
-                        at(2),
-                        1.0,
-                        false,
-                        false,
-                    );
-                }
-            });
-        let per_head: &[f32] = per_head;
-        context
-            .par_chunks_mut(h)
-            .enumerate()
-            .for_each(|(row, out)| {
-                for (head, chunk) in out.chunks_exact_mut(d).enumerate() {
-                    let from = head * total * d + row * d;
-                    chunk.copy_from_slice(&per_head[from..from + d]);
-                }
-            });
     }
 }

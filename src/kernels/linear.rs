@@ -144,6 +144,14 @@ impl Linear {
         }
     }
 
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        match self {
+            Linear::Dense(l) => l.in_features(),
+            Linear::Int8(l) => l.in_features(),
+        }
+    }
+
     /// `out = x·Wᵀ + b` for `rows` rows of `x`; overwrites `out`.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         self.forward_activated(x, rows, None, out);

@@ -12,7 +12,9 @@ use serde::Deserialize;
 
 use super::{check_absolute_positions, check_heads, parse_as, Architecture, ModelConfig};
 use super::{Encoder, ModelInput, ModelType};
+use crate::engine::Precision;
 use crate::error::Error;
+use crate::fast::{self, EmbeddingSpec, FastEncoder, FastLayer, LayerNames, LayerShape, PositionIds};
 use crate::nn::{self, Activation, LayerNorm, Linear};
 use crate::sentencepiece::Converter;
 
@@ -271,7 +273,65 @@ impl ModelConfig for Config {
     fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
         Ok(Box::new(AlbertModel::new(self, root)?))
     }
+
+    /// Each group's layers are loaded (and packed) once, then listed at every step that runs
+    /// them.
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        let e = self.embedding_size;
+        let embeddings = fast::Embeddings::load(
+            &root.pp("embeddings"),
+            EmbeddingSpec {
+                vocab_size: self.vocab_size,
+                width: e,
+                max_positions: self.max_position_embeddings,
+                type_vocab_size: Some(self.type_vocab_size),
+                segment_ids: true,
+                position_ids: PositionIds::FromZero,
+                fixed_positions: None,
+                eps: self.layer_norm_eps,
+                word_transform: None,
+            },
+        )?;
+        let encoder = root.pp("encoder");
+        let mapping = fast::dense_linear(e, self.hidden_size, encoder.pp("embedding_hidden_mapping_in"))?;
+        let shape = LayerShape {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            eps: self.layer_norm_eps,
+            activation: self.hidden_act,
+        };
+        let groups = (0..self.num_hidden_groups)
+            .map(|g| {
+                let group = encoder.pp(format!("albert_layer_groups.{g}"));
+                let n = self.inner_group_num;
+                fast::Layer::load_stack(&group, "albert_layers", n, &LAYER_NAMES, shape, precision)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let steps = self.num_hidden_layers;
+        let layers: Vec<std::sync::Arc<dyn FastLayer>> = (0..steps)
+            .flat_map(|step| groups[group_of(step, steps, groups.len())].iter().cloned())
+            .collect();
+        let embeddings = embeddings.with_projection(mapping);
+        Ok(Some(FastEncoder::new(embeddings, layers, self.hidden_size)))
+    }
 }
+
+/// Where an ALBERT layer (`albert_layer_groups.G.albert_layers.I`) keeps its weights.
+const LAYER_NAMES: LayerNames = LayerNames {
+    query: "attention.query",
+    key: "attention.key",
+    value: "attention.value",
+    attention_output: "attention.dense",
+    attention_norm: "attention.LayerNorm",
+    intermediate: "ffn",
+    output: "ffn_output",
+    output_norm: "full_layer_layer_norm",
+};
 
 #[cfg(test)]
 mod tests {

@@ -320,6 +320,7 @@ impl Config {
                 position_ids,
                 fixed_positions: None,
                 eps: self.layer_norm_eps,
+                word_transform: None,
             },
         )
     }
@@ -333,8 +334,10 @@ impl Config {
     ) -> crate::error::Result<FastEncoder> {
         let shape = LayerShape {
             hidden: self.hidden_size,
+            heads: self.num_attention_heads,
             intermediate: self.intermediate_size,
             eps: self.layer_norm_eps,
+            activation: self.hidden_act,
         };
         let layers = fast::Layer::load_stack(
             root,
@@ -344,8 +347,7 @@ impl Config {
             shape,
             precision,
         )?;
-        let (h, heads) = (self.hidden_size, self.num_attention_heads);
-        FastEncoder::new(embeddings, layers, h, heads, self.hidden_act)
+        Ok(FastEncoder::new(embeddings, layers, self.hidden_size))
     }
 }
 

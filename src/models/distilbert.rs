@@ -263,12 +263,15 @@ impl ModelConfig for Config {
                 position_ids: PositionIds::FromZero,
                 fixed_positions,
                 eps: LAYER_NORM_EPS,
+                word_transform: None,
             },
         )?;
         let shape = LayerShape {
             hidden: d,
+            heads: self.n_heads,
             intermediate: self.hidden_dim,
             eps: LAYER_NORM_EPS,
+            activation: self.activation,
         };
         let layers = fast::Layer::load_stack(
             root,
@@ -278,7 +281,7 @@ impl ModelConfig for Config {
             shape,
             precision,
         )?;
-        FastEncoder::new(embeddings, layers, d, self.n_heads, self.activation).map(Some)
+        Ok(Some(FastEncoder::new(embeddings, layers, d)))
     }
 }
 
