@@ -176,7 +176,11 @@ fn check_case(qa: &QaPipeline, case: &Case, tol: f64) -> Result<(f32, Vec<String
 fn answer_mismatches(id: &str, got: &[Answer], want: &[Expected], tol: f64) -> Vec<String> {
     let mut errors = Vec::new();
     if got.len() != want.len() {
-        errors.push(format!("{id}: {} answers, transformers {}", got.len(), want.len()));
+        errors.push(format!(
+            "{id}: {} answers, transformers {}",
+            got.len(),
+            want.len()
+        ));
     }
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
         if (g.start, g.end, g.answer.as_str()) != (w.start, w.end, w.answer.as_str()) {
@@ -185,7 +189,10 @@ fn answer_mismatches(id: &str, got: &[Answer], want: &[Expected], tol: f64) -> V
                 g.answer, g.start, g.end, w.answer, w.start, w.end
             ));
         } else if (f64::from(g.score) - w.score).abs() > tol {
-            errors.push(format!("{id} answer {k}: score {}, transformers {}", g.score, w.score));
+            errors.push(format!(
+                "{id} answer {k}: score {}, transformers {}",
+                g.score, w.score
+            ));
         }
     }
     errors
@@ -321,7 +328,9 @@ fn norm(t: &Tensor) -> Result<f64, Failure> {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64, Failure> {
     let b = b.to_device(a.device())?;
-    Ok(f64::from((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?))
+    Ok(f64::from(
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?,
+    ))
 }
 
 /// The problems of one fixture's training step on `device` (empty: as PyTorch's).
@@ -372,7 +381,11 @@ fn train_step_errors(dir: &Path, device: &Device) -> Result<Vec<String>, Failure
         if scale < noise_floor {
             noise.push(p.name.clone());
         } else if max_diff(g, want)? > 1e-4 * scale {
-            errors.push(format!("{}: gradient differs by {:.2e} (norm {scale:.2e})", p.name, max_diff(g, want)?));
+            errors.push(format!(
+                "{}: gradient differs by {:.2e} (norm {scale:.2e})",
+                p.name,
+                max_diff(g, want)?
+            ));
         }
     }
     let o = &step.optimizer;
@@ -382,14 +395,26 @@ fn train_step_errors(dir: &Path, device: &Device) -> Result<Vec<String>, Failure
         eps: o.eps,
         weight_decay: o.weight_decay,
     };
-    let mut optimizer = AdamW::new(model.params().iter().map(|p| (p.var.clone(), p.decay)), config)?;
+    let mut optimizer = AdamW::new(
+        model.params().iter().map(|p| (p.var.clone(), p.decay)),
+        config,
+    )?;
     optimizer.step(&grads, o.lr)?;
     for p in model.params() {
-        let Some(want) = after.get(&p.name) else { continue };
-        let limit = if noise.contains(&p.name) { 2.0 * o.lr + 1e-5 } else { 1e-5 };
+        let Some(want) = after.get(&p.name) else {
+            continue;
+        };
+        let limit = if noise.contains(&p.name) {
+            2.0 * o.lr + 1e-5
+        } else {
+            1e-5
+        };
         let diff = max_diff(p.var.as_tensor(), want)?;
         if diff > limit {
-            errors.push(format!("{}: after one AdamW step differs by {diff:.2e}", p.name));
+            errors.push(format!(
+                "{}: after one AdamW step differs by {diff:.2e}",
+                p.name
+            ));
         }
     }
     Ok(errors)
@@ -405,7 +430,11 @@ fn train_steps(o: &Options) -> Result<bool, Failure> {
             "{} {arch} training step on {}: loss, gradients and one AdamW step {}",
             if errors.is_empty() { "ok  " } else { "FAIL" },
             o.device,
-            if errors.is_empty() { "as PyTorch's" } else { "differ" }
+            if errors.is_empty() {
+                "as PyTorch's"
+            } else {
+                "differ"
+            }
         );
         for e in errors.iter().take(8) {
             println!("       {e}");
@@ -426,12 +455,19 @@ fn train_steps(o: &Options) -> Result<bool, Failure> {
 /// pattern: the same for every engine).
 fn windows(batch: usize, seq: usize) -> Vec<Vec<u32>> {
     (0..batch)
-        .map(|b| (0..seq).map(|i| 1000 + ((b * seq + i) as u32 * 7919) % 20000).collect())
+        .map(|b| {
+            (0..seq)
+                .map(|i| 1000 + ((b * seq + i) as u32 * 7919) % 20000)
+                .collect()
+        })
         .collect()
 }
 
 fn forward(o: &Options) -> Result<(), Failure> {
-    let model = o.positional.first().ok_or("forward needs a model directory")?;
+    let model = o
+        .positional
+        .first()
+        .ok_or("forward needs a model directory")?;
     let device = o.device.open()?;
     let (batch, iters) = (o.batch.max(1), if o.iters == 0 { 20 } else { o.iters });
     let options = LoadOptions {
@@ -444,7 +480,10 @@ fn forward(o: &Options) -> Result<(), Failure> {
     let types = vec![0u32; o.seq];
     let tokens: Vec<Tokens> = ids
         .iter()
-        .map(|ids| Tokens { input_ids: ids, token_type_ids: &types })
+        .map(|ids| Tokens {
+            input_ids: ids,
+            token_type_ids: &types,
+        })
         .collect();
     // Two untimed calls: kernels load and the allocator warms up on the first.
     qa.run_tokens(&tokens)?;
@@ -465,7 +504,10 @@ fn forward(o: &Options) -> Result<(), Failure> {
 }
 
 fn train(o: &Options) -> Result<(), Failure> {
-    let model_dir = o.positional.first().ok_or("train needs a model directory")?;
+    let model_dir = o
+        .positional
+        .first()
+        .ok_or("train needs a model directory")?;
     let device = o.device.open()?;
     o.dtype.check_device(&device)?;
     let (b, s) = (if o.batch == 0 { 16 } else { o.batch }, o.seq);
@@ -477,13 +519,20 @@ fn train(o: &Options) -> Result<(), Failure> {
     model.set_compute_dtype(o.dtype.dtype())?;
     let mut optimizer = AdamW::new(
         model.params().iter().map(|p| (p.var.clone(), p.decay)),
-        AdamWConfig { weight_decay: 0.01, ..AdamWConfig::default() },
+        AdamWConfig {
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        },
     )?;
     let ids = windows(b, s);
     // Question, then context, as in reference.py's training step.
-    let types: Vec<Vec<u32>> = (0..b).map(|_| (0..s).map(|i| u32::from(i >= s / 4)).collect()).collect();
+    let types: Vec<Vec<u32>> = (0..b)
+        .map(|_| (0..s).map(|i| u32::from(i >= s / 4)).collect())
+        .collect();
     let mask = vec![vec![1u32; s]; b];
-    let starts: Vec<u32> = (0..b).map(|i| (s / 4 + (i * 37) % (s / 2)) as u32).collect();
+    let starts: Vec<u32> = (0..b)
+        .map(|i| (s / 4 + (i * 37) % (s / 2)) as u32)
+        .collect();
     let ends: Vec<u32> = starts.iter().map(|&x| x + 5).collect();
     let batch = TrainBatch::from_rows(&ids, &types, &mask, &starts, &ends, &device)?;
     bertqa::nn::seed_dropout(0);
@@ -499,7 +548,11 @@ fn train(o: &Options) -> Result<(), Failure> {
         optimizer.step(&grads, 1e-4)?;
         device.synchronize()?;
         let t3 = Instant::now();
-        Ok([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()])
+        Ok([
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+        ])
     };
     step()?;
     step()?;

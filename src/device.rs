@@ -113,7 +113,8 @@ impl FloatType {
     pub fn check_device(self, device: &Device) -> Result<()> {
         if self != Self::F32 && device.is_cpu() {
             return Err(Error::InvalidInput(format!(
-                "--dtype {self} runs on a GPU only (--device cuda); on the CPU bertqa runs f32,                  or int8 with --quantize int8"
+                "--dtype {self} runs on a GPU only (--device cuda); on the CPU bertqa runs f32, \
+                 or int8 with --quantize int8"
             )));
         }
         Ok(())
@@ -152,8 +153,14 @@ mod tests {
     #[test]
     fn devices_parse_with_their_ordinal() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("CUDA".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
-        assert_eq!(" cuda:3 ".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(3));
+        assert_eq!(
+            "CUDA".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
+        assert_eq!(
+            " cuda:3 ".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(3)
+        );
         for bad in ["", "gpu", "cuda:", "cuda:-1", "cuda:x", "cuda:0:1", "metal"] {
             let err = bad.parse::<DeviceChoice>().unwrap_err().to_string();
             assert!(err.contains("cuda:N"), "{bad}: {err}");

@@ -517,7 +517,9 @@ impl QaPipeline {
         } else {
             // A GPU runs one batch at a time anyway; from one thread its work stays on one
             // stream, in order.
-            all.chunks(batch_size).map(run).collect::<Result<Vec<_>>>()?
+            all.chunks(batch_size)
+                .map(run)
+                .collect::<Result<Vec<_>>>()?
         };
         let mut out: Vec<Vec<WindowLogits>> = prepared
             .iter()

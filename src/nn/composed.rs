@@ -55,7 +55,9 @@ pub(super) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
     let mean = (x32.sum_keepdim(D::Minus1)? / n)?;
     let centred = x32.broadcast_sub(&mean)?;
     let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
+    let normed = centred
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .to_dtype(dtype)?;
     normed.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
@@ -146,7 +148,14 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        d.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
@@ -163,8 +172,14 @@ mod tests {
     #[test]
     fn attention_matches_the_single_op_with_dropout_and_padding() {
         let (b, h, s, d) = (2, 3, 7, 4);
-        let (q, k, v) = (var(&[b, h, s, d], 1), var(&[b, h, s, d], 2), var(&[b, h, s, d], 3));
-        let attend: Vec<f32> = (0..b * s).map(|i| f32::from(i < s || i % s < s - 2)).collect();
+        let (q, k, v) = (
+            var(&[b, h, s, d], 1),
+            var(&[b, h, s, d], 2),
+            var(&[b, h, s, d], 3),
+        );
+        let attend: Vec<f32> = (0..b * s)
+            .map(|i| f32::from(i < s || i % s < s - 2))
+            .collect();
         let attend = Tensor::from_vec(attend, (b, s), &Device::Cpu).unwrap();
         let bias = nn::attention_bias(&attend, DType::F32).unwrap();
         let single_mask = drawn_mask(b * h * s * s, 0.25, 5);
@@ -205,7 +220,10 @@ mod tests {
             .iter()
             .filter(|v| **v == 0.0)
             .count();
-        assert!((10..=80).contains(&dropped), "{dropped} of 420 dropped at p = 0.1");
+        assert!(
+            (10..=80).contains(&dropped),
+            "{dropped} of 420 dropped at p = 0.1"
+        );
         let (gs, gc) = (grads(&single, 22), grads(&composed, 22));
         assert_eq!(max_diff(gs.get(&x).unwrap(), gc.get(&x).unwrap()), 0.0);
     }
@@ -226,7 +244,13 @@ mod tests {
         // bf16 keeps 8 bits: products of values of magnitude ≤ 2 are within about 2⁻⁶.
         assert_close("bf16 layer norm", &exact, &half, 0.05);
         let probs = softmax_last_dim(&x.to_dtype(DType::F16).unwrap()).unwrap();
-        let sums: Vec<f32> = probs.to_dtype(DType::F32).unwrap().sum(1).unwrap().to_vec1().unwrap();
+        let sums: Vec<f32> = probs
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-2), "{sums:?}");
     }
 
@@ -249,7 +273,8 @@ mod tests {
     /// an error from the single op, a result from the composed one.
     #[test]
     fn forcing_routes_training_ops_to_the_composed_path() {
-        let bf16 = |shape: &[usize], seed| var(shape, seed).as_tensor().to_dtype(DType::BF16).unwrap();
+        let bf16 =
+            |shape: &[usize], seed| var(shape, seed).as_tensor().to_dtype(DType::BF16).unwrap();
         let x = bf16(&[2, 3, 8], 51);
         let (w, b) = (bf16(&[8], 52), bf16(&[8], 53));
         let vb = candle_nn::VarBuilder::from_tensors(
@@ -258,7 +283,11 @@ mod tests {
             &Device::Cpu,
         );
         let norm = nn::LayerNorm::new(8, 1e-5, vb).unwrap();
-        let (q, k, v) = (bf16(&[1, 2, 4, 4], 54), bf16(&[1, 2, 4, 4], 55), bf16(&[1, 2, 4, 4], 56));
+        let (q, k, v) = (
+            bf16(&[1, 2, 4, 4], 54),
+            bf16(&[1, 2, 4, 4], 55),
+            bf16(&[1, 2, 4, 4], 56),
+        );
         let attend = Tensor::ones((1, 4), DType::F32, &Device::Cpu).unwrap();
         let bias = nn::attention_bias(&attend, DType::BF16).unwrap();
         let run = || {

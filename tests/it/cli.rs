@@ -437,7 +437,15 @@ fn device_and_dtype_errors_name_what_is_missing() {
         vec!["ask", "--model", &bert, "-q", "Who?", "-c", "Someone."],
         vec!["eval", "--model", &bert, "--data", data],
         vec!["serve", "--model", &bert, "--port", "0"],
-        vec!["train", "--model", &bert, "--train-data", data, "--output", out],
+        vec![
+            "train",
+            "--model",
+            &bert,
+            "--train-data",
+            data,
+            "--output",
+            out,
+        ],
     ];
     for command in &commands {
         let with = |extra: &[&str]| {

@@ -28,12 +28,22 @@ fn relative_logit_error(arch: &str, dtype: DType) -> f32 {
             attention_mask: row(&vec![1; n]),
         };
         let logits = model.forward(&input, false).unwrap();
-        assert_eq!(logits.start.dtype(), dtype, "{arch}: the model computes in {dtype:?}");
+        assert_eq!(
+            logits.start.dtype(),
+            dtype,
+            "{arch}: the model computes in {dtype:?}"
+        );
         for (got, want) in [
             (&logits.start, &feature.start_logits),
             (&logits.end, &feature.end_logits),
         ] {
-            let got: Vec<f32> = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = got
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             for (a, b) in got.iter().zip(want) {
                 worst = worst.max((a - b).abs());
                 largest = largest.max(b.abs());

@@ -321,10 +321,9 @@ fn roberta_train_step_matches_pytorch_with_composed_ops() {
 /// from `seed`.
 fn dropout_step(arch: &str, ops: Ops, seed: u64) -> (f64, Vec<(String, Tensor)>) {
     let dir = common::fixture(arch);
-    let step: Step = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("train-step/step.json")).unwrap(),
-    )
-    .unwrap();
+    let step: Step =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train-step/step.json")).unwrap())
+            .unwrap();
     let mut config = checkpoint::read_json(&dir.join("config.json")).unwrap();
     // Dropout well above the config's 0.1, so that masks matter.
     if let Some(map) = config.as_object_mut() {
@@ -386,7 +385,10 @@ fn check_composed_ops_with_dropout(arch: &str) {
     for ((name, a), (_, b)) in single.iter().zip(&composed) {
         let diff = max_abs_diff(a, b);
         if diff > 1e-4 {
-            errors.push(format!("{name}: gradients differ by {diff:e} (norm {:e})", norm(a)));
+            errors.push(format!(
+                "{name}: gradients differ by {diff:e} (norm {:e})",
+                norm(a)
+            ));
         }
     }
     assert!(errors.is_empty(), "{arch}:\n{}", errors.join("\n"));
@@ -413,10 +415,9 @@ fn roberta_composed_ops_give_the_single_ops_gradients_with_dropout() {
 #[test]
 fn bert_uncased_bf16_mixed_precision_step_follows_pytorch() {
     let dir = common::fixture("bert-uncased");
-    let step: Step = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("train-step/step.json")).unwrap(),
-    )
-    .unwrap();
+    let step: Step =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train-step/step.json")).unwrap())
+            .unwrap();
     let dev = Device::Cpu;
     let mut config = checkpoint::read_json(&dir.join("config.json")).unwrap();
     zero_dropout(&mut config);
@@ -427,7 +428,10 @@ fn bert_uncased_bf16_mixed_precision_step_follows_pytorch() {
     )
     .unwrap();
     let mut model = TrainableModel::new(&config, vb, 0, &dev).unwrap();
-    assert!(model.set_compute_dtype(DType::F16).is_err(), "f16 needs loss scaling");
+    assert!(
+        model.set_compute_dtype(DType::F16).is_err(),
+        "f16 needs loss scaling"
+    );
     model.set_compute_dtype(DType::BF16).unwrap();
     let types = step.batch.token_type_ids.clone().unwrap();
     let batch = TrainBatch::from_rows(
@@ -449,9 +453,13 @@ fn bert_uncased_bf16_mixed_precision_step_follows_pytorch() {
         step.loss
     );
     let grads = model.backward(&loss_tensor).unwrap();
-    let reference = candle_core::safetensors::load(dir.join("train-step/grads.safetensors"), &dev)
-        .unwrap();
-    let global = reference.values().map(|g| norm(g).powi(2)).sum::<f64>().sqrt();
+    let reference =
+        candle_core::safetensors::load(dir.join("train-step/grads.safetensors"), &dev).unwrap();
+    let global = reference
+        .values()
+        .map(|g| norm(g).powi(2))
+        .sum::<f64>()
+        .sqrt();
     for (p, g) in model.params().iter().zip(&grads) {
         let g = g.as_ref().expect("gradient");
         assert_eq!(g.dtype(), DType::F32, "{}", p.name);
@@ -460,8 +468,17 @@ fn bert_uncased_bf16_mixed_precision_step_follows_pytorch() {
         if norm(want) < 1e-2 * global {
             continue; // too small for bf16's 8 bits to say much
         }
-        let dot = (g * want).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let dot = (g * want)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
         let cosine = dot / (norm(g) * norm(want));
-        assert!(cosine > 0.99, "{}: cosine {cosine} to PyTorch's gradient", p.name);
+        assert!(
+            cosine > 0.99,
+            "{}: cosine {cosine} to PyTorch's gradient",
+            p.name
+        );
     }
 }
