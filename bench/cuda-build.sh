@@ -2,7 +2,7 @@
 # Builds bertqa with the `cuda` feature on a machine without a CUDA toolkit or GPU, from PyPI's
 # CUDA wheels, for NVIDIA GPUs of compute capability CUDA_COMPUTE_CAP (default 90: H100/H200).
 #
-#   bench/cuda-build.sh                       # release binary and the GPU check example
+#   bench/cuda-build.sh                       # target/cuda-bin/{bertqa,device_check}
 #   bench/cuda-build.sh --example device_check   # any cargo build arguments instead
 #
 # What it sets up under target/ (nothing outside the repository):
@@ -54,7 +54,12 @@ stub nvrtc libnvrtc.so.13 libnvrtc.so
 ln -sf "$CUDA_ROOT/lib/libcudart.so.13" "$LINK/libcudart.so"
 export LIBRARY_PATH="$PWD/$LINK${LIBRARY_PATH:+:$LIBRARY_PATH}"
 
-if [ $# -eq 0 ]; then
-  set -- --release --bin bertqa --example device_check
+if [ $# -gt 0 ]; then
+  time cargo build --locked --features cuda "$@"
+  exit
 fi
-time cargo build --locked --features cuda "$@"
+time cargo build --locked --features cuda --release --bin bertqa --example device_check
+# A later CPU build (`cargo test`) replaces target/release/bertqa: keep the CUDA ones apart.
+mkdir -p target/cuda-bin
+cp target/release/bertqa target/release/examples/device_check target/cuda-bin/
+echo "CUDA binaries in target/cuda-bin"

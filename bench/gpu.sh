@@ -4,7 +4,10 @@
 # folder (BERTQA_SHARED, default ../shared). Not part of CI.
 #
 #   bench/cuda-build.sh                      # where Rust is: bertqa and examples/device_check
-#   bench/gpu.sh [BIN_DIR]                   # where the GPU is (BIN_DIR default target/release)
+#   bench/gpu.sh [BIN_DIR]                   # where the GPU is (BIN_DIR default target/cuda-bin)
+#
+# BIN_DIR holds bertqa and examples/device_check (or device_check), or the compressed ones that
+# bench/gpu-pack.sh writes (bertqa.xz, device_check.xz), which are unpacked into WORK.
 #
 # Steps, each logged to WORK (default bench/out/gpu), one summary at the end:
 #   1. the golden files on the GPU in f32 (logits within 1e-3, answers identical), and in bf16
@@ -18,12 +21,22 @@
 # SKIP_LARGE=1 (no BERT-large), DEVICE (default cuda:0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN_DIR=${1:-target/release}
+BIN_DIR=${1:-target/cuda-bin}
 SHARED=${BERTQA_SHARED:-../shared}
 WORK=${WORK:-bench/out/gpu}
 PY=${PY:-python3}
 ITERS=${ITERS:-20}
 DEVICE=${DEVICE:-cuda:0}
+mkdir -p "$WORK"
+# Binaries packed by bench/gpu-pack.sh come compressed.
+if [ -f "$BIN_DIR/bertqa.xz" ] && [ -f "$BIN_DIR/device_check.xz" ]; then
+  mkdir -p "$WORK/bin"
+  for name in bertqa device_check; do
+    xz -dc "$BIN_DIR/$name.xz" >"$WORK/bin/$name"
+    chmod +x "$WORK/bin/$name"
+  done
+  BIN_DIR=$WORK/bin
+fi
 BERTQA=$BIN_DIR/bertqa
 CHECK=$BIN_DIR/examples/device_check
 [ -x "$CHECK" ] || CHECK=$BIN_DIR/device_check
@@ -34,6 +47,11 @@ TOKENIZER=$SHARED/fixtures/bert-uncased
 die() { echo "error: $*" >&2; exit 1; }
 step() { echo "== $* ($(date +%H:%M:%S))" >&2; }
 [ -x "$BERTQA" ] && [ -x "$CHECK" ] || die "$BIN_DIR must hold bertqa and examples/device_check (bench/cuda-build.sh)"
+for bin in "$BERTQA" "$CHECK"; do
+  if grep -qa "built without CUDA support" "$bin"; then
+    die "$bin was built without the cuda feature (bench/cuda-build.sh builds it with)"
+  fi
+done
 [ -d "$SHARED/fixtures" ] || die "$SHARED/fixtures not found: set BERTQA_SHARED"
 mkdir -p "$WORK"
 export BERTQA_SHARED=$SHARED
