@@ -96,7 +96,7 @@ fn load_model(
         batch_size,
         ..LoadOptions::default()
     };
-    Ok(QaPipeline::load(&common.model, &engine.apply(options))?)
+    Ok(QaPipeline::load(&common.model, &engine.apply(options)?)?)
 }
 
 /// Opens the index and refuses an empty one before the model loads.

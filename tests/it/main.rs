@@ -13,6 +13,7 @@ mod golden_minilm;
 mod index;
 mod int8;
 mod properties;
+mod reduced_precision;
 mod registry;
 mod robustness;
 mod sentencepiece_fallback;
