@@ -7,10 +7,17 @@ transformers with one list call per part (`question=[...], context=[...]`; its d
 batch_size of 1 runs one question's windows per model call, as one call per question does),
 bertqa with one list call per part (it batches the windows of many questions itself). The
 engines take turns on `--parts` slices of the data, so that a drift in the machine's speed hits
-both alike. Prints questions/s of each, the ratio, and how many answers are identical (text and
+both alike. Prints questions/s of each (wall time), the ratio, the same in questions per CPU
+second of the process (less sensitive to other processes competing for the cores; it counts the
+CPU the engine's threads spend waiting for work), and how many answers are identical (text and
 character offsets; scores within 1e-4), as one JSON object on stdout.
 
     python bench/python_pipeline.py [--threads 2] [--parts 4] [--limit N]
+
+On a machine that other processes keep busy, run it with OMP_WAIT_POLICY=PASSIVE: PyTorch's
+OpenMP threads otherwise spin while they wait for each other, and with fewer free cores than
+threads that makes transformers several times slower than its fair share (bertqa's threads
+sleep when they wait). The policy in effect is printed with the results.
 
 Needs torch, transformers and bertqa (`pip install ./python`) in the same environment.
 """
@@ -89,6 +96,7 @@ def main() -> int:
     size = -(-len(rows) // args.parts)
     parts = [rows[i:i + size] for i in range(0, len(rows), size)]
     seconds = {name: 0.0 for name in engines}
+    cpu_seconds = {name: 0.0 for name in engines}
     answers = {name: [] for name in engines}
     part_ratios = []
     for k, part in enumerate(parts):
@@ -96,10 +104,11 @@ def main() -> int:
         order = list(engines) if k % 2 == 0 else list(reversed(engines))
         took = {}
         for name in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = engines[name](part)
             took[name] = time.perf_counter() - t0
             seconds[name] += took[name]
+            cpu_seconds[name] += time.process_time() - c0
             answers[name].append(result)
         part_ratios.append(took["transformers"] / took["bertqa"])
         print(f"part {k + 1}/{len(parts)}: {len(part)} questions, transformers {took['transformers']:.2f}s, "
@@ -130,6 +139,11 @@ def main() -> int:
         "bertqa_questions_per_second": n / seconds["bertqa"],
         "ratio": seconds["transformers"] / seconds["bertqa"],
         "part_ratios": part_ratios,
+        "transformers_questions_per_cpu_second": n / cpu_seconds["transformers"],
+        "bertqa_questions_per_cpu_second": n / cpu_seconds["bertqa"],
+        "cpu_ratio": cpu_seconds["transformers"] / cpu_seconds["bertqa"],
+        "load_average": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "identical_answers": identical,
         "first_differences": differ[:3],
         "load_seconds": {"transformers": load_transformers, "bertqa": load_bertqa},
@@ -138,7 +152,8 @@ def main() -> int:
     print(
         f"bertqa {result['bertqa_questions_per_second']:.1f} q/s vs transformers "
         f"{result['transformers_questions_per_second']:.1f} q/s: {result['ratio']:.2f}x "
-        f"(parts {min(part_ratios):.2f}-{max(part_ratios):.2f}x); {identical}/{n} answers identical",
+        f"(parts {min(part_ratios):.2f}-{max(part_ratios):.2f}x; per CPU second {result['cpu_ratio']:.2f}x); "
+        f"{identical}/{n} answers identical; load average {os.getloadavg()[0]:.1f}",
         file=sys.stderr,
     )
     return 0

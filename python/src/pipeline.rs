@@ -3,10 +3,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bertqa::decode::decode;
+use bertqa::pipeline::Prepared;
 use bertqa::{Answer, Error, LoadOptions, Precision, QaParams, QaPipeline, QaRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
+use rayon::prelude::*;
 
 use crate::{errors, params};
 
@@ -34,17 +36,21 @@ impl Pipeline {
     }
 
     /// Validates, tokenizes and answers one round of requests. An invalid input is named by
-    /// its index in the whole call (`first` is the index of `requests[0]`).
+    /// its index in the whole call (`first` is the index of `requests[0]`). Tokenizing and
+    /// decoding run on the pool's threads too, one request per task.
     fn answer_round(
         &self,
         requests: &[QaRequest],
         first: usize,
     ) -> bertqa::Result<Vec<Vec<Answer>>> {
-        let prepared = requests
-            .iter()
+        let prepared: Vec<bertqa::Result<Prepared>> =
+            requests.par_iter().map(|r| self.qa.prepare(r)).collect();
+        // The first invalid input in order, whichever thread found it.
+        let prepared = prepared
+            .into_iter()
             .enumerate()
-            .map(|(i, request)| {
-                self.qa.prepare(request).map_err(|e| match e {
+            .map(|(i, p)| {
+                p.map_err(|e| match e {
                     Error::InvalidInput(message) => {
                         Error::InvalidInput(format!("inputs[{}]: {message}", first + i))
                     }
@@ -54,7 +60,7 @@ impl Pipeline {
             .collect::<bertqa::Result<Vec<_>>>()?;
         let logits = self.qa.run_prepared(&prepared, |_| {})?;
         Ok(prepared
-            .iter()
+            .par_iter()
             .zip(&logits)
             .map(|(p, l)| decode(&p.context, &p.windows, l, &p.decode))
             .collect())
