@@ -3,8 +3,8 @@
 //!
 //! Run with `cargo bench --bench linear`.
 
-use bertqa::fast::int8::QuantizedLinear;
-use bertqa::fast::sgemm::PackedWeights;
+use bertqa::kernels::int8::QuantizedLinear;
+use bertqa::kernels::sgemm::PackedWeights;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gemm::Parallelism;
 use rand::{Rng, SeedableRng};

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use bertqa::fast::Tokens;
+use bertqa::Tokens;
 use bertqa::{EngineChoice, LoadOptions, Precision, QaPipeline};
 
 #[global_allocator]

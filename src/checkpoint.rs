@@ -171,6 +171,8 @@ impl CheckpointFiles {
     }
 }
 
+/// Finds the checkpoint files of Hub id `model_id` in the HF cache, downloading what is missing
+/// unless offline.
 fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
     let cache_dir = hub_cache_dir();
     let revision = hub.revision.clone().unwrap_or_else(|| "main".into());
@@ -180,16 +182,7 @@ fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
     let api = if offline {
         None
     } else {
-        let api = hf_hub::api::sync::ApiBuilder::new()
-            .with_cache_dir(cache_dir.clone())
-            .with_progress(true)
-            .with_token(std::env::var("HF_TOKEN").ok())
-            .build()
-            .map_err(|e| Error::ModelNotFound {
-                model: model_id.into(),
-                message: format!("cannot set up the Hub client: {e}"),
-            })?;
-        Some(api.repo(repo))
+        Some(hub_api(model_id, &cache_dir)?.repo(repo))
     };
     // Cache first: a file already there never touches the network.
     let get = |file: &str| -> Option<PathBuf> {
@@ -197,7 +190,47 @@ fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
             .get(file)
             .or_else(|| api.as_ref().and_then(|a| a.get(file).ok()))
     };
-    let not_found = |what: &str| Error::ModelNotFound {
+    let not_found = |what: &str| hub_file_not_found(model_id, &cache_dir, offline, what);
+    let config = get("config.json").ok_or_else(|| not_found("config.json"))?;
+    let weights = if let Some(p) = get("model.safetensors") {
+        WeightsFile::Safetensors(p)
+    } else if let Some(p) = get("pytorch_model.bin") {
+        WeightsFile::PytorchBin(p)
+    } else {
+        return Err(not_found("model.safetensors (or pytorch_model.bin)"));
+    };
+    let tokenizer = TokenizerFiles::from_hub(&get);
+    let files = CheckpointFiles {
+        name: model_id.into(),
+        config,
+        tokenizer_json: tokenizer.tokenizer_json,
+        vocab_txt: tokenizer.vocab_txt,
+        bpe_files: tokenizer.bpe_files,
+        spm_model: tokenizer.spm_model,
+        tokenizer_config: get("tokenizer_config.json"),
+        weights,
+    };
+    files.check_tokenizer()?;
+    Ok(files)
+}
+
+/// The Hub client, caching into `cache_dir` and authenticated by `HF_TOKEN` when it is set.
+fn hub_api(model_id: &str, cache_dir: &Path) -> Result<hf_hub::api::sync::Api> {
+    hf_hub::api::sync::ApiBuilder::new()
+        .with_cache_dir(cache_dir.to_path_buf())
+        .with_progress(true)
+        .with_token(std::env::var("HF_TOKEN").ok())
+        .build()
+        .map_err(|e| Error::ModelNotFound {
+            model: model_id.into(),
+            message: format!("cannot set up the Hub client: {e}"),
+        })
+}
+
+/// The error for a file (`what`) of `model_id` that is neither in the cache nor, when online,
+/// downloadable.
+fn hub_file_not_found(model_id: &str, cache_dir: &Path, offline: bool, what: &str) -> Error {
+    Error::ModelNotFound {
         model: model_id.into(),
         message: if offline {
             format!(
@@ -213,50 +246,52 @@ fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
                 cache_dir.display()
             )
         },
-    };
-    let config = get("config.json").ok_or_else(|| not_found("config.json"))?;
-    let weights = if let Some(p) = get("model.safetensors") {
-        WeightsFile::Safetensors(p)
-    } else if let Some(p) = get("pytorch_model.bin") {
-        WeightsFile::PytorchBin(p)
-    } else {
-        return Err(not_found("model.safetensors (or pytorch_model.bin)"));
-    };
-    let tokenizer_json = get("tokenizer.json");
-    let vocab_txt = if tokenizer_json.is_none() {
-        get("vocab.txt")
-    } else {
-        None
-    };
-    let bpe_files = if tokenizer_json.is_none() && vocab_txt.is_none() {
-        get("vocab.json").zip(get("merges.txt"))
-    } else {
-        None
-    };
-    let spm_model = if tokenizer_json.is_none() && vocab_txt.is_none() && bpe_files.is_none() {
-        crate::sentencepiece::MODEL_FILE_NAMES
-            .iter()
-            .find_map(|f| get(f))
-    } else {
-        None
-    };
-    if spm_model.is_some() {
-        // Read from config.json's directory by the conversion; optional, so a miss is fine.
-        let _ = get("special_tokens_map.json");
-        let _ = get("added_tokens.json");
     }
-    let files = CheckpointFiles {
-        name: model_id.into(),
-        config,
-        tokenizer_json,
-        vocab_txt,
-        bpe_files,
-        spm_model,
-        tokenizer_config: get("tokenizer_config.json"),
-        weights,
-    };
-    files.check_tokenizer()?;
-    Ok(files)
+}
+
+/// The tokenizer files of a Hub checkpoint: the first kind it has, in the order the tokenizer
+/// is built from them.
+struct TokenizerFiles {
+    tokenizer_json: Option<PathBuf>,
+    vocab_txt: Option<PathBuf>,
+    bpe_files: Option<(PathBuf, PathBuf)>,
+    spm_model: Option<PathBuf>,
+}
+
+impl TokenizerFiles {
+    /// Fetches (through `get`) only the fallbacks that are needed: each kind is asked for only
+    /// when none before it was found.
+    fn from_hub(get: &dyn Fn(&str) -> Option<PathBuf>) -> Self {
+        let tokenizer_json = get("tokenizer.json");
+        let vocab_txt = if tokenizer_json.is_none() {
+            get("vocab.txt")
+        } else {
+            None
+        };
+        let bpe_files = if tokenizer_json.is_none() && vocab_txt.is_none() {
+            get("vocab.json").zip(get("merges.txt"))
+        } else {
+            None
+        };
+        let spm_model = if tokenizer_json.is_none() && vocab_txt.is_none() && bpe_files.is_none() {
+            crate::sentencepiece::MODEL_FILE_NAMES
+                .iter()
+                .find_map(|f| get(f))
+        } else {
+            None
+        };
+        if spm_model.is_some() {
+            // Read from config.json's directory by the conversion; optional, so a miss is fine.
+            let _ = get("special_tokens_map.json");
+            let _ = get("added_tokens.json");
+        }
+        Self {
+            tokenizer_json,
+            vocab_txt,
+            bpe_files,
+            spm_model,
+        }
+    }
 }
 
 /// Reads and parses a JSON file, naming it in errors.

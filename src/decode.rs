@@ -8,6 +8,7 @@
 //! merged, their scores added — and sorted by score (stably, first-seen order breaking ties, as
 //! Python's `sorted`); the best `top_k` are returned.
 
+use crate::engine::WindowLogits;
 use crate::features::Window;
 
 /// Decoding parameters, named as the pipeline's keyword arguments.
@@ -79,9 +80,6 @@ fn masked_softmax(logits: &[f32], p_mask: &[bool]) -> Vec<f32> {
     exp.into_iter().map(|x| x / sum).collect()
 }
 
-/// Start and end logits of one window's tokens.
-pub type WindowLogits = (Vec<f32>, Vec<f32>);
-
 /// A candidate span within one window, in token indices.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TokenSpan {
@@ -115,7 +113,8 @@ pub fn best_spans(
         if p_start[i] == 0.0 {
             continue;
         }
-        let last = (i + max_answer_len.max(1) - 1).min(n - 1);
+        // Saturating: any length past the window (up to usize::MAX) means "no limit".
+        let last = i.saturating_add(max_answer_len.max(1) - 1).min(n - 1);
         for j in i..=last {
             if !p_mask[j] {
                 let score = p_start[i] * p_end[j];
@@ -153,6 +152,17 @@ pub fn char_span(window: &Window, s: usize, e: usize, align_to_words: bool) -> (
     (offsets[s].0, offsets[e].1)
 }
 
+/// The answers to one question, and its score for "no answer".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decoded {
+    /// The best `top_k` answers, best first (with the empty answer among them when
+    /// `handle_impossible_answer` asked for it).
+    pub answers: Vec<Answer>,
+    /// The pipeline's null score: the smallest `p_start(CLS)·p_end(CLS)` over windows (SQuAD
+    /// v2's no-answer probability).
+    pub null_score: f32,
+}
+
 /// Pools the spans of all windows of one (question, context) pair into the final answers.
 ///
 /// `logits[w]` holds the start and end logits of `windows[w]`, each at least as long as the window.
@@ -161,10 +171,10 @@ pub fn decode(
     windows: &[Window],
     logits: &[WindowLogits],
     params: &DecodeParams,
-) -> Vec<Answer> {
+) -> Decoded {
     // Word alignment may merge candidates, so the pipeline asks each window for more of them.
     let pre_top_k = if params.align_to_words {
-        params.top_k * 2 + 10
+        params.top_k.saturating_mul(2).saturating_add(10)
     } else {
         params.top_k
     };
@@ -221,5 +231,8 @@ pub fn decode(
     // Stable: equal scores keep window order, as Python's sorted(reverse=True).
     answers.sort_by(|a, b| b.score.total_cmp(&a.score));
     answers.truncate(params.top_k);
-    answers
+    Decoded {
+        answers,
+        null_score: min_null_score,
+    }
 }

@@ -6,10 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::checkpoint::{read_json, CheckpointFiles};
 use crate::error::{Error, Result};
+use crate::models::ModelSpec;
 
 /// One window of a (question, context) pair, ready for the model.
 #[derive(Clone, Debug)]
@@ -67,8 +70,9 @@ fn token_name(config: &serde_json::Value, key: &str) -> Option<String> {
 impl QaTokenizer {
     /// Loads tokenizer.json, or when there is none builds the tokenizer transformers would:
     /// BERT WordPiece from vocab.txt (lower-casing as tokenizer_config.json says), byte-level
-    /// BPE from vocab.json + merges.txt, or a converted SentencePiece model.
-    pub fn from_checkpoint(files: &CheckpointFiles) -> Result<Self> {
+    /// BPE from vocab.json + merges.txt, or a converted SentencePiece model (as the
+    /// architecture of `spec` converts it).
+    pub fn from_checkpoint(files: &CheckpointFiles, spec: &ModelSpec) -> Result<Self> {
         let tok_config = match &files.tokenizer_config {
             Some(p) => read_json(p)?,
             None => serde_json::Value::Null,
@@ -84,7 +88,7 @@ impl QaTokenizer {
         } else if let Some((vocab, merges)) = &files.bpe_files {
             byte_level_bpe_from_files(vocab, merges, &tok_config)?
         } else if let Some(model) = &files.spm_model {
-            sentencepiece_from_model(files, model, &tok_config, &special_map)?
+            sentencepiece_from_model(files, spec, model, &tok_config, &special_map)?
         } else {
             return Err(Error::ModelNotFound {
                 model: files.name.clone(),
@@ -158,8 +162,34 @@ impl QaTokenizer {
         Ok(tok)
     }
 
+    /// Context tokens that fit into a window of `max_seq_len` tokens beside `question` (and the
+    /// special tokens of a pair), and the question's length in tokens; fails when none fit.
+    pub fn context_room(&self, question: &str, max_seq_len: usize) -> Result<(usize, usize)> {
+        let question_tokens = self
+            .base
+            .encode(question, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .len();
+        let specials = self
+            .base
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let used = question_tokens + specials;
+        match max_seq_len.checked_sub(used) {
+            Some(room) if room > 0 => Ok((room, question_tokens)),
+            _ => Err(Error::InvalidInput(format!(
+                "the question is {question_tokens} tokens, and with {specials} special tokens \
+                 no context fits into max_seq_len {max_seq_len}: shorten the question or raise \
+                 max_seq_len (at least {} here)",
+                used + 1
+            ))),
+        }
+    }
+
     /// Cuts (question, context) into windows of at most `max_seq_len` tokens, consecutive windows
-    /// sharing `doc_stride` context tokens.
+    /// sharing `doc_stride` context tokens. Fails, before tokenizing the context, when the
+    /// question leaves no more than `doc_stride` context tokens per window (no window could
+    /// move past the previous one).
     pub fn windows(
         &self,
         question: &str,
@@ -167,23 +197,35 @@ impl QaTokenizer {
         max_seq_len: usize,
         doc_stride: usize,
     ) -> Result<Vec<Window>> {
+        let (room, question_tokens) = self.context_room(question, max_seq_len)?;
+        if doc_stride >= room {
+            return Err(Error::InvalidInput(format!(
+                "the question is {question_tokens} tokens, which leaves {room} context tokens per \
+                 window of max_seq_len {max_seq_len}, and doc_stride {doc_stride} must be smaller \
+                 than that: shorten the question, raise max_seq_len or lower doc_stride"
+            )));
+        }
         let tok = self.truncating(max_seq_len, doc_stride)?;
-        let mut encoding = tok
-            .encode_char_offsets((question, context), true)
-            .map_err(|e| {
-                let msg = e.to_string();
-                if msg.contains("runcat") || msg.contains("too short") || msg.contains("stride") {
-                    Error::InvalidInput(format!(
-                        "the question does not leave room for context within max_seq_len {max_seq_len} \
-                         and doc_stride {doc_stride} ({msg}); shorten the question or raise max_seq_len"
-                    ))
-                } else {
-                    Error::Tokenizer(msg)
-                }
-            })?;
+        // The checks above keep the tokenizer's own assertions from firing; should one fire
+        // all the same, it is this request's error, not the process's end.
+        let encoded =
+            std::panic::catch_unwind(|| tok.encode_char_offsets((question, context), true))
+                .map_err(|_| {
+                    Error::Tokenizer(format!(
+                    "the tokenizer failed on this input (max_seq_len {max_seq_len}, doc_stride \
+                     {doc_stride})"
+                ))
+                })?;
+        let mut encoding = encoded.map_err(|e| Error::Tokenizer(e.to_string()))?;
         let overflowing = encoding.take_overflowing();
         let mut windows = Vec::with_capacity(1 + overflowing.len());
         for enc in std::iter::once(encoding).chain(overflowing) {
+            if enc.len() > max_seq_len {
+                return Err(Error::Tokenizer(format!(
+                    "a window of {} tokens came out longer than max_seq_len {max_seq_len}",
+                    enc.len()
+                )));
+            }
             let p_mask = enc
                 .get_sequence_ids()
                 .iter()
@@ -211,15 +253,15 @@ fn json_beside_config(files: &CheckpointFiles, name: &str) -> Result<serde_json:
         .map(|v| v.unwrap_or(serde_json::Value::Null))
 }
 
-/// The tokenizer transformers converts from a SentencePiece model; config.json's
-/// `model_type` and the token files beside it say how.
+/// The tokenizer transformers converts from a SentencePiece model; the architecture and the
+/// token files beside the model say how.
 fn sentencepiece_from_model(
     files: &CheckpointFiles,
+    spec: &ModelSpec,
     model: &std::path::Path,
     tok_config: &serde_json::Value,
     special_map: &serde_json::Value,
 ) -> Result<Tokenizer> {
-    let config = read_json(&files.config)?;
     let added_tokens = json_beside_config(files, "added_tokens.json")?;
     crate::sentencepiece::tokenizer_from_model_file(
         model,
@@ -227,7 +269,8 @@ fn sentencepiece_from_model(
             tokenizer_config: tok_config,
             special_tokens_map: special_map,
             added_tokens: &added_tokens,
-            model_type: config.get("model_type").and_then(|v| v.as_str()),
+            model_type: Some(spec.model_type()),
+            model_default: spec.architecture().sentencepiece,
         },
     )
 }

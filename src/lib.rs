@@ -16,11 +16,16 @@
 //! # Ok::<(), bertqa::Error>(())
 //! ```
 
+// Modules from the bottom layer up: each imports only those listed before it.
 pub mod checkpoint;
 pub mod decode;
+pub mod engine;
 pub mod error;
+pub mod evaluate;
 pub mod fast;
 pub mod features;
+pub mod files;
+pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
@@ -30,7 +35,7 @@ pub mod squad;
 pub mod train;
 
 pub use checkpoint::{HubOptions, DEFAULT_MODEL};
-pub use decode::{Answer, DecodeParams};
+pub use decode::{Answer, DecodeParams, Decoded};
+pub use engine::{Engine, EngineKind, Precision, Tokens, WindowLogits};
 pub use error::{Error, Result};
-pub use fast::linear::Precision;
 pub use pipeline::{EngineChoice, LoadOptions, QaParams, QaPipeline, QaRequest};

@@ -11,40 +11,97 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::checkpoint::{self, CheckpointFiles, HubOptions};
-use crate::decode::{decode, Answer, DecodeParams, WindowLogits};
+use crate::decode::{decode, Answer, DecodeParams, Decoded};
+use crate::engine::{Engine, EngineKind, Precision, Tokens, WindowLogits};
 use crate::error::{Error, Result};
-use crate::fast::int8::QuantizedLinear;
-use crate::fast::linear::Precision;
-use crate::fast::sgemm::PackedWeights;
-use crate::fast::{FastQaModel, Tokens};
 use crate::features::{QaTokenizer, Window};
-use crate::models::{self, ArchInfo, ModelInput, QaModel};
+use crate::kernels::int8::QuantizedLinear;
+use crate::kernels::sgemm::PackedWeights;
+use crate::models::{ModelSpec, QaModel, ReferenceEngine};
 
-/// Per-question parameters, as the transformers pipeline's keyword arguments.
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+/// Per-question parameters, as the transformers pipeline's keyword arguments. Read from a JSON
+/// object of those names (`null` gives the defaults); unknown names and other JSON values are
+/// refused.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct QaParams {
     /// Number of answers (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
     /// Longest answer in tokens (default 15).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_answer_len: Option<usize>,
     /// Window length in tokens (default min(model max, 384)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_seq_len: Option<usize>,
     /// Overlap of consecutive windows in tokens (default min(max_seq_len / 2, 128)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub doc_stride: Option<usize>,
     /// Accepted for compatibility; fast tokenizers ignore it in transformers too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_question_len: Option<usize>,
     /// Offer the empty answer (SQuAD v2 models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub handle_impossible_answer: Option<bool>,
     /// Widen spans to whole words (default true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub align_to_words: Option<bool>,
+}
+
+/// [`QaParams`] as serde reads it from a map.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamsMap {
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    max_answer_len: Option<usize>,
+    #[serde(default)]
+    max_seq_len: Option<usize>,
+    #[serde(default)]
+    doc_stride: Option<usize>,
+    #[serde(default)]
+    max_question_len: Option<usize>,
+    #[serde(default)]
+    handle_impossible_answer: Option<bool>,
+    #[serde(default)]
+    align_to_words: Option<bool>,
+}
+
+impl<'de> serde::Deserialize<'de> for QaParams {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Params;
+        impl<'de> serde::de::Visitor<'de> for Params {
+            type Value = QaParams;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of the pipeline's parameters (top_k, max_answer_len, ...)")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<QaParams, E> {
+                Ok(QaParams::default())
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<QaParams, E> {
+                Ok(QaParams::default())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<QaParams, A::Error> {
+                use serde::Deserialize;
+                let m = ParamsMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(QaParams {
+                    top_k: m.top_k,
+                    max_answer_len: m.max_answer_len,
+                    max_seq_len: m.max_seq_len,
+                    doc_stride: m.doc_stride,
+                    max_question_len: m.max_question_len,
+                    handle_impossible_answer: m.handle_impossible_answer,
+                    align_to_words: m.align_to_words,
+                })
+            }
+        }
+        // Any: a plain `deserialize_map` would still let formats hand a sequence to it.
+        deserializer.deserialize_any(Params)
+    }
 }
 
 impl QaParams {
@@ -92,7 +149,15 @@ pub struct Prepared {
     /// Its windows, in order.
     pub windows: Vec<Window>,
     /// Decoding parameters.
-    pub decode: DecodeParams,
+    pub decode_params: DecodeParams,
+}
+
+impl Prepared {
+    /// The answers, from the logits of its windows (in window order, as
+    /// [`QaPipeline::run_prepared`] gives them).
+    pub fn answers(&self, logits: &[WindowLogits]) -> Decoded {
+        decode(&self.context, &self.windows, logits, &self.decode_params)
+    }
 }
 
 /// Options for loading a pipeline.
@@ -124,12 +189,6 @@ pub enum EngineChoice {
     Reference,
 }
 
-/// The implementation that runs the model.
-enum Engine {
-    Fast(Box<FastQaModel>),
-    Reference(Box<dyn QaModel>),
-}
-
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
@@ -149,10 +208,9 @@ pub const DEFAULT_MAX_CONTEXT_CHARS: usize = 1_000_000;
 /// A loaded model and tokenizer that answers questions.
 pub struct QaPipeline {
     tokenizer: QaTokenizer,
-    engine: Engine,
-    info: ArchInfo,
+    engine: Box<dyn Engine>,
+    spec: ModelSpec,
     files: CheckpointFiles,
-    device: Device,
     batch_size: usize,
     max_context_chars: usize,
 }
@@ -198,62 +256,85 @@ impl QaPipeline {
         vb: VarBuilder<'static>,
         options: &LoadOptions,
     ) -> Result<Self> {
+        let spec = ModelSpec::parse(config)?;
+        let tokenizer = QaTokenizer::from_checkpoint(&files, &spec)?;
         if options.engine == EngineChoice::Auto && options.device.is_cpu() {
-            let info = models::arch_info(config)?;
-            if let Some(fast) = FastQaModel::load(config, &vb, options.precision)? {
+            if let Some(fast) = spec.fast_model(&vb, options.precision)? {
                 tracing::debug!(
                     f32_products = PackedWeights::kernel_description(),
                     int8_products = (options.precision == Precision::Int8)
                         .then(QuantizedLinear::kernel_description),
                     "fast engine"
                 );
-                return Self::assemble(files, Engine::Fast(Box::new(fast)), info, options);
+                return Ok(Self::assemble(
+                    files,
+                    tokenizer,
+                    Box::new(fast),
+                    spec,
+                    options,
+                ));
             }
         }
         if options.precision != Precision::F32 {
-            let model_type = config.get("model_type").and_then(|v| v.as_str());
             return Err(Error::InvalidInput(format!(
-                "int8 runs on the fast engine, which covers bert, roberta, xlm-roberta, electra \
-                 and distilbert on the CPU; this checkpoint ({}) runs in f32 only: drop the \
-                 quantization option",
-                model_type.unwrap_or("unknown model_type")
+                "int8 runs on the fast engine, which does not cover this checkpoint ({}) with \
+                 these options; it runs in f32 only: drop the quantization option",
+                spec.model_type()
             )));
         }
-        let (model, info) = models::build(config, vb)?;
-        Self::from_model(files, model, info, options)
+        let model = spec.reference_model(vb)?;
+        Ok(Self::with_reference_model(
+            files, tokenizer, model, spec, options,
+        ))
     }
 
-    /// Wraps a model built elsewhere (e.g. one being fine-tuned) with the tokenizer of `files`.
+    /// Wraps a model built elsewhere (e.g. one being fine-tuned) with the tokenizer of `files`;
+    /// `config` is the model's config.json.
     pub fn from_model(
         files: CheckpointFiles,
+        config: &serde_json::Value,
         model: Box<dyn QaModel>,
-        info: ArchInfo,
         options: &LoadOptions,
     ) -> Result<Self> {
-        Self::assemble(files, Engine::Reference(model), info, options)
+        let spec = ModelSpec::parse(config)?;
+        let tokenizer = QaTokenizer::from_checkpoint(&files, &spec)?;
+        Ok(Self::with_reference_model(
+            files, tokenizer, model, spec, options,
+        ))
+    }
+
+    fn with_reference_model(
+        files: CheckpointFiles,
+        tokenizer: QaTokenizer,
+        model: Box<dyn QaModel>,
+        spec: ModelSpec,
+        options: &LoadOptions,
+    ) -> Self {
+        let pad = tokenizer.pad_token_id();
+        let engine = ReferenceEngine::new(model, pad, options.device.clone());
+        Self::assemble(files, tokenizer, Box::new(engine), spec, options)
     }
 
     fn assemble(
         files: CheckpointFiles,
-        engine: Engine,
-        info: ArchInfo,
+        tokenizer: QaTokenizer,
+        engine: Box<dyn Engine>,
+        spec: ModelSpec,
         options: &LoadOptions,
-    ) -> Result<Self> {
-        let tokenizer = QaTokenizer::from_checkpoint(&files)?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             tokenizer,
             engine,
-            info,
+            spec,
             files,
-            device: options.device.clone(),
             batch_size: options.batch_size.max(1),
             max_context_chars: options.max_context_chars,
-        })
+        }
     }
 
-    /// The architecture.
-    pub fn arch(&self) -> &ArchInfo {
-        &self.info
+    /// The checkpoint's parsed config.json: its architecture and limits.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
     }
 
     /// The checkpoint's files.
@@ -266,18 +347,14 @@ impl QaPipeline {
         &self.tokenizer
     }
 
-    /// The reference model, when that is what runs (see [`EngineChoice`]); `None` when the
-    /// fast engine runs.
-    pub fn model(&self) -> Option<&dyn QaModel> {
-        match &self.engine {
-            Engine::Reference(model) => Some(model.as_ref()),
-            Engine::Fast(_) => None,
-        }
+    /// The engine that runs the model.
+    pub fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
     }
 
     /// Whether the fast engine runs the model.
     pub fn is_fast(&self) -> bool {
-        matches!(self.engine, Engine::Fast(_))
+        self.engine.kind() == EngineKind::Fast
     }
 
     /// Default window length: min(tokenizer's model_max_length, 384, position embeddings).
@@ -286,7 +363,7 @@ impl QaPipeline {
             .model_max_length()
             .unwrap_or(usize::MAX)
             .min(384)
-            .min(self.info.max_position_embeddings)
+            .min(self.spec.max_input_len())
     }
 
     /// Validates a request and cuts it into windows.
@@ -307,12 +384,12 @@ impl QaPipeline {
         }
         let p = &request.params;
         let max_seq_len = p.max_seq_len.unwrap_or_else(|| self.default_max_seq_len());
-        if max_seq_len > self.info.max_position_embeddings {
+        if max_seq_len > self.spec.max_input_len() {
             return Err(Error::InvalidParameter {
                 name: "max_seq_len",
                 message: format!(
                     "{max_seq_len} exceeds the model's {} position embeddings",
-                    self.info.max_position_embeddings
+                    self.spec.max_input_len()
                 ),
             });
         }
@@ -342,7 +419,7 @@ impl QaPipeline {
         Ok(Prepared {
             context: request.context.clone(),
             windows,
-            decode,
+            decode_params: decode,
         })
     }
 
@@ -354,25 +431,15 @@ impl QaPipeline {
 
     /// [`QaPipeline::run_windows`] for answering: the logits of tokens that cannot start or
     /// end an answer (those of each window's `p_mask`, which decoding masks before reading
-    /// them) may be left uncomputed, as NaN. The fast engine then runs its last layer on the
-    /// other tokens only; the reference models compute everything.
+    /// them) may be left uncomputed, as NaN (see [`Engine::answer_logits`]).
     pub fn answer_logits(&self, windows: &[&Window]) -> Result<Vec<WindowLogits>> {
-        match &self.engine {
-            Engine::Fast(fast) if !windows.is_empty() => {
-                let masks: Vec<&[bool]> = windows.iter().map(|w| &w.p_mask[..]).collect();
-                fast.forward_unmasked(&tokens_of(windows), &masks)
-            }
-            _ => self.run_windows(windows),
-        }
+        let masks: Vec<&[bool]> = windows.iter().map(|w| &w.p_mask[..]).collect();
+        self.engine.answer_logits(&tokens_of(windows), &masks)
     }
 
-    /// Runs the model on token windows as one batch (the fast engine packs them without
-    /// padding; the reference models pad them to the longest) and returns each window's start
-    /// and end logits (one per token).
+    /// Runs the model on token windows as one batch and returns each window's start and end
+    /// logits (one per token).
     pub fn run_tokens(&self, windows: &[Tokens]) -> Result<Vec<WindowLogits>> {
-        if windows.is_empty() {
-            return Ok(Vec::new());
-        }
         if let Some(w) = windows
             .iter()
             .find(|w| w.token_type_ids.len() != w.input_ids.len())
@@ -383,50 +450,7 @@ impl QaPipeline {
                 w.token_type_ids.len()
             )));
         }
-        let model = match &self.engine {
-            Engine::Fast(fast) => return fast.forward(windows),
-            Engine::Reference(model) => model,
-        };
-        let input = self.padded_input(windows)?;
-        let logits = model.forward(&input, false)?;
-        let start: Vec<Vec<f32>> = logits.start.to_vec2()?;
-        let end: Vec<Vec<f32>> = logits.end.to_vec2()?;
-        Ok(windows
-            .iter()
-            .zip(start.into_iter().zip(end))
-            .map(|(w, (mut s, mut e))| {
-                s.truncate(w.input_ids.len());
-                e.truncate(w.input_ids.len());
-                (s, e)
-            })
-            .collect())
-    }
-
-    /// Pads windows to the longest and stacks them into model input tensors.
-    pub fn batch_input(&self, windows: &[&Window]) -> Result<ModelInput> {
-        self.padded_input(&tokens_of(windows))
-    }
-
-    fn padded_input(&self, windows: &[Tokens]) -> Result<ModelInput> {
-        let len = windows.iter().map(|w| w.input_ids.len()).max().unwrap_or(0);
-        let b = windows.len();
-        let pad = self.tokenizer.pad_token_id();
-        let mut ids = vec![pad; b * len];
-        let mut types = vec![0u32; b * len];
-        let mut mask = vec![0u32; b * len];
-        for (row, w) in windows.iter().enumerate() {
-            let o = row * len;
-            let n = w.input_ids.len();
-            ids[o..o + n].copy_from_slice(w.input_ids);
-            types[o..o + n].copy_from_slice(&w.token_type_ids[..n]);
-            mask[o..o + n].iter_mut().for_each(|m| *m = 1);
-        }
-        let t = |v: Vec<u32>| Tensor::from_vec(v, (b, len), &self.device);
-        Ok(ModelInput {
-            input_ids: t(ids)?,
-            token_type_ids: t(types)?,
-            attention_mask: t(mask)?,
-        })
+        self.engine.logits(windows)
     }
 
     /// Runs every window of `prepared` through the model, batching windows of similar length,
@@ -483,7 +507,7 @@ impl QaPipeline {
         Ok(prepared
             .iter()
             .zip(&logits)
-            .map(|(p, l)| decode(&p.context, &p.windows, l, &p.decode))
+            .map(|(p, l)| p.answers(l).answers)
             .collect())
     }
 

@@ -168,22 +168,17 @@ pub enum Converter {
 
 impl Converter {
     /// The converter for a checkpoint, from tokenizer_config.json's `tokenizer_class` (what
-    /// `AutoTokenizer` goes by) or, when it names none, config.json's `model_type`. `None` when
-    /// the tokenizer is of another kind.
-    pub fn detect(tokenizer_class: Option<&str>, model_type: Option<&str>) -> Option<Self> {
-        if let Some(class) = tokenizer_class {
-            return match class.trim_end_matches("Fast") {
+    /// `AutoTokenizer` goes by) or, when it names none, the architecture's own (`model_default`,
+    /// from the registry). `None` when the tokenizer is of another kind.
+    pub fn detect(tokenizer_class: Option<&str>, model_default: Option<Self>) -> Option<Self> {
+        match tokenizer_class {
+            Some(class) => match class.trim_end_matches("Fast") {
                 "AlbertTokenizer" => Some(Self::Albert),
                 "XLMRobertaTokenizer" => Some(Self::XlmRoberta),
                 "DebertaV2Tokenizer" => Some(Self::DebertaV2),
                 _ => None,
-            };
-        }
-        match model_type? {
-            "albert" => Some(Self::Albert),
-            "xlm-roberta" => Some(Self::XlmRoberta),
-            "deberta-v2" => Some(Self::DebertaV2),
-            _ => None,
+            },
+            None => model_default,
         }
     }
 
@@ -223,8 +218,11 @@ pub struct ConversionInputs<'a> {
     pub special_tokens_map: &'a Value,
     /// added_tokens.json (`Value::Null` when absent): token → id, from older checkpoints.
     pub added_tokens: &'a Value,
-    /// config.json's `model_type`, used when tokenizer_config.json names no tokenizer class.
+    /// config.json's `model_type` (for messages).
     pub model_type: Option<&'a str>,
+    /// The converter of the checkpoint's architecture, used when tokenizer_config.json names no
+    /// tokenizer class.
+    pub model_default: Option<Converter>,
 }
 
 /// Builds the fast tokenizer transformers would convert from the SentencePiece model at
@@ -238,8 +236,48 @@ pub fn tokenizer_from_model_file(
         message,
     };
     let config = inputs.tokenizer_config;
-    let tokenizer_class = config.get("tokenizer_class").and_then(Value::as_str);
-    let converter = Converter::detect(tokenizer_class, inputs.model_type).ok_or_else(|| {
+    let converter = converter_for(inputs, &bad)?;
+    let proto = ModelProto::from_file(model_file)?;
+    let trainer = proto.trainer_spec.clone().unwrap_or_default();
+    require_unigram(&trainer, &bad)?;
+
+    let (vocab, unk_id) = vocabulary(&proto, converter, &trainer);
+    let unigram = Unigram::from(vocab, Some(unk_id), false)
+        .map_err(|e| bad(format!("cannot build the unigram model: {e}")))?;
+    let mut tokenizer = Tokenizer::new(unigram);
+
+    // The converter adds control and user-defined pieces as tokens that are never split,
+    // before it sets the normalizer.
+    let spm_tokens = model_tokens(&proto);
+    tokenizer.add_tokens(&spm_tokens);
+
+    let precompiled = precompiled_normalizer(proto.charsmap(), &bad)?;
+    tokenizer.with_normalizer(Some(normalizer(converter, config, precompiled)?));
+
+    // None of these three tokenizer classes has `add_prefix_space` or `legacy`, so the
+    // converter always prepends the marker ("always").
+    let metaspace = Metaspace::new(SPACE_MARKER, PrependScheme::Always, true);
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(converter, config, &metaspace)));
+    tokenizer.with_decoder(Some(metaspace));
+
+    // Tokens from tokenizer_config.json / added_tokens.json come after the normalizer, which
+    // the normalized ones among them are matched through.
+    let declared = declared_tokens(converter, inputs, &spm_tokens);
+    tokenizer.add_tokens(&declared);
+
+    let template = post_processor(&tokenizer, converter, &bad)?;
+    tokenizer.with_post_processor(Some(template));
+    Ok(tokenizer)
+}
+
+/// The converter named by tokenizer_config.json's `tokenizer_class` or, without one, the
+/// architecture's; an error (through `bad`) for any other tokenizer.
+fn converter_for(inputs: &ConversionInputs, bad: &dyn Fn(String) -> Error) -> Result<Converter> {
+    let tokenizer_class = inputs
+        .tokenizer_config
+        .get("tokenizer_class")
+        .and_then(Value::as_str);
+    Converter::detect(tokenizer_class, inputs.model_default).ok_or_else(|| {
         bad(format!(
             "no tokenizer.json, and a SentencePiece tokenizer for {} is not supported (only ALBERT, \
              XLM-RoBERTa and DeBERTa-v2/v3 are); save a tokenizer.json with transformers \
@@ -250,9 +288,12 @@ pub fn tokenizer_from_model_file(
                 (None, None) => "an unknown model type".to_string(),
             }
         ))
-    })?;
-    let proto = ModelProto::from_file(model_file)?;
-    let trainer = proto.trainer_spec.clone().unwrap_or_default();
+    })
+}
+
+/// Only unigram models convert (as transformers' converters require); others are an error
+/// (through `bad`) naming their algorithm.
+fn require_unigram(trainer: &TrainerSpec, bad: &dyn Fn(String) -> Error) -> Result<()> {
     if trainer.model_type() != 1 {
         let algorithm = match trainer.model_type() {
             2 => "BPE",
@@ -266,17 +307,18 @@ pub fn tokenizer_from_model_file(
              (AutoTokenizer.from_pretrained(...).save_pretrained(...)) next to the model"
         )));
     }
-    let flag =
-        |key: &str, default: bool| config.get(key).and_then(Value::as_bool).unwrap_or(default);
+    Ok(())
+}
 
-    let (vocab, unk_id) = vocabulary(&proto, converter, &trainer);
-    let unigram = Unigram::from(vocab, Some(unk_id), false)
-        .map_err(|e| bad(format!("cannot build the unigram model: {e}")))?;
-    let mut tokenizer = Tokenizer::new(unigram);
+/// A boolean option of tokenizer_config.json, `default` when absent or not a boolean.
+fn config_flag(config: &Value, key: &str, default: bool) -> bool {
+    config.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
 
-    // The converter adds control and user-defined pieces as tokens that are never split,
-    // before it sets the normalizer.
-    let spm_tokens: Vec<AddedToken> = proto
+/// The model's control pieces (as special tokens) and user-defined pieces (as plain ones), in
+/// id order, neither of them normalized.
+fn model_tokens(proto: &ModelProto) -> Vec<AddedToken> {
+    proto
         .pieces
         .iter()
         .filter_map(|p| {
@@ -287,27 +329,33 @@ pub fn tokenizer_from_model_file(
             };
             Some(AddedToken::from(p.piece(), special).normalized(false))
         })
-        .collect();
-    tokenizer.add_tokens(&spm_tokens);
+        .collect()
+}
 
-    let charsmap = proto.charsmap();
-    let precompiled = if charsmap.is_empty() {
-        None
-    } else {
-        Some(Precompiled::from(charsmap).map_err(|e| {
-            bad(format!(
-                "malformed precompiled_charsmap in the normalizer spec ({e}); download the file again"
-            ))
-        })?)
-    };
-    let collapse_spaces = |to: &str| -> Result<NormalizerWrapper> {
-        Ok(Replace::new(
-            tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()),
-            to,
-        )
-        .map_err(|e| Error::Tokenizer(e.to_string()))?
-        .into())
-    };
+/// The model's compiled normalization rules, `None` when it has none; malformed rules are an
+/// error (through `bad`).
+fn precompiled_normalizer(
+    charsmap: &[u8],
+    bad: &dyn Fn(String) -> Error,
+) -> Result<Option<Precompiled>> {
+    if charsmap.is_empty() {
+        return Ok(None);
+    }
+    let precompiled = Precompiled::from(charsmap).map_err(|e| {
+        bad(format!(
+            "malformed precompiled_charsmap in the normalizer spec ({e}); download the file again"
+        ))
+    })?;
+    Ok(Some(precompiled))
+}
+
+/// The converter's normalizer: its own steps around the model's `precompiled` rules, with the
+/// options of tokenizer_config.json (`config`).
+fn normalizer(
+    converter: Converter,
+    config: &Value,
+    precompiled: Option<Precompiled>,
+) -> Result<NormalizerSequence> {
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
     match converter {
         Converter::Albert => {
@@ -318,11 +366,11 @@ pub fn tokenizer_from_model_file(
                         .into(),
                 );
             }
-            if !flag("keep_accents", false) {
+            if !config_flag(config, "keep_accents", false) {
                 normalizers.push(NFKD.into());
                 normalizers.push(StripAccents.into());
             }
-            if flag("do_lower_case", true) {
+            if config_flag(config, "do_lower_case", true) {
                 normalizers.push(Lowercase.into());
             }
             normalizers.extend(precompiled.map(NormalizerWrapper::from));
@@ -334,7 +382,7 @@ pub fn tokenizer_from_model_file(
             normalizers.push(collapse_spaces(&SPACE_MARKER.to_string())?);
         }
         Converter::DebertaV2 => {
-            if flag("do_lower_case", false) {
+            if config_flag(config, "do_lower_case", false) {
                 normalizers.push(Lowercase.into());
             }
             normalizers.push(Strip::new(true, true).into());
@@ -342,32 +390,49 @@ pub fn tokenizer_from_model_file(
             normalizers.push(collapse_spaces(" ")?);
         }
     }
-    tokenizer.with_normalizer(Some(NormalizerSequence::new(normalizers)));
+    Ok(NormalizerSequence::new(normalizers))
+}
 
-    // None of these three tokenizer classes has `add_prefix_space` or `legacy`, so the
-    // converter always prepends the marker ("always").
-    let metaspace = Metaspace::new(SPACE_MARKER, PrependScheme::Always, true);
+/// A normalizer that replaces every run of two or more spaces with `to`.
+fn collapse_spaces(to: &str) -> Result<NormalizerWrapper> {
+    Ok(Replace::new(
+        tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()),
+        to,
+    )
+    .map_err(|e| Error::Tokenizer(e.to_string()))?
+    .into())
+}
+
+/// The converter's pre-tokenizer: `metaspace`, after punctuation splitting for DeBERTa-v2 when
+/// tokenizer_config.json (`config`) asks for it.
+fn pre_tokenizer(
+    converter: Converter,
+    config: &Value,
+    metaspace: &Metaspace,
+) -> PreTokenizerWrapper {
     if converter == Converter::DebertaV2 {
         let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
-        if flag("split_by_punct", false) {
+        if config_flag(config, "split_by_punct", false) {
             steps.push(Punctuation::new(SplitDelimiterBehavior::Isolated).into());
         }
         steps.push(metaspace.clone().into());
-        tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(steps)));
+        PreTokenizerSequence::new(steps).into()
     } else {
-        tokenizer.with_pre_tokenizer(Some(metaspace.clone()));
+        metaspace.clone().into()
     }
-    tokenizer.with_decoder(Some(metaspace));
+}
 
-    // Tokens from tokenizer_config.json / added_tokens.json come after the normalizer, which
-    // the normalized ones among them are matched through.
-    let declared = declared_tokens(converter, inputs, &spm_tokens);
-    tokenizer.add_tokens(&declared);
-
+/// The converter's post-processor template, with the ids its special tokens have in
+/// `tokenizer`; a missing one is an error (through `bad`).
+fn post_processor(
+    tokenizer: &Tokenizer,
+    converter: Converter,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<TemplateProcessing> {
     let (cls, sep) = converter.template_tokens();
     let (cls_id, sep_id) = (
-        template_token_id(&tokenizer, cls, &bad)?,
-        template_token_id(&tokenizer, sep, &bad)?,
+        template_token_id(tokenizer, cls, bad)?,
+        template_token_id(tokenizer, sep, bad)?,
     );
     let (single, pair) = match converter {
         Converter::XlmRoberta => (
@@ -379,15 +444,13 @@ pub fn tokenizer_from_model_file(
             format!("{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1"),
         ),
     };
-    let template = TemplateProcessing::builder()
+    TemplateProcessing::builder()
         .try_single(single)
         .and_then(|b| b.try_pair(pair))
         .map_err(|e| Error::Tokenizer(e.to_string()))?
         .special_tokens(vec![(cls, cls_id), (sep, sep_id)])
         .build()
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
-    tokenizer.with_post_processor(Some(template));
-    Ok(tokenizer)
+        .map_err(|e| Error::Tokenizer(e.to_string()))
 }
 
 /// The unigram vocabulary (piece, score) and unknown id the converter uses.
@@ -478,73 +541,16 @@ fn declared_tokens(
     inputs: &ConversionInputs,
     spm_tokens: &[AddedToken],
 ) -> Vec<AddedToken> {
-    let config = inputs.tokenizer_config;
-    let decoder = config
+    let decoder = inputs
+        .tokenizer_config
         .get("added_tokens_decoder")
         .and_then(Value::as_object);
-
-    // Special tokens as the tokenizer is initialised with them: tokenizer_config.json, and for
-    // older checkpoints special_tokens_map.json on top, else the class defaults.
-    let mut specials: Vec<(String, Value)> = Vec::new();
-    for (attr, default) in converter.default_special_tokens() {
-        let from_map = inputs.special_tokens_map.get(attr).filter(|v| !v.is_null());
-        let from_config = config.get(attr).filter(|v| !v.is_null());
-        let value = if decoder.is_none() {
-            from_map.or(from_config)
-        } else {
-            from_config
-        };
-        specials.push((
-            attr.to_string(),
-            value.cloned().unwrap_or_else(|| Value::from(default)),
-        ));
-    }
-    let sources = if decoder.is_none() {
-        vec![inputs.special_tokens_map, config]
-    } else {
-        vec![config]
-    };
-    for source in sources {
-        if let Some(list) = source
-            .get("additional_special_tokens")
-            .and_then(Value::as_array)
-        {
-            for v in list {
-                specials.push(("additional_special_tokens".to_string(), v.clone()));
-            }
-            break;
-        }
-    }
-    let special_text = |v: &Value| {
-        v.as_str()
-            .or_else(|| v.get("content").and_then(Value::as_str))
-            .map(str::to_string)
-    };
+    let specials = special_tokens(converter, inputs, decoder.is_some());
     let special_texts: Vec<String> = specials
         .iter()
         .filter_map(|(_, v)| special_text(v))
         .collect();
-
-    // Tokens with known ids: added_tokens_decoder, or the legacy added_tokens.json.
-    let mut known: Vec<(u64, AddedToken)> = match decoder {
-        Some(map) => map
-            .iter()
-            .filter_map(|(id, v)| Some((id.parse().ok()?, added_token(v, false)?)))
-            .collect(),
-        None => inputs
-            .added_tokens
-            .as_object()
-            .map(|map| {
-                map.iter()
-                    .filter_map(|(text, id)| {
-                        let special = special_texts.iter().any(|s| s == text);
-                        Some((id.as_u64()?, AddedToken::from(text.as_str(), special)))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
-    known.sort_by_key(|(id, _)| *id);
+    let known = tokens_with_ids(decoder, inputs.added_tokens, &special_texts);
 
     // Tokens identical to ones the converter added are skipped; the rest are marked special
     // when they are one of the special tokens.
@@ -569,29 +575,114 @@ fn declared_tokens(
         if seen.contains(&text) {
             continue;
         }
-        let token = if value.is_string() && attr == "mask_token" {
-            // The fast ALBERT and XLM-R classes make a plain-string mask token absorb the
-            // space before it; XLM-R's stays normalized.
-            match converter {
-                Converter::Albert => AddedToken::from(text.as_str(), true)
-                    .lstrip(true)
-                    .normalized(false),
-                Converter::XlmRoberta => AddedToken::from(text.as_str(), true)
-                    .lstrip(true)
-                    .normalized(true),
-                Converter::DebertaV2 => AddedToken::from(text.as_str(), true),
-            }
-        } else {
-            match added_token(value, true) {
-                Some(mut t) => {
-                    t.special = true;
-                    t
-                }
-                None => continue,
-            }
+        let Some(token) = special_token(converter, attr, value, &text) else {
+            continue;
         };
         seen.push(text);
         tokens.push(token);
     }
     tokens
+}
+
+/// Special tokens as the tokenizer is initialised with them, as (attribute, value), attributes
+/// in the class's order and then `additional_special_tokens`: from tokenizer_config.json, and
+/// for older checkpoints (without `added_tokens_decoder`, `has_decoder` false) from
+/// special_tokens_map.json on top, else the class defaults.
+fn special_tokens(
+    converter: Converter,
+    inputs: &ConversionInputs,
+    has_decoder: bool,
+) -> Vec<(String, Value)> {
+    let config = inputs.tokenizer_config;
+    let mut specials: Vec<(String, Value)> = Vec::new();
+    for (attr, default) in converter.default_special_tokens() {
+        let from_map = inputs.special_tokens_map.get(attr).filter(|v| !v.is_null());
+        let from_config = config.get(attr).filter(|v| !v.is_null());
+        let value = if has_decoder {
+            from_config
+        } else {
+            from_map.or(from_config)
+        };
+        specials.push((
+            attr.to_string(),
+            value.cloned().unwrap_or_else(|| Value::from(default)),
+        ));
+    }
+    let sources = if has_decoder {
+        vec![config]
+    } else {
+        vec![inputs.special_tokens_map, config]
+    };
+    for source in sources {
+        if let Some(list) = source
+            .get("additional_special_tokens")
+            .and_then(Value::as_array)
+        {
+            for v in list {
+                specials.push(("additional_special_tokens".to_string(), v.clone()));
+            }
+            break;
+        }
+    }
+    specials
+}
+
+/// The text of a special token's value: a plain string or the `content` of an object.
+fn special_text(value: &Value) -> Option<String> {
+    value
+        .as_str()
+        .or_else(|| value.get("content").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+/// Tokens with known ids, by increasing id: tokenizer_config.json's `added_tokens_decoder`, or
+/// else the legacy added_tokens.json (`added_tokens`), whose tokens are special when their text
+/// is in `special_texts`.
+fn tokens_with_ids(
+    decoder: Option<&serde_json::Map<String, Value>>,
+    added_tokens: &Value,
+    special_texts: &[String],
+) -> Vec<(u64, AddedToken)> {
+    let mut known: Vec<(u64, AddedToken)> = match decoder {
+        Some(map) => map
+            .iter()
+            .filter_map(|(id, v)| Some((id.parse().ok()?, added_token(v, false)?)))
+            .collect(),
+        None => added_tokens
+            .as_object()
+            .map(|map| {
+                map.iter()
+                    .filter_map(|(text, id)| {
+                        let special = special_texts.iter().any(|s| s == text);
+                        Some((id.as_u64()?, AddedToken::from(text.as_str(), special)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    known.sort_by_key(|(id, _)| *id);
+    known
+}
+
+/// The token for special-token attribute `attr` with value `value` (whose text is `text`);
+/// `None` when the value is neither a string nor a token object.
+fn special_token(
+    converter: Converter,
+    attr: &str,
+    value: &Value,
+    text: &str,
+) -> Option<AddedToken> {
+    if value.is_string() && attr == "mask_token" {
+        // The fast ALBERT and XLM-R classes make a plain-string mask token absorb the
+        // space before it; XLM-R's stays normalized.
+        Some(match converter {
+            Converter::Albert => AddedToken::from(text, true).lstrip(true).normalized(false),
+            Converter::XlmRoberta => AddedToken::from(text, true).lstrip(true).normalized(true),
+            Converter::DebertaV2 => AddedToken::from(text, true),
+        })
+    } else {
+        let mut token = added_token(value, true)?;
+        token.special = true;
+        Some(token)
+    }
 }

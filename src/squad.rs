@@ -110,123 +110,14 @@ impl SquadDataset {
             Some(v) => as_str(v, source, "version")?.to_string(),
         };
         let data = as_array(field(root, source, "data")?, source, "data")?;
-        let mut examples = Vec::new();
-        let mut any_impossible_field = false;
+        let mut questions = Questions::default();
         for (a, article) in data.iter().enumerate() {
-            let article_loc = format!("{source}: data[{a}]");
-            let article = as_object(article, &article_loc, "(article)")?;
-            let title = match article.get("title") {
-                None => String::new(),
-                Some(t) => as_str(t, &article_loc, "title")?.to_string(),
-            };
-            let article_loc = if title.is_empty() {
-                article_loc
-            } else {
-                format!("{article_loc} ({title:?})")
-            };
-            let paragraphs = as_array(
-                field(article, &article_loc, "paragraphs")?,
-                &article_loc,
-                "paragraphs",
-            )?;
-            for (p, paragraph) in paragraphs.iter().enumerate() {
-                let par_loc = format!("{article_loc}, paragraphs[{p}]");
-                let paragraph = as_object(paragraph, &par_loc, "(paragraph)")?;
-                let context: Arc<str> =
-                    as_str(field(paragraph, &par_loc, "context")?, &par_loc, "context")?.into();
-                let context_chars = context.chars().count();
-                let qas = as_array(field(paragraph, &par_loc, "qas")?, &par_loc, "qas")?;
-                for (q, qa) in qas.iter().enumerate() {
-                    let mut qa_loc = format!("{par_loc}, qas[{q}]");
-                    let qa = as_object(qa, &qa_loc, "(question)")?;
-                    let id = match field(qa, &qa_loc, "id")? {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-                        other => {
-                            return Err(field_error(
-                                &qa_loc,
-                                "id",
-                                format!("must be a string, found {}", kind(other)),
-                            ))
-                        }
-                    };
-                    qa_loc = format!("{qa_loc} (id {id:?})");
-                    let question = as_str(field(qa, &qa_loc, "question")?, &qa_loc, "question")?;
-                    let is_impossible = match qa.get("is_impossible") {
-                        None => None,
-                        Some(v) => Some(v.as_bool().ok_or_else(|| {
-                            field_error(
-                                &qa_loc,
-                                "is_impossible",
-                                format!("must be true or false, found {}", kind(v)),
-                            )
-                        })?),
-                    };
-                    any_impossible_field |= is_impossible.is_some();
-                    let raw_answers = as_array(field(qa, &qa_loc, "answers")?, &qa_loc, "answers")?;
-                    let mut answers = Vec::with_capacity(raw_answers.len());
-                    for (k, answer) in raw_answers.iter().enumerate() {
-                        let name = format!("answers[{k}]");
-                        let answer = as_object(answer, &qa_loc, &name)?;
-                        let text_name = format!("{name}.text");
-                        let text = answer
-                            .get("text")
-                            .ok_or_else(|| field_error(&qa_loc, &text_name, "is missing"))?;
-                        let text = as_str(text, &qa_loc, &text_name)?;
-                        let start_name = format!("{name}.answer_start");
-                        let start_value = answer
-                            .get("answer_start")
-                            .ok_or_else(|| field_error(&qa_loc, &start_name, "is missing"))?;
-                        let answer_start = start_value
-                            .as_u64()
-                            .and_then(|s| usize::try_from(s).ok())
-                            .ok_or_else(|| {
-                                field_error(
-                                    &qa_loc,
-                                    &start_name,
-                                    format!(
-                                        "must be a non-negative integer, found {}",
-                                        kind(start_value)
-                                    ),
-                                )
-                            })?;
-                        let answer = SquadAnswer {
-                            text: text.to_string(),
-                            answer_start,
-                        };
-                        if answer.char_range().end > context_chars {
-                            return Err(field_error(
-                                &qa_loc,
-                                &start_name,
-                                format!(
-                                    "answer {text:?} at character {answer_start} runs past the \
-                                     end of the context ({context_chars} characters)"
-                                ),
-                            ));
-                        }
-                        answers.push(answer);
-                    }
-                    if is_impossible == Some(true) && !answers.is_empty() {
-                        return Err(field_error(
-                            &qa_loc,
-                            "answers",
-                            "must be empty when is_impossible is true (put candidate answers \
-                             in plausible_answers)",
-                        ));
-                    }
-                    examples.push(SquadExample {
-                        id,
-                        title: title.clone(),
-                        context: context.clone(),
-                        question: question.to_string(),
-                        is_impossible: is_impossible.unwrap_or(answers.is_empty()),
-                        answers,
-                        article_index: a,
-                        paragraph_index: p,
-                    });
-                }
-            }
+            questions.read_article(article, a, source)?;
         }
+        let Questions {
+            examples,
+            any_impossible_field,
+        } = questions;
         let format =
             if version.starts_with("v2") || version.starts_with('2') || any_impossible_field {
                 SquadVersion::V2
@@ -234,18 +125,7 @@ impl SquadDataset {
                 SquadVersion::V1
             };
         if format == SquadVersion::V1 {
-            if let Some(e) = examples.iter().find(|e| e.answers.is_empty()) {
-                return Err(Error::Data {
-                    location: format!(
-                        "{source}: data[{}], paragraphs[{}], question id {:?}",
-                        e.article_index, e.paragraph_index, e.id
-                    ),
-                    message: "field `answers` is empty; SQuAD v1.1 questions need at least one \
-                              answer (mark unanswerable questions with \"is_impossible\": true \
-                              and \"version\": \"v2.0\")"
-                        .into(),
-                });
-            }
+            require_v1_answers(&examples, source)?;
         }
         Ok(Self {
             version,
@@ -263,6 +143,204 @@ impl SquadDataset {
     pub fn is_empty(&self) -> bool {
         self.examples.is_empty()
     }
+}
+
+/// The questions read so far, and whether any of them carries `is_impossible` (which makes the
+/// file v2.0).
+#[derive(Default)]
+struct Questions {
+    examples: Vec<SquadExample>,
+    any_impossible_field: bool,
+}
+
+/// Where a question is read: its paragraph's place in the file and what the paragraph says.
+struct ParagraphScope<'a> {
+    /// The paragraph's location for error messages.
+    location: &'a str,
+    title: &'a str,
+    context: &'a Arc<str>,
+    /// The context's length in characters, which answers must stay within.
+    context_chars: usize,
+    article_index: usize,
+    paragraph_index: usize,
+}
+
+impl Questions {
+    /// Reads article `a` of `data`: its title and every question of its paragraphs.
+    fn read_article(&mut self, article: &Value, a: usize, source: &str) -> Result<()> {
+        let article_loc = format!("{source}: data[{a}]");
+        let article = as_object(article, &article_loc, "(article)")?;
+        let title = match article.get("title") {
+            None => String::new(),
+            Some(t) => as_str(t, &article_loc, "title")?.to_string(),
+        };
+        let article_loc = if title.is_empty() {
+            article_loc
+        } else {
+            format!("{article_loc} ({title:?})")
+        };
+        let paragraphs = as_array(
+            field(article, &article_loc, "paragraphs")?,
+            &article_loc,
+            "paragraphs",
+        )?;
+        for (p, paragraph) in paragraphs.iter().enumerate() {
+            self.read_paragraph(paragraph, &article_loc, &title, a, p)?;
+        }
+        Ok(())
+    }
+
+    /// Reads paragraph `p` of article `a` (at `article_loc`, titled `title`): its context and
+    /// every question about it.
+    fn read_paragraph(
+        &mut self,
+        paragraph: &Value,
+        article_loc: &str,
+        title: &str,
+        a: usize,
+        p: usize,
+    ) -> Result<()> {
+        let par_loc = format!("{article_loc}, paragraphs[{p}]");
+        let paragraph = as_object(paragraph, &par_loc, "(paragraph)")?;
+        let context: Arc<str> =
+            as_str(field(paragraph, &par_loc, "context")?, &par_loc, "context")?.into();
+        let scope = ParagraphScope {
+            location: &par_loc,
+            title,
+            context: &context,
+            context_chars: context.chars().count(),
+            article_index: a,
+            paragraph_index: p,
+        };
+        let qas = as_array(field(paragraph, &par_loc, "qas")?, &par_loc, "qas")?;
+        for (q, qa) in qas.iter().enumerate() {
+            let (example, has_impossible_field) = read_question(qa, q, &scope)?;
+            self.any_impossible_field |= has_impossible_field;
+            self.examples.push(example);
+        }
+        Ok(())
+    }
+}
+
+/// Reads question `q` of a paragraph with its answers; also says whether it carries
+/// `is_impossible`.
+fn read_question(qa: &Value, q: usize, scope: &ParagraphScope) -> Result<(SquadExample, bool)> {
+    let mut qa_loc = format!("{}, qas[{q}]", scope.location);
+    let qa = as_object(qa, &qa_loc, "(question)")?;
+    let id = match field(qa, &qa_loc, "id")? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        other => {
+            return Err(field_error(
+                &qa_loc,
+                "id",
+                format!("must be a string, found {}", kind(other)),
+            ))
+        }
+    };
+    qa_loc = format!("{qa_loc} (id {id:?})");
+    let question = as_str(field(qa, &qa_loc, "question")?, &qa_loc, "question")?;
+    let is_impossible = match qa.get("is_impossible") {
+        None => None,
+        Some(v) => Some(v.as_bool().ok_or_else(|| {
+            field_error(
+                &qa_loc,
+                "is_impossible",
+                format!("must be true or false, found {}", kind(v)),
+            )
+        })?),
+    };
+    let raw_answers = as_array(field(qa, &qa_loc, "answers")?, &qa_loc, "answers")?;
+    let answers = raw_answers
+        .iter()
+        .enumerate()
+        .map(|(k, answer)| read_answer(answer, k, &qa_loc, scope.context_chars))
+        .collect::<Result<Vec<_>>>()?;
+    if is_impossible == Some(true) && !answers.is_empty() {
+        return Err(field_error(
+            &qa_loc,
+            "answers",
+            "must be empty when is_impossible is true (put candidate answers \
+             in plausible_answers)",
+        ));
+    }
+    let example = SquadExample {
+        id,
+        title: scope.title.to_string(),
+        context: scope.context.clone(),
+        question: question.to_string(),
+        is_impossible: is_impossible.unwrap_or(answers.is_empty()),
+        answers,
+        article_index: scope.article_index,
+        paragraph_index: scope.paragraph_index,
+    };
+    Ok((example, is_impossible.is_some()))
+}
+
+/// Reads answer `k` of the question at `qa_loc`, which must lie within the context's
+/// `context_chars` characters.
+fn read_answer(
+    answer: &Value,
+    k: usize,
+    qa_loc: &str,
+    context_chars: usize,
+) -> Result<SquadAnswer> {
+    let name = format!("answers[{k}]");
+    let answer = as_object(answer, qa_loc, &name)?;
+    let text_name = format!("{name}.text");
+    let text = answer
+        .get("text")
+        .ok_or_else(|| field_error(qa_loc, &text_name, "is missing"))?;
+    let text = as_str(text, qa_loc, &text_name)?;
+    let start_name = format!("{name}.answer_start");
+    let start_value = answer
+        .get("answer_start")
+        .ok_or_else(|| field_error(qa_loc, &start_name, "is missing"))?;
+    let answer_start = start_value
+        .as_u64()
+        .and_then(|s| usize::try_from(s).ok())
+        .ok_or_else(|| {
+            field_error(
+                qa_loc,
+                &start_name,
+                format!(
+                    "must be a non-negative integer, found {}",
+                    kind(start_value)
+                ),
+            )
+        })?;
+    let answer = SquadAnswer {
+        text: text.to_string(),
+        answer_start,
+    };
+    if answer.char_range().end > context_chars {
+        return Err(field_error(
+            qa_loc,
+            &start_name,
+            format!(
+                "answer {text:?} at character {answer_start} runs past the \
+                 end of the context ({context_chars} characters)"
+            ),
+        ));
+    }
+    Ok(answer)
+}
+
+/// SQuAD v1.1 has no unanswerable questions: the first question without answers is an error.
+fn require_v1_answers(examples: &[SquadExample], source: &str) -> Result<()> {
+    if let Some(e) = examples.iter().find(|e| e.answers.is_empty()) {
+        return Err(Error::Data {
+            location: format!(
+                "{source}: data[{}], paragraphs[{}], question id {:?}",
+                e.article_index, e.paragraph_index, e.id
+            ),
+            message: "field `answers` is empty; SQuAD v1.1 questions need at least one \
+                      answer (mark unanswerable questions with \"is_impossible\": true \
+                      and \"version\": \"v2.0\")"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -590,43 +668,8 @@ pub fn evaluate_v2(
     na_probs: Option<&HashMap<String, f64>>,
     na_prob_thresh: f64,
 ) -> V2Metrics {
-    // The script keys everything by question id: a repeated id keeps the place of its first
-    // occurrence and the values of its last.
-    let mut ids: Vec<&str> = Vec::new();
-    let mut has_ans: HashMap<&str, bool> = HashMap::new();
-    for example in examples {
-        if has_ans.insert(&example.id, example.has_answer()).is_none() {
-            ids.push(&example.id);
-        }
-    }
-    let mut order: Vec<&str> = Vec::new();
-    let mut raw: HashMap<&str, (f64, f64)> = HashMap::new();
-    for example in examples {
-        let id = example.id.as_str();
-        let Some(prediction) = predictions.get(id) else {
-            continue;
-        };
-        let mut golds: Vec<&str> = example
-            .answers
-            .iter()
-            .map(|a| a.text.as_str())
-            .filter(|t| !normalize_answer(t).is_empty())
-            .collect();
-        if golds.is_empty() {
-            golds.push("");
-        }
-        let exact = golds
-            .iter()
-            .map(|g| if exact_match(prediction, g) { 1.0 } else { 0.0 })
-            .fold(0.0, f64::max);
-        let f1 = golds
-            .iter()
-            .map(|g| f1_score_v2(prediction, g))
-            .fold(0.0, f64::max);
-        if raw.insert(id, (exact, f1)).is_none() {
-            order.push(id);
-        }
-    }
+    let (ids, has_ans) = v2_question_ids(examples);
+    let (order, raw) = v2_raw_scores(examples, predictions);
     let has_ans_ids: Vec<&str> = ids.iter().copied().filter(|id| has_ans[id]).collect();
     let no_ans_ids: Vec<&str> = ids.iter().copied().filter(|id| !has_ans[id]).collect();
     let na_prob = |id: &str| na_probs.and_then(|p| p.get(id)).copied().unwrap_or(0.0);
@@ -642,17 +685,9 @@ pub fn evaluate_v2(
             (id, scores)
         })
         .collect();
-    let subset = |ids: &[&str]| -> SubsetScores {
-        let scored: Vec<&(f64, f64)> = ids.iter().filter_map(|id| thresholded.get(id)).collect();
-        SubsetScores {
-            exact: percent(scored.iter().map(|s| s.0).sum(), scored.len()),
-            f1: percent(scored.iter().map(|s| s.1).sum(), scored.len()),
-            total: scored.len(),
-        }
-    };
-    let all = subset(&order);
-    let has = (!has_ans_ids.is_empty()).then(|| subset(&has_ans_ids));
-    let no = (!no_ans_ids.is_empty()).then(|| subset(&no_ans_ids));
+    let all = subset_scores(&order, &thresholded);
+    let has = (!has_ans_ids.is_empty()).then(|| subset_scores(&has_ans_ids, &thresholded));
+    let no = (!no_ans_ids.is_empty()).then(|| subset_scores(&no_ans_ids, &thresholded));
     let mut metrics = V2Metrics {
         exact: all.exact,
         f1: all.f1,
@@ -669,6 +704,109 @@ pub fn evaluate_v2(
         best_f1_thresh: None,
     };
     if let Some(na_probs) = na_probs {
+        let search = ThresholdSearch::new(&ids, &has_ans, &raw, predictions, na_probs);
+        let (best_exact, exact_thresh) = search.best(|s| s.0);
+        let (best_f1, f1_thresh) = search.best(|s| s.1);
+        metrics.best_exact = Some(best_exact);
+        metrics.best_exact_thresh = Some(exact_thresh);
+        metrics.best_f1 = Some(best_f1);
+        metrics.best_f1_thresh = Some(f1_thresh);
+    }
+    metrics
+}
+
+/// The question ids in dataset order and whether each has an answer. The script keys everything
+/// by question id: a repeated id keeps the place of its first occurrence and the values of its
+/// last.
+fn v2_question_ids(examples: &[SquadExample]) -> (Vec<&str>, HashMap<&str, bool>) {
+    let mut ids: Vec<&str> = Vec::new();
+    let mut has_ans: HashMap<&str, bool> = HashMap::new();
+    for example in examples {
+        if has_ans.insert(&example.id, example.has_answer()).is_none() {
+            ids.push(&example.id);
+        }
+    }
+    (ids, has_ans)
+}
+
+/// Per predicted question, the best (exact, F1) over its gold answers before any no-answer
+/// threshold, with the scored ids in dataset order (keyed by id as in [`v2_question_ids`]).
+fn v2_raw_scores<'a>(
+    examples: &'a [SquadExample],
+    predictions: &HashMap<String, String>,
+) -> (Vec<&'a str>, HashMap<&'a str, (f64, f64)>) {
+    let mut order: Vec<&str> = Vec::new();
+    let mut raw: HashMap<&str, (f64, f64)> = HashMap::new();
+    for example in examples {
+        let id = example.id.as_str();
+        let Some(prediction) = predictions.get(id) else {
+            continue;
+        };
+        if raw
+            .insert(id, v2_best_scores(prediction, example))
+            .is_none()
+        {
+            order.push(id);
+        }
+    }
+    (order, raw)
+}
+
+/// The best exact match and F1 of `prediction` over the example's gold answers that do not
+/// normalise to nothing (the single gold `""` when none is left).
+fn v2_best_scores(prediction: &str, example: &SquadExample) -> (f64, f64) {
+    let mut golds: Vec<&str> = example
+        .answers
+        .iter()
+        .map(|a| a.text.as_str())
+        .filter(|t| !normalize_answer(t).is_empty())
+        .collect();
+    if golds.is_empty() {
+        golds.push("");
+    }
+    let exact = golds
+        .iter()
+        .map(|g| if exact_match(prediction, g) { 1.0 } else { 0.0 })
+        .fold(0.0, f64::max);
+    let f1 = golds
+        .iter()
+        .map(|g| f1_score_v2(prediction, g))
+        .fold(0.0, f64::max);
+    (exact, f1)
+}
+
+/// Exact and F1 over the questions of `ids` that were scored (`make_eval_dict`).
+fn subset_scores(ids: &[&str], scores: &HashMap<&str, (f64, f64)>) -> SubsetScores {
+    let scored: Vec<&(f64, f64)> = ids.iter().filter_map(|id| scores.get(id)).collect();
+    SubsetScores {
+        exact: percent(scored.iter().map(|s| s.0).sum(), scored.len()),
+        f1: percent(scored.iter().map(|s| s.1).sum(), scored.len()),
+        total: scored.len(),
+    }
+}
+
+/// The v2 script's `find_best_thresh`: the no-answer threshold that maximises a score, trying
+/// each question's no-answer probability in increasing order.
+struct ThresholdSearch<'a, 'p> {
+    /// Questions with a no-answer probability, by increasing probability (dataset order among
+    /// equal ones).
+    by_prob: Vec<(&'a str, f64)>,
+    has_ans: &'p HashMap<&'a str, bool>,
+    raw: &'p HashMap<&'a str, (f64, f64)>,
+    predictions: &'p HashMap<String, String>,
+    /// Unanswerable questions: the score when every question is predicted "no answer".
+    num_no_ans: usize,
+}
+
+impl<'a, 'p> ThresholdSearch<'a, 'p> {
+    /// The search over the questions of `ids` that have a probability in `na_probs`.
+    fn new(
+        ids: &[&'a str],
+        has_ans: &'p HashMap<&'a str, bool>,
+        raw: &'p HashMap<&'a str, (f64, f64)>,
+        predictions: &'p HashMap<String, String>,
+        na_probs: &HashMap<String, f64>,
+    ) -> Self {
         // Dataset order; the stable sort keeps it among equal probabilities.
         let mut by_prob: Vec<(&str, f64)> = ids
             .iter()
@@ -676,34 +814,37 @@ pub fn evaluate_v2(
             .collect();
         by_prob.sort_by(|a, b| a.1.total_cmp(&b.1));
         let num_no_ans = has_ans.values().filter(|&&h| !h).count();
-        let best = |pick: fn(&(f64, f64)) -> f64| -> (f64, f64) {
-            let mut score = num_no_ans as f64;
-            let mut best_score = score;
-            let mut best_thresh = 0.0;
-            for &(id, p) in &by_prob {
-                let Some(s) = raw.get(id) else { continue };
-                score += if has_ans[id] {
-                    pick(s)
-                } else if predictions.get(id).is_some_and(|a| !a.is_empty()) {
-                    -1.0
-                } else {
-                    0.0
-                };
-                if score > best_score {
-                    best_score = score;
-                    best_thresh = p;
-                }
-            }
-            (percent(best_score, raw.len()), best_thresh)
-        };
-        let (best_exact, exact_thresh) = best(|s| s.0);
-        let (best_f1, f1_thresh) = best(|s| s.1);
-        metrics.best_exact = Some(best_exact);
-        metrics.best_exact_thresh = Some(exact_thresh);
-        metrics.best_f1 = Some(best_f1);
-        metrics.best_f1_thresh = Some(f1_thresh);
+        Self {
+            by_prob,
+            has_ans,
+            raw,
+            predictions,
+            num_no_ans,
+        }
     }
-    metrics
+
+    /// The best score in percent of the scored questions (`pick` chooses exact or F1 from a
+    /// question's raw scores) and the threshold that gives it.
+    fn best(&self, pick: fn(&(f64, f64)) -> f64) -> (f64, f64) {
+        let mut score = self.num_no_ans as f64;
+        let mut best_score = score;
+        let mut best_thresh = 0.0;
+        for &(id, p) in &self.by_prob {
+            let Some(s) = self.raw.get(id) else { continue };
+            score += if self.has_ans[id] {
+                pick(s)
+            } else if self.predictions.get(id).is_some_and(|a| !a.is_empty()) {
+                -1.0
+            } else {
+                0.0
+            };
+            if score > best_score {
+                best_score = score;
+                best_thresh = p;
+            }
+        }
+        (percent(best_score, self.raw.len()), best_thresh)
+    }
 }
 
 #[cfg(test)]

@@ -198,8 +198,7 @@ def pipeline(
             cache (``HF_HUB_CACHE`` / ``HF_HOME``) first and downloaded when missing. Default:
             transformers' default, ``distilbert/distilbert-base-cased-distilled-squad``.
         quantize: ``None`` (f32, transformers' answers) or ``"int8"`` (int8 linear layers:
-            faster, answers may move slightly; BERT, RoBERTa, XLM-RoBERTa, ELECTRA and
-            DistilBERT).
+            faster, answers may move slightly; every supported architecture).
         threads: threads for this pipeline (default: all cores).
         offline: never touch the network (also ``HF_HUB_OFFLINE=1``).
         revision: Hub revision (branch, tag or commit).

@@ -2,7 +2,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use bertqa::decode::decode;
 use bertqa::pipeline::Prepared;
 use bertqa::{Answer, Error, LoadOptions, Precision, QaParams, QaPipeline, QaRequest};
 use pyo3::exceptions::PyValueError;
@@ -62,7 +61,7 @@ impl Pipeline {
         Ok(prepared
             .par_iter()
             .zip(&logits)
-            .map(|(p, l)| decode(&p.context, &p.windows, l, &p.decode))
+            .map(|(p, l)| p.answers(l).answers)
             .collect())
     }
 }
@@ -72,8 +71,8 @@ impl Pipeline {
     /// Loads `model`: a checkpoint directory or a Hugging Face Hub id (looked up in the HF cache
     /// first, downloaded when missing unless `offline`).
     ///
-    /// `quantize="int8"` quantizes the encoder's linear layers (BERT, RoBERTa, XLM-RoBERTa,
-    /// ELECTRA, DistilBERT; answers may move slightly). `threads` sizes this pipeline's own
+    /// `quantize="int8"` quantizes the encoder's linear layers (answers may move slightly).
+    /// `threads` sizes this pipeline's own
     /// thread pool (default: all cores). `batch_size` is the most windows per model call;
     /// `max_context_chars` the longest context accepted.
     #[new]
@@ -206,7 +205,7 @@ impl Pipeline {
     /// config.json's `model_type`.
     #[getter]
     fn model_type(&self) -> &str {
-        &self.qa.arch().model_type
+        self.qa.spec().model_type()
     }
 
     /// `"int8"` when the linear layers are quantized, else `None`.
@@ -237,7 +236,7 @@ impl Pipeline {
         format!(
             "Pipeline(model={:?}, model_type={:?}, quantize={:?}, threads={})",
             self.model,
-            self.qa.arch().model_type,
+            self.qa.spec().model_type(),
             self.quantize,
             self.threads
         )

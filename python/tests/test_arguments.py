@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import bertqa
-from conftest import FIXTURES, SEED_CONTEXT, as_list, assert_same_answers, load_pipeline
+from conftest import FIXTURE_NAMES, FIXTURES, MINILM, SEED_CONTEXT, as_list, assert_same_answers, load_pipeline
 
 Q1 = "What does Transformers provide?"
 Q2 = "How many pretrained models are there?"
@@ -181,6 +181,26 @@ def test_threads_and_int8():
     assert int8.quantize == "int8"
     for a in as_list(int8(question=Q1, context=SEED_CONTEXT, top_k=3)):
         check_answer(a, SEED_CONTEXT)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_int8_runs_every_architecture(name):
+    """int8 linear layers move scores a little; on these checkpoints the best span stays."""
+    f32 = load_pipeline(str(FIXTURES / name))
+    int8 = bertqa.pipeline("question-answering", model=str(FIXTURES / name), quantize="int8")
+    question = "What provides interoperability?"
+    got = int8(question=question, context=SEED_CONTEXT, top_k=2)
+    expected = f32(question=question, context=SEED_CONTEXT, top_k=2)
+    for a in got:
+        check_answer(a, SEED_CONTEXT)
+    assert (got[0]["start"], got[0]["end"]) == (expected[0]["start"], expected[0]["end"])
+    assert abs(got[0]["score"] - expected[0]["score"]) < 0.05
+
+
+def test_int8_minilm_answers_the_seed_question():
+    qa = bertqa.pipeline("question-answering", model=str(MINILM), quantize="int8")
+    answer = qa(question="Transformers provide interoperability between which frameworks?", context=SEED_CONTEXT)
+    assert (answer["answer"], answer["start"], answer["end"]) == ("TensorFlow 2", 334, 346)
 
 
 # ---- the same calls on transformers' pipeline, when it is installed ----

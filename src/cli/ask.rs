@@ -3,7 +3,6 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use bertqa::decode::decode;
 use bertqa::pipeline::Prepared;
 use bertqa::{Answer, LoadOptions, QaParams, QaPipeline, QaRequest};
 use clap::Args;
@@ -191,7 +190,7 @@ fn run_jsonl(qa: &QaPipeline, path: &PathBuf) -> CliResult {
         let (ids, prepared): (Vec<_>, Vec<Prepared>) = chunk.drain(..).unzip();
         let logits = qa.run_prepared(&prepared, |_| {})?;
         for (id, (p, l)) in ids.into_iter().zip(prepared.iter().zip(&logits)) {
-            let answers = &decode(&p.context, &p.windows, l, &p.decode);
+            let answers = &p.answers(l).answers;
             let line = serde_json::to_string(&OutputLine { id, answers })
                 .map_err(|e| CliError::usage(e.to_string()))?;
             writeln!(out, "{line}").map_err(io_err)?;

@@ -1,19 +1,15 @@
 //! `bertqa eval`: answer every question of a SQuAD file and score the answers with the official
 //! SQuAD metric.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bertqa::decode::{best_spans, decode};
-use bertqa::pipeline::Prepared;
-use bertqa::squad::{self, SquadDataset, SquadExample, SquadMetrics, SquadVersion};
-use bertqa::{LoadOptions, QaParams, QaPipeline, QaRequest};
+use bertqa::evaluate::{self, Prediction};
+use bertqa::squad::{SquadDataset, SquadMetrics, SquadVersion};
+use bertqa::{LoadOptions, QaParams, QaPipeline};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use rayon::prelude::*;
 use serde::ser::{Serialize, Serializer};
 use serde_json::Value;
 
@@ -40,24 +36,19 @@ pub struct EvalArgs {
     /// (as in transformers).
     #[arg(long, default_value_t = 1)]
     top_k: usize,
+    /// Window length in tokens (default: the pipeline's, min(model maximum, 384)).
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// Overlap of consecutive windows in tokens (default: the pipeline's,
+    /// min(max_seq_len / 2, 128)).
+    #[arg(long)]
+    doc_stride: Option<usize>,
     /// Windows per model call.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Print one JSON object with the scores and timings.
     #[arg(long)]
     json: bool,
-}
-
-/// Questions tokenized and answered per round: enough windows to batch well, few enough to
-/// keep memory flat and the progress bar moving.
-const QUESTIONS_PER_ROUND: usize = 64;
-
-/// The model's answer to one question.
-struct Prediction {
-    /// Best answer text (`""` when "no answer" wins on v2 data).
-    text: String,
-    /// The pipeline's null score, `p_start(CLS)·p_end(CLS)`, smallest over windows.
-    no_answer_prob: f32,
 }
 
 pub fn run(args: EvalArgs) -> CliResult {
@@ -82,39 +73,26 @@ pub fn run(args: EvalArgs) -> CliResult {
     let qa = QaPipeline::load(&args.common.model, &options)?;
 
     let started = Instant::now();
-    let predictions = answer_all(&qa, &dataset, &args.data, args.top_k)?;
+    let params = QaParams {
+        top_k: Some(args.top_k),
+        max_seq_len: args.max_seq_len,
+        doc_stride: args.doc_stride,
+        ..QaParams::default()
+    };
+    let params = evaluate::dataset_params(&dataset, &params);
+    let progress = progress_bar(dataset.len());
+    let predictions = evaluate::answer_dataset(&qa, &dataset, &params, |done| {
+        progress.set_position(done as u64)
+    })
+    .map_err(|e| match e {
+        // A question the pipeline refuses: name the file as well.
+        bertqa::Error::Data { .. } => CliError::usage(format!("{}: {e}", args.data.display())),
+        other => other.into(),
+    })?;
+    progress.finish_and_clear();
     let elapsed = started.elapsed();
-
-    let texts: HashMap<String, String> = dataset
-        .examples
-        .iter()
-        .zip(&predictions)
-        .map(|(e, p)| (e.id.clone(), p.text.clone()))
-        .collect();
-    let probs: HashMap<String, f64> = dataset
-        .examples
-        .iter()
-        .zip(&predictions)
-        .map(|(e, p)| (e.id.clone(), f64::from(p.no_answer_prob)))
-        .collect();
-    let metrics = squad::evaluate(&dataset, &texts, Some(&probs));
-
-    if let Some(path) = &args.predictions {
-        let entries = dataset
-            .examples
-            .iter()
-            .zip(&predictions)
-            .map(|(e, p)| (e.id.as_str(), Value::from(p.text.as_str())));
-        write_json_atomically(path, &Ordered(entries.collect()))?;
-    }
-    if let Some(path) = &args.na_probs {
-        let entries = dataset
-            .examples
-            .iter()
-            .zip(&predictions)
-            .map(|(e, p)| (e.id.as_str(), Value::from(f64::from(p.no_answer_prob))));
-        write_json_atomically(path, &Ordered(entries.collect()))?;
-    }
+    let metrics = evaluate::score(&dataset, &predictions);
+    write_outputs(&args, &dataset, &predictions)?;
 
     let report = Report {
         metrics: &metrics,
@@ -133,86 +111,41 @@ pub fn run(args: EvalArgs) -> CliResult {
     Ok(())
 }
 
-/// Answers every question, in rounds of [`QUESTIONS_PER_ROUND`]; predictions in dataset order.
-fn answer_all(
-    qa: &QaPipeline,
-    dataset: &SquadDataset,
-    data: &Path,
-    top_k: usize,
-) -> CliResult<Vec<Prediction>> {
-    // The pipeline's defaults; on v2 data "no answer" competes with the spans.
-    let params = QaParams {
-        top_k: Some(top_k),
-        handle_impossible_answer: (dataset.format == SquadVersion::V2).then_some(true),
-        ..QaParams::default()
+/// Writes the predictions file and the no-answer probabilities, where asked for. Both are
+/// written in full before either is renamed into place, and an old probabilities file is
+/// removed first: a run killed in between leaves the new predictions alone, never beside the
+/// probabilities of an earlier run.
+fn write_outputs(args: &EvalArgs, dataset: &SquadDataset, predictions: &[Prediction]) -> CliResult {
+    let entries = |value: fn(&Prediction) -> Value| {
+        let pairs = dataset.examples.iter().zip(predictions);
+        Ordered(pairs.map(|(e, p)| (e.id.as_str(), value(p))).collect())
     };
-    let progress = progress_bar(dataset.len());
-    let mut predictions = Vec::with_capacity(dataset.len());
-    for round in dataset.examples.chunks(QUESTIONS_PER_ROUND) {
-        // Tokenization and span decoding are cheap next to the model (under 1% of a round),
-        // but run serially they would keep all workers but one waiting.
-        let prepared = round
-            .par_iter()
-            .map(|example| prepare(qa, example, &params, data))
-            .collect::<CliResult<Vec<Prepared>>>()?;
-        let round_windows: usize = prepared.iter().map(|p| p.windows.len()).sum();
-        let done_before = predictions.len();
-        let windows_done = AtomicUsize::new(0);
-        let logits = qa.run_prepared(&prepared, |n| {
-            let done = windows_done.fetch_add(n, Ordering::Relaxed) + n;
-            let questions = round.len() * done / round_windows.max(1);
-            progress.set_position((done_before + questions) as u64);
-        })?;
-        // An indexed parallel extend appends in order.
-        predictions.par_extend(prepared.par_iter().zip(&logits).map(|(p, l)| {
-            Prediction {
-                text: decode(&p.context, &p.windows, l, &p.decode)
-                    .into_iter()
-                    .next()
-                    .map_or(String::new(), |a| a.answer),
-                no_answer_prob: null_score(p, l),
+    let texts = match &args.predictions {
+        Some(path) => Some((
+            write_temporary(path, &entries(|p| Value::from(p.text.as_str())))?,
+            path,
+        )),
+        None => None,
+    };
+    let probs = match &args.na_probs {
+        Some(path) => {
+            let value = entries(|p| Value::from(f64::from(p.no_answer_prob)));
+            Some((write_temporary(path, &value)?, path))
+        }
+        None => None,
+    };
+    if let Some((_, path)) = &probs {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(write_error(path, &e))
             }
-        }));
-        progress.set_position(predictions.len() as u64);
+            _ => {}
+        }
     }
-    progress.finish_and_clear();
-    Ok(predictions)
-}
-
-fn prepare(
-    qa: &QaPipeline,
-    example: &SquadExample,
-    params: &QaParams,
-    data: &Path,
-) -> CliResult<Prepared> {
-    let request = QaRequest {
-        question: example.question.clone(),
-        context: example.context.to_string(),
-        params: params.clone(),
-    };
-    qa.prepare(&request).map_err(|e| {
-        CliError::usage(format!(
-            "{}: data[{}], paragraphs[{}], question id {:?}: {e}",
-            data.display(),
-            example.article_index,
-            example.paragraph_index,
-            example.id
-        ))
-    })
-}
-
-/// The pipeline's score for "no answer": the smallest `p_start(CLS)·p_end(CLS)` over windows.
-fn null_score(prepared: &Prepared, logits: &[bertqa::decode::WindowLogits]) -> f32 {
-    prepared
-        .windows
-        .iter()
-        .zip(logits)
-        .map(|(w, (start, end))| {
-            let n = w.len();
-            // No spans are needed, only the null score.
-            best_spans(&start[..n], &end[..n], &w.p_mask, 0, 1).1
-        })
-        .fold(1_000_000f32, f32::min)
+    for (tmp, path) in texts.into_iter().chain(probs) {
+        commit(&tmp, path)?;
+    }
+    Ok(())
 }
 
 /// A progress bar on stderr (questions done, rate, ETA), hidden when stderr is not a terminal.
@@ -266,17 +199,29 @@ impl Serialize for Ordered<'_> {
     }
 }
 
-/// Writes `value` as JSON to a temporary file beside `path`, then renames it over `path`, so
-/// that `path` is never left half-written.
-fn write_json_atomically(path: &Path, value: &impl Serialize) -> CliResult {
+/// Prefix of the temporary written beside `path` before it is renamed over it; a killed run
+/// leaves `{prefix}{pid}` behind, which the next run removes.
+fn temp_prefix(path: &Path) -> String {
     let name = path
         .file_name()
         .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let fail = |e: &dyn std::fmt::Display| CliError {
+    format!(".{name}.tmp-")
+}
+
+fn write_error(path: &Path, e: &dyn std::fmt::Display) -> CliError {
+    CliError {
         message: format!("cannot write {}: {e}", path.display()),
         code: 1,
-    };
+    }
+}
+
+/// Writes `value` as JSON to a synced temporary file beside `path` and returns the
+/// temporary's path; [`commit`] renames it into place.
+fn write_temporary(path: &Path, value: &impl Serialize) -> CliResult<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let prefix = temp_prefix(path);
+    bertqa::files::remove_stale_temporaries(dir.unwrap_or(Path::new(".")), &prefix);
+    let tmp = path.with_file_name(format!("{prefix}{}", std::process::id()));
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
         let file = std::fs::File::create(&tmp)?;
         let mut writer = std::io::BufWriter::new(file);
@@ -284,12 +229,19 @@ fn write_json_atomically(path: &Path, value: &impl Serialize) -> CliResult {
         writer.write_all(b"\n")?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
         Ok(())
     })();
-    result.map_err(|e| {
+    result.map(|()| tmp.clone()).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        fail(&e)
+        write_error(path, &e)
+    })
+}
+
+/// Renames a temporary of [`write_temporary`] over `path`.
+fn commit(tmp: &Path, path: &Path) -> CliResult {
+    std::fs::rename(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        write_error(path, &e)
     })
 }
 

@@ -6,6 +6,7 @@ mod output;
 mod serve;
 mod train;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -53,7 +54,7 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// Applies threads and logging; call once before any model work.
     pub fn init(&self) {
-        init_logging(self.verbose);
+        init_logging(self.verbose, "warn", false);
         set_threads(self.threads);
     }
 
@@ -118,18 +119,25 @@ pub fn set_threads(threads: Option<usize>) {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Logs to stderr, with colours only when stderr is a terminal. `quiet` is the filter without
+/// `-v` (`RUST_LOG` overrides it); `json` writes one JSON object per line.
+pub fn init_logging(verbose: u8, quiet: &str, json: bool) {
     let default = match verbose {
-        0 => "warn",
+        0 => quiet,
         1 => "bertqa=debug,info",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// An error for the user: message and exit code (2 for bad input, 1 otherwise).

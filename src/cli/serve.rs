@@ -71,26 +71,13 @@ fn parse_size(text: &str) -> Result<usize, String> {
     Ok(bytes as usize)
 }
 
-fn init_logging(verbose: u8, json: bool) {
-    let default = match verbose {
-        0 => "bertqa=info,warn",
-        1 => "bertqa=debug,info",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 pub fn run(args: ServeArgs) -> CliResult {
-    init_logging(args.common.verbose, args.json_logs);
+    super::init_logging(args.common.verbose, "bertqa=info,warn", args.json_logs);
+    // A panic inside a request (a worker or the model thread) is caught there and answered
+    // 500 for that request alone; it is logged here, once, as a log line.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "a request panicked; it is answered 500, the server goes on");
+    }));
     super::set_threads(args.common.threads);
     for (name, value) in [
         ("--max-concurrent-requests", args.max_concurrent_requests),
@@ -109,7 +96,7 @@ pub fn run(args: ServeArgs) -> CliResult {
     };
     let options = args.engine.apply(options);
     let qa = QaPipeline::load(&args.common.model, &options)?;
-    tracing::info!(model = %qa.files().name, model_type = %qa.arch().model_type, "model loaded");
+    tracing::info!(model = %qa.files().name, model_type = %qa.spec().model_type(), "model loaded");
     let config = ServerConfig {
         max_concurrent_requests: args.max_concurrent_requests,
         max_batch_tokens: args.max_batch_tokens,

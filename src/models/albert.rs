@@ -10,8 +10,30 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{check_absolute_positions, check_heads, parse_as, Architecture, ModelConfig};
+use super::{Encoder, ModelInput, ModelType};
+use crate::engine::Precision;
+use crate::error::Error;
+use crate::fast::{self, EmbeddingSpec, FastEncoder, FastLayer, LayerNames, LayerShape, PositionIds};
 use crate::nn::{self, Activation, LayerNorm, Linear};
+use crate::sentencepiece::Converter;
+
+/// ALBERT in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "albert",
+    title: "ALBERT",
+    qa_class: "AlbertForQuestionAnswering",
+    tokenizer: "SentencePiece unigram",
+    example: "twmkn9/albert-base-v2-squad2",
+}],
+    weight_prefix: "albert",
+    sentencepiece: Some(Converter::Albert),
+    padding_tables: &["word_embeddings"],
+    config_class:
+        "https://huggingface.co/docs/transformers/model_doc/albert#transformers.AlbertConfig",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of an ALBERT checkpoint (defaults as transformers' `AlbertConfig`).
 #[derive(Clone, Debug, Deserialize)]
@@ -181,20 +203,6 @@ pub struct AlbertModel {
 impl AlbertModel {
     /// Loads `embeddings.*` and `encoder.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if let Some(kind) = cfg.position_embedding_type.as_deref() {
-            if kind != "absolute" {
-                candle_core::bail!(
-                    "position_embedding_type `{kind}` is not supported (only `absolute`)"
-                );
-            }
-        }
-        if cfg.num_hidden_groups == 0 || cfg.num_hidden_groups > cfg.num_hidden_layers {
-            candle_core::bail!(
-                "num_hidden_groups ({}) must be between 1 and num_hidden_layers ({})",
-                cfg.num_hidden_groups,
-                cfg.num_hidden_layers
-            );
-        }
         let encoder = vb.pp("encoder");
         let groups = (0..cfg.num_hidden_groups)
             .map(|g| {
@@ -216,8 +224,10 @@ impl AlbertModel {
         })
     }
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+}
+
+impl Encoder for AlbertModel {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
         let x = self.embeddings.forward(input, train)?;
         let mut x = self.embedding_hidden_mapping_in.forward(&x)?;
@@ -239,30 +249,89 @@ fn group_of(step: usize, num_hidden_layers: usize, num_hidden_groups: usize) -> 
     ((step as f64 / per_group) as usize).min(num_hidden_groups - 1)
 }
 
-/// ALBERT with the span-prediction head (`AlbertForQuestionAnswering`).
-pub struct AlbertForQuestionAnswering {
-    albert: AlbertModel,
-    head: QaHead,
-}
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        check_absolute_positions(self.position_embedding_type.as_deref())?;
+        check_heads(self.hidden_size, self.num_attention_heads)?;
+        if self.num_hidden_groups == 0 || self.num_hidden_groups > self.num_hidden_layers {
+            return Err(Error::InvalidInput(format!(
+                "config.json: num_hidden_groups ({}) must be between 1 and num_hidden_layers ({})",
+                self.num_hidden_groups, self.num_hidden_layers
+            )));
+        }
+        Ok(())
+    }
 
-impl AlbertForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `albert.` (or at the root for base models)
-    /// and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "albert", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            albert: AlbertModel::new(cfg, root)?,
-            head: QaHead::new(cfg.hidden_size, vb)?,
-        })
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(AlbertModel::new(self, root)?))
+    }
+
+    /// Each group's layers are loaded (and packed) once, then listed at every step that runs
+    /// them.
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        let e = self.embedding_size;
+        let embeddings = fast::Embeddings::load(
+            &root.pp("embeddings"),
+            EmbeddingSpec {
+                vocab_size: self.vocab_size,
+                width: e,
+                max_positions: self.max_position_embeddings,
+                type_vocab_size: Some(self.type_vocab_size),
+                segment_ids: true,
+                position_ids: PositionIds::FromZero,
+                fixed_positions: None,
+                eps: self.layer_norm_eps,
+                word_transform: None,
+            },
+        )?;
+        let encoder = root.pp("encoder");
+        let mapping = fast::dense_linear(e, self.hidden_size, encoder.pp("embedding_hidden_mapping_in"))?;
+        let shape = LayerShape {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            eps: self.layer_norm_eps,
+            activation: self.hidden_act,
+        };
+        let groups = (0..self.num_hidden_groups)
+            .map(|g| {
+                let group = encoder.pp(format!("albert_layer_groups.{g}"));
+                let n = self.inner_group_num;
+                fast::Layer::load_stack(&group, "albert_layers", n, &LAYER_NAMES, shape, precision)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let steps = self.num_hidden_layers;
+        let layers: Vec<std::sync::Arc<dyn FastLayer>> = (0..steps)
+            .flat_map(|step| groups[group_of(step, steps, groups.len())].iter().cloned())
+            .collect();
+        let embeddings = embeddings.with_projection(mapping);
+        Ok(Some(FastEncoder::new(embeddings, layers, self.hidden_size)))
     }
 }
 
-impl QaModel for AlbertForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.albert.forward(input, train)?;
-        self.head.forward(&hidden)
-    }
-}
+/// Where an ALBERT layer (`albert_layer_groups.G.albert_layers.I`) keeps its weights.
+const LAYER_NAMES: LayerNames = LayerNames {
+    query: "attention.query",
+    key: "attention.key",
+    value: "attention.value",
+    attention_output: "attention.dense",
+    attention_norm: "attention.LayerNorm",
+    intermediate: "ffn",
+    output: "ffn_output",
+    output_norm: "full_layer_layer_norm",
+};
 
 #[cfg(test)]
 mod tests {

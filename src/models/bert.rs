@@ -5,8 +5,27 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{check_absolute_positions, check_heads, parse_as, Architecture, ModelType};
+use super::{Encoder as EncoderModel, ModelConfig, ModelInput};
+use crate::engine::Precision;
+use crate::fast::{self, EmbeddingSpec, FastEncoder, LayerNames, LayerShape, PositionIds};
 use crate::nn::{self, Activation, LayerNorm, Linear};
+
+/// BERT in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "bert",
+    title: "BERT",
+    qa_class: "BertForQuestionAnswering",
+    tokenizer: "WordPiece",
+    example: "bert-large-uncased-whole-word-masking-finetuned-squad",
+}],
+    weight_prefix: "bert",
+    sentencepiece: None,
+    padding_tables: &["word_embeddings"],
+    config_class: "https://huggingface.co/docs/transformers/model_doc/bert#transformers.BertConfig",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of a BERT checkpoint.
 #[derive(Clone, Debug, Deserialize)]
@@ -232,18 +251,6 @@ impl Encoder {
     }
 }
 
-impl Config {
-    /// Fails unless positions are absolute (the only kind implemented).
-    pub(crate) fn ensure_absolute_positions(&self) -> Result<()> {
-        match self.position_embedding_type.as_deref() {
-            None | Some("absolute") => Ok(()),
-            Some(kind) => candle_core::bail!(
-                "position_embedding_type `{kind}` is not supported (only `absolute`)"
-            ),
-        }
-    }
-}
-
 /// The BERT encoder (`BertModel` without pooler).
 pub struct BertModel {
     embeddings: Embeddings,
@@ -253,7 +260,6 @@ pub struct BertModel {
 impl BertModel {
     /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.ensure_absolute_positions()?;
         Ok(Self {
             embeddings: Embeddings::new(
                 cfg,
@@ -265,35 +271,109 @@ impl BertModel {
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
         })
     }
+}
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+impl EncoderModel for BertModel {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let x = self.embeddings.forward_input(input, train)?;
         self.encoder.forward(&x, &input.attention_mask, train)
     }
 }
 
-/// BERT with the span-prediction head (`BertForQuestionAnswering`).
-pub struct BertForQuestionAnswering {
-    bert: BertModel,
-    head: QaHead,
-}
+/// Where BERT, RoBERTa and ELECTRA layers (`encoder.layer.N`) keep their weights.
+const LAYER_NAMES: LayerNames = LayerNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
 
-impl BertForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `bert.` (or at the root for base models)
-    /// and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "bert", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            bert: BertModel::new(cfg, root)?,
-            head: QaHead::new(cfg.hidden_size, vb)?,
-        })
+impl Config {
+    /// The validation every BERT-style config shares.
+    pub(crate) fn check(&self) -> crate::error::Result<()> {
+        check_absolute_positions(self.position_embedding_type.as_deref())?;
+        check_heads(self.hidden_size, self.num_attention_heads)
+    }
+
+    /// The fast engine's embeddings of a BERT-style checkpoint (`embeddings.*` under `root`),
+    /// `width` wide and numbered by `position_ids`; `segment_ids` says whether token types are
+    /// model inputs.
+    pub(crate) fn fast_embeddings(
+        &self,
+        root: &VarBuilder,
+        width: usize,
+        position_ids: PositionIds,
+        segment_ids: bool,
+    ) -> Result<fast::Embeddings> {
+        fast::Embeddings::load(
+            &root.pp("embeddings"),
+            EmbeddingSpec {
+                vocab_size: self.vocab_size,
+                width,
+                max_positions: self.max_position_embeddings,
+                type_vocab_size: Some(self.type_vocab_size),
+                segment_ids,
+                position_ids,
+                fixed_positions: None,
+                eps: self.layer_norm_eps,
+                word_transform: None,
+            },
+        )
+    }
+
+    /// The fast encoder's layers (`encoder.layer.N` under `root`) over `embeddings`.
+    pub(crate) fn fast_stack(
+        &self,
+        root: &VarBuilder,
+        embeddings: fast::Embeddings,
+        precision: Precision,
+    ) -> crate::error::Result<FastEncoder> {
+        let shape = LayerShape {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            eps: self.layer_norm_eps,
+            activation: self.hidden_act,
+        };
+        let layers = fast::Layer::load_stack(
+            root,
+            "encoder.layer",
+            self.num_hidden_layers,
+            &LAYER_NAMES,
+            shape,
+            precision,
+        )?;
+        Ok(FastEncoder::new(embeddings, layers, self.hidden_size))
     }
 }
 
-impl QaModel for BertForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.bert.forward(input, train)?;
-        self.head.forward(&hidden)
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        self.check()
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn EncoderModel>> {
+        Ok(Box::new(BertModel::new(self, root)?))
+    }
+
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        let embeddings = self.fast_embeddings(root, self.hidden_size, PositionIds::FromZero, true)?;
+        self.fast_stack(root, embeddings, precision).map(Some)
     }
 }

@@ -11,8 +11,29 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Deserializer};
 
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
+use crate::engine::Precision;
+use crate::error::Error;
+use crate::fast::{self, EmbeddingSpec, FastEncoder, FastLayer, LayerNames, LayerShape, PositionIds};
+use crate::fast::{RelativeAttention, RelativeSpec};
 use crate::nn::{self, Activation, LayerNorm, Linear};
+use crate::sentencepiece::Converter;
+
+/// DeBERTa-v2 and -v3 in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "deberta-v2",
+    title: "DeBERTa-v2 / v3",
+    qa_class: "DebertaV2ForQuestionAnswering",
+    tokenizer: "SentencePiece unigram",
+    example: "deepset/deberta-v3-base-squad2",
+}],
+    weight_prefix: "deberta",
+    sentencepiece: Some(Converter::DebertaV2),
+    padding_tables: &["word_embeddings"],
+    config_class: "https://huggingface.co/docs/transformers/model_doc/deberta-v2#transformers.DebertaV2Config",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of a DeBERTa-v2/v3 checkpoint.
 #[derive(Clone, Debug, Deserialize)]
@@ -621,8 +642,10 @@ impl DebertaV2Model {
         })
     }
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+}
+
+impl Encoder for DebertaV2Model {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let (b, s) = input.attention_mask.dims2()?;
         let dev = input.input_ids.device();
         let mask = input
@@ -659,28 +682,156 @@ impl DebertaV2Model {
     }
 }
 
-/// DeBERTa-v2 with the span-prediction head (`DebertaV2ForQuestionAnswering`).
-pub struct DebertaV2ForQuestionAnswering {
-    deberta: DebertaV2Model,
-    head: QaHead,
-}
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        let heads = self.num_attention_heads;
+        if heads == 0 || (self.attention_head_size.is_none() && !self.hidden_size.is_multiple_of(heads)) {
+            return Err(Error::InvalidInput(format!(
+                "config.json: hidden size {} is not a multiple of {heads} attention heads \
+                 (and no attention_head_size is given)",
+                self.hidden_size
+            )));
+        }
+        Ok(())
+    }
 
-impl DebertaV2ForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `deberta.` (or at the root for base models)
-    /// and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "deberta", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            deberta: DebertaV2Model::new(cfg, root)?,
-            head: QaHead::new(cfg.hidden_size, vb)?,
-        })
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(DebertaV2Model::new(self, root)?))
+    }
+
+    /// DeBERTa-v3's layout (no convolution, embeddings as wide as the hidden states, heads
+    /// that split the hidden size); other configs run on the reference model.
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        let h = self.hidden_size;
+        let fits = self.conv_kernel_size == 0
+            && self.embedding_size.is_none_or(|e| e == h)
+            && self.all_head_size() == h;
+        if !fits {
+            return Ok(None);
+        }
+        let embeddings = fast::Embeddings::load(
+            &root.pp("embeddings"),
+            EmbeddingSpec {
+                vocab_size: self.vocab_size,
+                width: h,
+                max_positions: if self.position_biased_input {
+                    self.max_position_embeddings
+                } else {
+                    0
+                },
+                type_vocab_size: (self.type_vocab_size > 0).then_some(self.type_vocab_size),
+                segment_ids: true,
+                position_ids: PositionIds::FromZero,
+                fixed_positions: None,
+                eps: self.layer_norm_eps,
+                word_transform: None,
+            },
+        )?;
+        let shape = LayerShape {
+            hidden: h,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            eps: self.layer_norm_eps,
+            activation: self.hidden_act,
+        };
+        let encoder = root.pp("encoder");
+        let rel_embeddings = self.normalised_rel_embeddings(&encoder)?;
+        let layers = (0..self.num_hidden_layers)
+            .map(|i| -> crate::error::Result<std::sync::Arc<dyn FastLayer>> {
+                let vb = encoder.pp(format!("layer.{i}"));
+                let mut layer = fast::Layer::load(&vb, &LAYER_NAMES, shape, precision)?;
+                if let Some(rel) = &rel_embeddings {
+                    let spec = self.relative_spec(rel, &vb.pp("attention.self"))?;
+                    let d = self.head_size();
+                    let heads = self.num_attention_heads;
+                    layer = layer.with_relative(RelativeAttention::new(spec, heads, d));
+                }
+                Ok(std::sync::Arc::new(layer))
+            })
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        Ok(Some(FastEncoder::new(embeddings, layers, h).with_max_window(self.max_position_embeddings)))
     }
 }
 
-impl QaModel for DebertaV2ForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.deberta.forward(input, train)?;
-        self.head.forward(&hidden)
+/// Where a DeBERTa-v2 layer (`encoder.layer.N`) keeps its weights.
+const LAYER_NAMES: LayerNames = LayerNames {
+    query: "attention.self.query_proj",
+    key: "attention.self.key_proj",
+    value: "attention.self.value_proj",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
+impl Config {
+    /// The relative embeddings after their LayerNorm (`norm_rel_ebd`), `[2·span, hidden]`; `None`
+    /// without relative attention. They do not depend on the input: computed once at load.
+    fn normalised_rel_embeddings(&self, encoder: &VarBuilder) -> Result<Option<Tensor>> {
+        if !self.relative_attention {
+            return Ok(None);
+        }
+        let table = encoder.get((2 * self.att_span(), self.hidden_size), "rel_embeddings.weight")?;
+        let layer_norm = self
+            .norm_rel_ebd
+            .to_lowercase()
+            .split('|')
+            .any(|x| x.trim() == "layer_norm");
+        if !layer_norm {
+            return Ok(Some(table));
+        }
+        let norm = LayerNorm::new(self.hidden_size, self.layer_norm_eps, encoder.pp("LayerNorm"))?;
+        Ok(Some(norm.forward(&table, false)?))
+    }
+
+    /// A layer's relative-position terms: the relative embeddings through its key and query
+    /// projections (or its own `pos_*_proj` without `share_att_key`), and the bucketed row of
+    /// every distance.
+    fn relative_spec(&self, rel: &Tensor, attention: &VarBuilder) -> Result<RelativeSpec> {
+        let (h, all) = (self.hidden_size, self.all_head_size());
+        let (c2p, p2c) = (self.has_att_type("c2p"), self.has_att_type("p2c"));
+        let project = |shared: &str, own: &str| -> Result<Vec<f32>> {
+            let name = if self.share_att_key { shared } else { own };
+            let proj = Linear::new(h, all, attention.pp(name))?;
+            proj.forward(rel)?.flatten_all()?.to_vec1()
+        };
+        let rows = 2 * self.att_span();
+        let offset = self.max_position_embeddings.saturating_sub(1);
+        let (buckets, max_position) = (self.position_buckets, self.max_relative_positions());
+        let index = (-(offset as i64)..=offset as i64)
+            .map(|distance| {
+                let bucket = if buckets > 0 && max_position > 0 {
+                    log_bucket_position(distance, buckets, max_position)
+                } else {
+                    distance
+                };
+                (bucket + self.att_span() as i64).clamp(0, rows as i64 - 1) as u32
+            })
+            .collect();
+        let factor = 1 + c2p as usize + p2c as usize;
+        // transformers computes sqrt(head_size * factor) as a float32 tensor.
+        let scale = 1.0 / ((self.head_size() * factor) as f32).sqrt();
+        Ok(RelativeSpec {
+            keys: c2p.then(|| project("key_proj", "pos_key_proj")).transpose()?,
+            queries: p2c.then(|| project("query_proj", "pos_query_proj")).transpose()?,
+            rows,
+            index,
+            offset,
+            scale,
+        })
     }
 }
 

@@ -8,8 +8,26 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::{bert, encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{bert, check_heads, parse_as, Architecture, ModelConfig, ModelInput, ModelType};
+use crate::engine::Precision;
+use crate::fast::{self, EmbeddingSpec, FastEncoder, LayerNames, LayerShape, PositionIds};
 use crate::nn::{self, Activation, LayerNorm, Linear};
+
+/// DistilBERT in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "distilbert",
+    title: "DistilBERT",
+    qa_class: "DistilBertForQuestionAnswering",
+    tokenizer: "WordPiece",
+    example: "distilbert-base-cased-distilled-squad",
+}],
+    weight_prefix: "distilbert",
+    sentencepiece: None,
+    padding_tables: &["word_embeddings"],
+    config_class: "https://huggingface.co/docs/transformers/model_doc/distilbert#transformers.DistilBertConfig",
+    parse: parse_as::<Config>,
+};
 
 /// DistilBERT uses this epsilon in every LayerNorm (it is not in config.json).
 const LAYER_NORM_EPS: f64 = 1e-12;
@@ -170,13 +188,6 @@ pub struct DistilBertModel {
 impl DistilBertModel {
     /// Loads `embeddings.*` and `transformer.layer.N.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if cfg.dim.checked_rem(cfg.n_heads) != Some(0) {
-            candle_core::bail!(
-                "dim {} is not a multiple of n_heads {}",
-                cfg.dim,
-                cfg.n_heads
-            );
-        }
         let embeddings = Embeddings::new(cfg, vb.pp("embeddings"))?;
         let layers = (0..cfg.n_layers)
             .map(|i| TransformerBlock::new(cfg, vb.pp(format!("transformer.layer.{i}"))))
@@ -184,8 +195,11 @@ impl DistilBertModel {
         Ok(Self { embeddings, layers })
     }
 
+}
+
+impl super::Encoder for DistilBertModel {
     /// Final hidden states `[b, s, dim]`. Token types are ignored: DistilBERT has none.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let mut x = self.embeddings.forward(&input.input_ids, train)?;
         let bias = nn::attention_bias(&input.attention_mask, x.dtype())?;
         for layer in &self.layers {
@@ -195,31 +209,79 @@ impl DistilBertModel {
     }
 }
 
-/// DistilBERT with the span-prediction head (`DistilBertForQuestionAnswering`).
-pub struct DistilBertForQuestionAnswering {
-    distilbert: DistilBertModel,
-    head: QaHead,
-    qa_dropout: f64,
-}
+/// Where DistilBERT layers (`transformer.layer.N`) keep their weights.
+const LAYER_NAMES: LayerNames = LayerNames {
+    query: "attention.q_lin",
+    key: "attention.k_lin",
+    value: "attention.v_lin",
+    attention_output: "attention.out_lin",
+    attention_norm: "sa_layer_norm",
+    intermediate: "ffn.lin1",
+    output: "ffn.lin2",
+    output_norm: "output_layer_norm",
+};
 
-impl DistilBertForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `distilbert.` (or at the root for base
-    /// models) and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "distilbert", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            distilbert: DistilBertModel::new(cfg, root)?,
-            head: QaHead::new(cfg.dim, vb)?,
-            qa_dropout: cfg.qa_dropout,
-        })
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        check_heads(self.dim, self.n_heads)
     }
-}
 
-impl QaModel for DistilBertForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.distilbert.forward(input, train)?;
-        let hidden = nn::dropout(&hidden, self.qa_dropout, train)?;
-        self.head.forward(&hidden)
+    fn hidden_size(&self) -> usize {
+        self.dim
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn head_dropout(&self) -> f64 {
+        self.qa_dropout
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn super::Encoder>> {
+        Ok(Box::new(DistilBertModel::new(self, root)?))
+    }
+
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        let d = self.dim;
+        let fixed_positions = self
+            .sinusoidal_pos_embds
+            .then(|| sinusoidal_table(self.max_position_embeddings, d, root.device()))
+            .transpose()?;
+        let embeddings = fast::Embeddings::load(
+            &root.pp("embeddings"),
+            EmbeddingSpec {
+                vocab_size: self.vocab_size,
+                width: d,
+                max_positions: self.max_position_embeddings,
+                type_vocab_size: None,
+                segment_ids: false,
+                position_ids: PositionIds::FromZero,
+                fixed_positions,
+                eps: LAYER_NORM_EPS,
+                word_transform: None,
+            },
+        )?;
+        let shape = LayerShape {
+            hidden: d,
+            heads: self.n_heads,
+            intermediate: self.hidden_dim,
+            eps: LAYER_NORM_EPS,
+            activation: self.activation,
+        };
+        let layers = fast::Layer::load_stack(
+            root,
+            "transformer.layer",
+            self.n_layers,
+            &LAYER_NAMES,
+            shape,
+            precision,
+        )?;
+        Ok(Some(FastEncoder::new(embeddings, layers, d)))
     }
 }
 

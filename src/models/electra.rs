@@ -9,8 +9,27 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::bert::{self, Embeddings, Encoder};
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{parse_as, Architecture, Encoder as EncoderModel, ModelConfig, ModelInput, ModelType};
+use crate::engine::Precision;
+use crate::fast::{dense_linear, FastEncoder, PositionIds};
 use crate::nn::Linear;
+
+/// ELECTRA in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "electra",
+    title: "ELECTRA",
+    qa_class: "ElectraForQuestionAnswering",
+    tokenizer: "WordPiece",
+    example: "deepset/electra-base-squad2",
+}],
+    weight_prefix: "electra",
+    sentencepiece: None,
+    padding_tables: &["word_embeddings"],
+    config_class:
+        "https://huggingface.co/docs/transformers/model_doc/electra#transformers.ElectraConfig",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of an ELECTRA checkpoint: BERT's keys plus the embedding width.
 #[derive(Clone, Debug, Deserialize)]
@@ -38,7 +57,6 @@ impl ElectraModel {
     /// Loads `embeddings.*`, `embeddings_project.*` (only when `embedding_size != hidden_size`)
     /// and `encoder.layer.N.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.bert.ensure_absolute_positions()?;
         let hidden = cfg.bert.hidden_size;
         let embeddings_project = (cfg.embedding_size != hidden)
             .then(|| Linear::new(cfg.embedding_size, hidden, vb.pp("embeddings_project")))
@@ -56,8 +74,10 @@ impl ElectraModel {
         })
     }
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+}
+
+impl EncoderModel for ElectraModel {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let mut x = self.embeddings.forward_input(input, train)?;
         if let Some(project) = &self.embeddings_project {
             x = project.forward(&x)?;
@@ -66,27 +86,34 @@ impl ElectraModel {
     }
 }
 
-/// ELECTRA with the span-prediction head (`ElectraForQuestionAnswering`).
-pub struct ElectraForQuestionAnswering {
-    electra: ElectraModel,
-    head: QaHead,
-}
-
-impl ElectraForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `electra.` (or at the root for base models)
-    /// and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "electra", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            electra: ElectraModel::new(cfg, root)?,
-            head: QaHead::new(cfg.bert.hidden_size, vb)?,
-        })
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        self.bert.check()
     }
-}
 
-impl QaModel for ElectraForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.electra.forward(input, train)?;
-        self.head.forward(&hidden)
+    fn hidden_size(&self) -> usize {
+        self.bert.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.bert.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn EncoderModel>> {
+        Ok(Box::new(ElectraModel::new(self, root)?))
+    }
+
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        let (cfg, e) = (&self.bert, self.embedding_size);
+        let mut embeddings = cfg.fast_embeddings(root, e, PositionIds::FromZero, true)?;
+        if e != cfg.hidden_size {
+            let project = dense_linear(e, cfg.hidden_size, root.pp("embeddings_project"))?;
+            embeddings = embeddings.with_projection(project);
+        }
+        cfg.fast_stack(root, embeddings, precision).map(Some)
     }
 }

@@ -10,8 +10,27 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{check_heads, parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
+use crate::engine::Precision;
+use crate::error::Error;
+use crate::fast::{self, BottleneckNames, BottleneckShape, EmbeddingSpec, FastEncoder, PositionIds};
 use crate::nn::{self, Activation, LayerNorm, Linear};
+
+/// MobileBERT in the registry.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[ModelType {
+    name: "mobilebert",
+    title: "MobileBERT",
+    qa_class: "MobileBertForQuestionAnswering",
+    tokenizer: "WordPiece",
+    example: "csarron/mobilebert-uncased-squad-v2",
+}],
+    weight_prefix: "mobilebert",
+    sentencepiece: None,
+    padding_tables: &["word_embeddings"],
+    config_class: "https://huggingface.co/docs/transformers/model_doc/mobilebert#transformers.MobileBertConfig",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of a MobileBERT checkpoint (defaults as transformers' `MobileBertConfig`).
 #[derive(Clone, Debug, Deserialize)]
@@ -468,9 +487,6 @@ pub struct MobileBertModel {
 impl MobileBertModel {
     /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        if cfg.num_feedforward_networks == 0 {
-            candle_core::bail!("num_feedforward_networks must be at least 1");
-        }
         let embeddings = Embeddings::new(cfg, vb.pp("embeddings"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, vb.pp(format!("encoder.layer.{i}"))))
@@ -478,8 +494,10 @@ impl MobileBertModel {
         Ok(Self { embeddings, layers })
     }
 
-    /// Final hidden states `[b, s, hidden]`.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+}
+
+impl Encoder for MobileBertModel {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
         let mut x = self.embeddings.forward(input, train)?;
         for layer in &self.layers {
@@ -489,28 +507,103 @@ impl MobileBertModel {
     }
 }
 
-/// MobileBERT with the span-prediction head (`MobileBertForQuestionAnswering`).
-pub struct MobileBertForQuestionAnswering {
-    mobilebert: MobileBertModel,
-    head: QaHead,
-}
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        if self.num_feedforward_networks == 0 {
+            return Err(Error::InvalidInput(
+                "config.json: num_feedforward_networks must be at least 1".into(),
+            ));
+        }
+        check_heads(self.true_hidden_size(), self.num_attention_heads)
+    }
 
-impl MobileBertForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `mobilebert.` (or at the root for base
-    /// models) and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "mobilebert", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            mobilebert: MobileBertModel::new(cfg, root)?,
-            head: QaHead::new(cfg.hidden_size, vb)?,
-        })
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn max_input_len(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(MobileBertModel::new(self, root)?))
+    }
+
+    /// The fast engine runs the published layout: bottlenecks, value from the layer's input.
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        if !self.use_bottleneck || self.use_bottleneck_attention {
+            return Ok(None);
+        }
+        let embeddings = self.fast_embeddings(&root.pp("embeddings"))?;
+        let shape = BottleneckShape {
+            hidden: self.hidden_size,
+            inner: self.true_hidden_size(),
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            feedforward: self.num_feedforward_networks,
+            activation: self.hidden_act,
+            shared_query_key: self.key_query_shared_bottleneck,
+        };
+        let norm = |eps: f64| {
+            move |size: usize, vb: VarBuilder| self.fast_norm(size, eps, vb)
+        };
+        let (inner, output) = (norm(self.layer_norm_eps), norm(TORCH_DEFAULT_EPS));
+        let names = BottleneckNames {
+            inner_norm: &inner,
+            output_norm: &output,
+        };
+        let layers = (0..self.num_hidden_layers)
+            .map(|i| -> Result<std::sync::Arc<dyn fast::FastLayer>> {
+                let vb = root.pp(format!("encoder.layer.{i}"));
+                Ok(std::sync::Arc::new(fast::BottleneckLayer::load(&vb, shape, &names, precision)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(FastEncoder::new(embeddings, layers, self.hidden_size)))
     }
 }
 
-impl QaModel for MobileBertForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.mobilebert.forward(input, train)?;
-        self.head.forward(&hidden)
+impl Config {
+    /// A normalisation of this config's kind (`NoNorm`, or a LayerNorm of `eps`).
+    fn fast_norm(&self, size: usize, eps: f64, vb: VarBuilder) -> Result<fast::Norm> {
+        match self.normalization_type {
+            NormalizationType::NoNorm => fast::Norm::no_norm(size, vb),
+            NormalizationType::LayerNorm => fast::Norm::layer_norm(size, eps, vb),
+        }
+    }
+
+    /// The embeddings on the fast engine: narrow words, with their neighbours when
+    /// `trigram_input`, mapped to the hidden width, then positions and types added.
+    fn fast_embeddings(&self, vb: &VarBuilder) -> Result<fast::Embeddings> {
+        let (e, h) = (self.embedding_size, self.hidden_size);
+        let word_transform = if self.trigram_input || e != h {
+            let width = e * if self.trigram_input { 3 } else { 1 };
+            Some(fast::WordTransform {
+                word_width: e,
+                trigram: self.trigram_input,
+                transformation: fast::dense_linear(width, h, vb.pp("embedding_transformation"))?,
+            })
+        } else {
+            None
+        };
+        let embeddings = fast::Embeddings::load(
+            vb,
+            EmbeddingSpec {
+                vocab_size: self.vocab_size,
+                width: h,
+                max_positions: self.max_position_embeddings,
+                type_vocab_size: Some(self.type_vocab_size),
+                segment_ids: true,
+                position_ids: PositionIds::FromZero,
+                fixed_positions: None,
+                eps: TORCH_DEFAULT_EPS,
+                word_transform,
+            },
+        )?;
+        Ok(embeddings.with_norm(self.fast_norm(h, TORCH_DEFAULT_EPS, vb.pp("LayerNorm"))?))
     }
 }
 

@@ -9,7 +9,36 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::bert::{self, Embeddings, Encoder};
-use super::{encoder_root, ModelInput, QaHead, QaLogits, QaModel};
+use super::{parse_as, Architecture, Encoder as EncoderModel, ModelConfig, ModelInput, ModelType};
+use crate::engine::Precision;
+use crate::fast::{FastEncoder, PositionIds};
+use crate::sentencepiece::Converter;
+
+/// RoBERTa and XLM-RoBERTa in the registry: one network, two tokenizers.
+pub const ARCHITECTURE: Architecture = Architecture {
+    model_types: &[
+        ModelType {
+            name: "roberta",
+            title: "RoBERTa",
+            qa_class: "RobertaForQuestionAnswering",
+            tokenizer: "byte-level BPE",
+            example: "deepset/roberta-base-squad2",
+        },
+        ModelType {
+            name: "xlm-roberta",
+            title: "XLM-RoBERTa",
+            qa_class: "XLMRobertaForQuestionAnswering",
+            tokenizer: "SentencePiece unigram",
+            example: "deepset/xlm-roberta-large-squad2",
+        },
+    ],
+    weight_prefix: "roberta",
+    sentencepiece: Some(Converter::XlmRoberta),
+    padding_tables: &["word_embeddings", "position_embeddings"],
+    config_class:
+        "https://huggingface.co/docs/transformers/model_doc/roberta#transformers.RobertaConfig",
+    parse: parse_as::<Config>,
+};
 
 /// config.json of a RoBERTa or XLM-RoBERTa checkpoint: BERT's keys, read with RoBERTa's
 /// defaults.
@@ -25,14 +54,6 @@ impl Config {
     /// the position embeddings).
     pub fn pad_token_id(&self) -> u32 {
         self.bert.pad_token_id.unwrap_or(1)
-    }
-
-    /// Longest input the position embeddings allow: the first `pad_token_id + 1` positions are
-    /// never used by real tokens.
-    pub fn max_input_len(&self) -> usize {
-        self.bert
-            .max_position_embeddings
-            .saturating_sub(self.pad_token_id() as usize + 1)
     }
 }
 
@@ -55,7 +76,6 @@ pub struct RobertaModel {
 impl RobertaModel {
     /// Loads `embeddings.*` and `encoder.layer.N.*` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.bert.ensure_absolute_positions()?;
         Ok(Self {
             embeddings: Embeddings::new(
                 &cfg.bert,
@@ -69,9 +89,12 @@ impl RobertaModel {
         })
     }
 
+}
+
+impl EncoderModel for RobertaModel {
     /// Final hidden states `[b, s, hidden]`. Token types are ignored: the tokenizer's segment
     /// ids are not model inputs for RoBERTa, so every token gets type 0, as in transformers.
-    pub fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
+    fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
         let positions = position_ids(&input.input_ids, self.padding_idx)?;
         let types = input.input_ids.zeros_like()?;
         let x = self
@@ -81,29 +104,36 @@ impl RobertaModel {
     }
 }
 
-/// RoBERTa with the span-prediction head (`RobertaForQuestionAnswering`); XLM-RoBERTa is the
-/// same network.
-pub struct RobertaForQuestionAnswering {
-    roberta: RobertaModel,
-    head: QaHead,
-}
-
-impl RobertaForQuestionAnswering {
-    /// Loads a checkpoint whose encoder sits under `roberta.` (or at the root for base models)
-    /// and whose head is `qa_outputs.*`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let root = encoder_root(&vb, "roberta", "embeddings.word_embeddings.weight");
-        Ok(Self {
-            roberta: RobertaModel::new(cfg, root)?,
-            head: QaHead::new(cfg.bert.hidden_size, vb)?,
-        })
+impl ModelConfig for Config {
+    fn validate(&self) -> crate::error::Result<()> {
+        self.bert.check()
     }
-}
 
-impl QaModel for RobertaForQuestionAnswering {
-    fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        let hidden = self.roberta.forward(input, train)?;
-        self.head.forward(&hidden)
+    fn hidden_size(&self) -> usize {
+        self.bert.hidden_size
+    }
+
+    /// The first `pad_token_id + 1` positions are never used by real tokens, so fewer tokens
+    /// fit than the table has.
+    fn max_input_len(&self) -> usize {
+        self.bert
+            .max_position_embeddings
+            .saturating_sub(self.pad_token_id() as usize + 1)
+    }
+
+    fn encoder(&self, root: VarBuilder) -> Result<Box<dyn EncoderModel>> {
+        Ok(Box::new(RobertaModel::new(self, root)?))
+    }
+
+    fn fast_encoder(
+        &self,
+        root: &VarBuilder,
+        precision: Precision,
+    ) -> crate::error::Result<Option<FastEncoder>> {
+        let cfg = &self.bert;
+        let positions = PositionIds::AfterPadding(self.pad_token_id());
+        let embeddings = cfg.fast_embeddings(root, cfg.hidden_size, positions, false)?;
+        cfg.fast_stack(root, embeddings, precision).map(Some)
     }
 }
 

@@ -11,9 +11,9 @@
 //! transposed gradients, reduced the bias gradient with a strided sum and evaluated erf/exp
 //! through libm. They run on the CPU in f32, the dtype training uses.
 
-use crate::fast::kernels::{self, Act, MatMut, MatRef};
-use crate::fast::linear::dense_forward;
-use crate::fast::sgemm::PackedWeights;
+use crate::kernels::linear::dense_forward;
+use crate::kernels::ops::{self as kernels, Act, MatMut, MatRef};
+use crate::kernels::sgemm::PackedWeights;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, StorageRef, Tensor,
 };

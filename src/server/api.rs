@@ -6,7 +6,8 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::{Answer, QaParams};
+use crate::decode::Answer;
+use crate::pipeline::QaParams;
 
 /// The server's limits on what one request may ask.
 #[derive(Clone, Debug)]

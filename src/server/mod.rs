@@ -9,6 +9,7 @@ pub mod api;
 pub mod batcher;
 pub mod error;
 pub mod metrics;
+pub mod page;
 pub mod routes;
 
 use std::future::Future;
@@ -19,7 +20,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::{QaPipeline, QaRequest};
+use crate::pipeline::{QaPipeline, QaRequest};
 use batcher::{Batcher, Runner};
 use metrics::Metrics;
 
@@ -28,7 +29,8 @@ use metrics::Metrics;
 pub struct ServerConfig {
     /// Requests handled at once; more are answered 429 at once.
     pub max_concurrent_requests: usize,
-    /// Most padded tokens (windows × longest window) per model call.
+    /// Most tokens per model call, as the engine counts them (padded engines: windows ×
+    /// longest window; the fast engine: the sum of window lengths).
     pub max_batch_tokens: usize,
     /// Most inputs in one request.
     pub max_client_batch_size: usize,
@@ -72,7 +74,9 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let model = pipeline.clone();
         let runner: Runner = Box::new(move |windows| model.answer_logits(windows));
-        let batcher = Batcher::start(runner, config.max_batch_tokens, metrics.clone())?;
+        let engine = pipeline.clone();
+        let cost = Box::new(move |lengths: &[usize]| engine.engine().batch_cost(lengths));
+        let batcher = Batcher::start(runner, cost, config.max_batch_tokens, metrics.clone())?;
         Ok(Arc::new(Self {
             pipeline,
             batcher,
@@ -107,12 +111,7 @@ async fn warm_up(state: Arc<AppState>) {
     };
     match reply {
         Ok(computed) => {
-            let answers = crate::decode::decode(
-                &prepared.context,
-                &prepared.windows,
-                &computed.logits,
-                &prepared.decode,
-            );
+            let answers = prepared.answers(&computed.logits).answers;
             state.ready.store(true, Ordering::Release);
             tracing::info!(
                 elapsed_ms = start.elapsed().as_secs_f64() * 1e3,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,14 +19,14 @@ use super::api::{self, InputLimits};
 use super::batcher::BatchError;
 use super::error::{ApiError, ErrorKind};
 use super::AppState;
-use crate::decode::decode;
-use crate::{Error, QaRequest};
+use crate::error::Error;
+use crate::pipeline::QaRequest;
 
 /// The OpenAPI 3 description of the endpoints.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Builds the router: question answering on `POST /` and `POST /question-answering`, plus
-/// `/health`, `/info`, `/metrics` and `/openapi.json`.
+/// `/health`, `/info`, `/metrics`, `/openapi.json` and the browser page on `GET /`.
 pub fn router(state: Arc<AppState>) -> Router {
     let qa = Router::new()
         .route("/", post(question_answering))
@@ -37,6 +37,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .merge(qa)
+        // Outside the concurrency limit: loading the page must not take a request's permit.
+        .route("/", get(super::page::page))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -88,6 +90,9 @@ fn request_id(req: &Request) -> String {
 async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = request_id(&req);
     let endpoint = endpoint_label(req.uri().path());
+    // `GET /` is the page, not a question.
+    let answers_questions =
+        req.method() == Method::POST && matches!(endpoint, "/" | "/question-answering");
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -98,7 +103,6 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let mut response = next.run(req).instrument(span.clone()).await;
     let latency = start.elapsed();
     let status = response.status().as_u16();
-    let answers_questions = matches!(endpoint, "/" | "/question-answering");
     state
         .metrics
         .record_request(endpoint, status, answers_questions.then_some(latency));
@@ -258,7 +262,7 @@ async fn question_answering(
         prepared
             .iter()
             .zip(&logits)
-            .map(|(p, l)| decode(&p.context, &p.windows, l, &p.decode))
+            .map(|(p, l)| p.answers(l).answers)
             .collect::<Vec<_>>()
     })
     .await
@@ -291,8 +295,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
     let c = &state.config;
     Json(json!({
         "model_id": qa.files().name,
-        "model_type": qa.arch().model_type,
-        "max_position_embeddings": qa.arch().max_position_embeddings,
+        "model_type": qa.spec().model_type(),
+        "max_position_embeddings": qa.spec().max_input_len(),
         "default_max_seq_len": qa.default_max_seq_len(),
         "max_concurrent_requests": c.max_concurrent_requests,
         "max_batch_tokens": c.max_batch_tokens,

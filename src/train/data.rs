@@ -1,150 +1,12 @@
-//! Training data: SQuAD-format questions → labelled windows ("features"), as run_qa.py's
-//! `prepare_train_features` builds them, and padded batches of those features.
-
-use std::path::Path;
+//! Training data: SQuAD questions ([`crate::squad`]) → labelled windows ("features"), as
+//! run_qa.py's `prepare_train_features` builds them, and padded batches of those features.
 
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::features::QaTokenizer;
 use crate::models::ModelInput;
-
-/// One question of a SQuAD file.
-#[derive(Clone, Debug)]
-pub struct SquadQuestion {
-    /// The question's `id`.
-    pub id: String,
-    /// Title of its article (for messages).
-    pub title: String,
-    /// The question.
-    pub question: String,
-    /// The paragraph it is about.
-    pub context: String,
-    /// Gold answers; empty for an unanswerable (SQuAD v2) question.
-    pub answers: Vec<SquadAnswer>,
-}
-
-/// A gold answer: its text and where it starts in the context, in characters.
-#[derive(Clone, Debug)]
-pub struct SquadAnswer {
-    /// The answer text.
-    pub text: String,
-    /// Offset of its first character in the context (Unicode scalars, as Python counts).
-    pub answer_start: usize,
-}
-
-// A minimal SQuAD v1.1/v2.0 reader for training (`read_squad` walks the articles and paragraphs
-// by hand so that errors can name them), kept apart so that it can be swapped for the
-// crate-wide SQuAD module.
-mod squad_json {
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    pub struct Qa {
-        pub question: String,
-        #[serde(default)]
-        pub answers: Vec<Answer>,
-        #[serde(default)]
-        pub is_impossible: bool,
-    }
-
-    #[derive(Deserialize)]
-    pub struct Answer {
-        pub text: String,
-        pub answer_start: usize,
-    }
-}
-
-/// Reads a SQuAD v1.1 / v2.0 JSON file. A structural error names the article and question
-/// (checked one by one so that the message can point at the culprit).
-pub fn read_squad(path: &Path) -> Result<Vec<SquadQuestion>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let loc = |what: String| format!("{}: {what}", path.display());
-    let root: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Data {
-        location: path.display().to_string(),
-        message: format!("not valid JSON: {e}"),
-    })?;
-    let articles = root
-        .get("data")
-        .and_then(|d| d.as_array())
-        .ok_or_else(|| Error::Data {
-            location: path.display().to_string(),
-            message: "no top-level `data` list: not a SQuAD file".into(),
-        })?;
-    let mut out = Vec::new();
-    for (a, article) in articles.iter().enumerate() {
-        let title = article
-            .get("title")
-            .and_then(|t| t.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let where_article = format!("article {a} ({title:?})");
-        let paragraphs = article
-            .get("paragraphs")
-            .and_then(|p| p.as_array())
-            .ok_or_else(|| Error::Data {
-                location: loc(where_article.clone()),
-                message: "no `paragraphs` list".into(),
-            })?;
-        for (p, paragraph) in paragraphs.iter().enumerate() {
-            let where_par = format!("{where_article}, paragraph {p}");
-            let context = paragraph
-                .get("context")
-                .and_then(|c| c.as_str())
-                .ok_or_else(|| Error::Data {
-                    location: loc(where_par.clone()),
-                    message: "no `context` string".into(),
-                })?;
-            let qas = paragraph
-                .get("qas")
-                .and_then(|q| q.as_array())
-                .ok_or_else(|| Error::Data {
-                    location: loc(where_par.clone()),
-                    message: "no `qas` list".into(),
-                })?;
-            for (q, qa) in qas.iter().enumerate() {
-                let id = qa
-                    .get("id")
-                    .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()));
-                let where_q = match &id {
-                    Some(id) => format!("{where_par}, question {id:?}"),
-                    None => format!("{where_par}, question {q}"),
-                };
-                let parsed: squad_json::Qa =
-                    serde_json::from_value(qa.clone()).map_err(|e| Error::Data {
-                        location: loc(where_q.clone()),
-                        message: e.to_string(),
-                    })?;
-                if parsed.question.trim().is_empty() {
-                    return Err(Error::Data {
-                        location: loc(where_q),
-                        message: "the question is empty".into(),
-                    });
-                }
-                let answers = if parsed.is_impossible {
-                    Vec::new()
-                } else {
-                    parsed
-                        .answers
-                        .into_iter()
-                        .map(|a| SquadAnswer {
-                            text: a.text,
-                            answer_start: a.answer_start,
-                        })
-                        .collect()
-                };
-                out.push(SquadQuestion {
-                    id: id.unwrap_or_default(),
-                    title: title.clone(),
-                    question: parsed.question,
-                    context: context.to_string(),
-                    answers,
-                });
-            }
-        }
-    }
-    Ok(out)
-}
+use crate::squad::{SquadAnswer, SquadExample};
 
 /// One training window with its labels, padded to `max_seq_len`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,7 +51,7 @@ pub fn answer_matches(context: &str, answer: &SquadAnswer) -> bool {
 /// not hold all of it, or the question has no answer).
 pub fn build_features(
     tokenizer: &QaTokenizer,
-    questions: &[SquadQuestion],
+    questions: &[SquadExample],
     max_seq_len: usize,
     doc_stride: usize,
 ) -> Result<TrainFeatures> {

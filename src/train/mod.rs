@@ -4,27 +4,22 @@
 //! that resume exactly.
 
 pub mod data;
-pub mod eval;
 pub mod model;
 pub mod optim;
 pub mod state;
+mod trainer;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::checkpoint::{self, HubOptions, WeightsFile};
+use crate::checkpoint::HubOptions;
 use crate::error::{Error, Result};
-use crate::features::QaTokenizer;
-use crate::pipeline::{LoadOptions, QaParams, QaPipeline};
-use data::{SquadQuestion, TrainBatch};
-use model::TrainableModel;
-use optim::{AdamW, AdamWConfig, LinearSchedule};
-use state::{RunSettings, Snapshot, TrainingState};
+use state::RunSettings;
+use trainer::Trainer;
 
 pub use model::{zero_dropout, Param};
 
@@ -80,7 +75,8 @@ pub struct TrainOptions {
     /// Continue from the most advanced checkpoint in `output`.
     #[serde(skip)]
     pub resume: bool,
-    /// Data contains unanswerable questions; evaluation may answer "no answer".
+    /// Evaluation may answer "no answer" even on data without unanswerable questions (on
+    /// SQuAD v2.0 data it always may, as in `bertqa eval`).
     #[serde(skip)]
     pub version_2_with_negative: bool,
     /// Device.
@@ -267,325 +263,9 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-fn read_eval(o: &TrainOptions) -> Result<Option<Vec<SquadQuestion>>> {
-    let Some(path) = &o.eval_data else {
-        return Ok(None);
-    };
-    let questions = data::read_squad(path)?;
-    if questions.is_empty() {
-        return Err(Error::Data {
-            location: path.display().to_string(),
-            message: "holds no questions".into(),
-        });
-    }
-    Ok(Some(questions))
-}
-
 /// Runs a training job to the end (or until `observer` stops it) and saves the model.
 pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
-    validate(options)?;
-    let out = &options.output;
-    prepare_output(out)?;
-    if !options.resume && state::holds_run(out) {
-        return Err(Error::InvalidInput(format!(
-            "{} already holds a training run; pass --resume to continue it, or choose another --output",
-            out.display()
-        )));
-    }
-    let files = checkpoint::locate(&options.model, &options.hub)?;
-    let base_config = checkpoint::read_json(&files.config)?;
-    let tokenizer = QaTokenizer::from_checkpoint(&files)?;
-    let positions = base_config
-        .get("max_position_embeddings")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(512) as usize;
-    if options.max_seq_len > positions {
-        return Err(invalid(
-            "max_seq_len",
-            format!(
-                "{} exceeds the model's {positions} position embeddings",
-                options.max_seq_len
-            ),
-        ));
-    }
-
-    let questions = data::read_squad(&options.train_data)?;
-    if questions.is_empty() {
-        return Err(Error::Data {
-            location: options.train_data.display().to_string(),
-            message: "holds no questions: nothing to train on".into(),
-        });
-    }
-    let eval_questions = read_eval(options)?;
-    let feats = data::build_features(
-        &tokenizer,
-        &questions,
-        options.max_seq_len,
-        options.doc_stride,
-    )?;
-    if feats.features.is_empty() {
-        return Err(Error::Data {
-            location: options.train_data.display().to_string(),
-            message: format!(
-                "no usable question ({} skipped because answer_start does not point at the answer)",
-                feats.skipped_misaligned
-            ),
-        });
-    }
-    let nf = feats.features.len();
-    let batches_per_epoch = nf.div_ceil(options.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(options.grad_accum);
-    let total_steps = options
-        .max_steps
-        .unwrap_or_else(|| ((options.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
-    let num_epochs = total_steps.div_ceil(steps_per_epoch);
-    let settings = state::run_settings(options, total_steps, nf)?;
-
-    // Model and optimizer: from the base checkpoint, or from the latest checkpoint when resuming.
-    let device = &options.device;
-    let resumed = if options.resume {
-        let found = state::latest(out)?.ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "--resume: {} holds no checkpoint; run without --resume to start",
-                out.display()
-            ))
-        })?;
-        check_same_settings(&found.state.settings, &settings, &found.dir)?;
-        Some(found)
-    } else {
-        None
-    };
-    let (config, weights) = match &resumed {
-        Some(found) => (
-            checkpoint::read_json(&found.dir.join("config.json"))?,
-            WeightsFile::Safetensors(found.dir.join("model.safetensors")),
-        ),
-        None => (base_config, files.weights.clone()),
-    };
-    let vb = checkpoint::open_weights(&weights, candle_core::DType::F32, device)?;
-    let model = TrainableModel::new(&config, vb, options.seed, device).map_err(|e| match e {
-        Error::Candle(err) => Error::Checkpoint {
-            path: weights.path().into(),
-            message: format!("does not fit config.json: {err}"),
-        },
-        other => other,
-    })?;
-    let mut optimizer = AdamW::new(
-        model.params().iter().map(|p| (p.var.clone(), p.decay)),
-        AdamWConfig {
-            weight_decay: options.weight_decay,
-            ..AdamWConfig::default()
-        },
-    )?;
-    let schedule =
-        LinearSchedule::with_warmup_ratio(options.learning_rate, options.warmup_ratio, total_steps);
-    let (mut global_step, mut epoch, mut next_batch, mut last_loss) = (0, 0, 0, None);
-    match &resumed {
-        Some(found) => {
-            state::load_optimizer(&found.dir, &model, &mut optimizer, &found.state, device)?;
-            crate::nn::restore_dropout_rng(found.state.dropout_rng);
-            global_step = found.state.global_step;
-            epoch = found.state.epoch;
-            next_batch = found.state.next_batch;
-            last_loss = found.state.last_loss;
-        }
-        None => crate::nn::seed_dropout(options.seed),
-    }
-
-    observer.started(&Plan {
-        questions: feats.questions,
-        skipped_misaligned: feats.skipped_misaligned,
-        num_features: nf,
-        epochs: num_epochs,
-        total_steps,
-        start_step: global_step,
-        initialised: model.initialised().to_vec(),
-    });
-
-    let eval_options = LoadOptions {
-        hub: options.hub.clone(),
-        device: device.clone(),
-        batch_size: options.batch_size,
-        ..LoadOptions::default()
-    };
-    let eval_params = QaParams {
-        max_seq_len: Some(options.max_seq_len),
-        doc_stride: Some(options.doc_stride),
-        handle_impossible_answer: Some(options.version_2_with_negative),
-        ..QaParams::default()
-    };
-    let evaluate = || -> Result<Option<(f64, f64)>> {
-        let Some(questions) = &eval_questions else {
-            return Ok(None);
-        };
-        // A pipeline on the current weights, on the fast engine where it applies.
-        let qa = QaPipeline::from_tensors(
-            files.clone(),
-            model.config(),
-            model.tensors(),
-            &eval_options,
-        )?;
-        Ok(Some(eval::evaluate(&qa, questions, &eval_params)?))
-    };
-
-    let snapshot_state = |global_step: usize,
-                          epoch: usize,
-                          next_batch: usize,
-                          last_loss: Option<f64>,
-                          optimizer: &AdamW| {
-        let (epoch, next_batch) = if next_batch >= batches_per_epoch {
-            (epoch + 1, 0)
-        } else {
-            (epoch, next_batch)
-        };
-        TrainingState {
-            global_step,
-            epoch,
-            next_batch,
-            shuffle_seed: options.seed,
-            dropout_rng: crate::nn::dropout_rng_state(),
-            param_steps: model
-                .params()
-                .iter()
-                .zip(&optimizer.states)
-                .map(|(p, s)| (p.name.clone(), s.step))
-                .collect(),
-            settings: settings.clone(),
-            last_loss,
-        }
-    };
-
-    let mut reports = Vec::new();
-    let mut stopped = false;
-    'epochs: while epoch < num_epochs && global_step < total_steps {
-        let order = epoch_order(nf, options.seed, epoch);
-        let batches: Vec<&[usize]> = order.chunks(options.batch_size).collect();
-        let (mut loss_sum, mut loss_steps) = (0.0, 0usize);
-        while next_batch < batches.len() && global_step < total_steps {
-            let group_end = (next_batch + options.grad_accum).min(batches.len());
-            let group = &batches[next_batch..group_end];
-            let mut grads: Vec<Option<Tensor>> = vec![None; model.params().len()];
-            let mut step_loss = 0.0;
-            let mut examples = 0;
-            for idx in group {
-                let rows: Vec<_> = idx.iter().map(|&i| &feats.features[i]).collect();
-                examples += rows.len();
-                let batch = TrainBatch::from_features(&rows, device)?;
-                let started = Instant::now();
-                let (loss, _) = model.loss(&batch)?;
-                let forward_s = started.elapsed().as_secs_f64();
-                step_loss += loss.to_scalar::<f32>()? as f64;
-                // The Trainer divides each batch's loss by the batches in the step.
-                let scaled = if group.len() > 1 {
-                    (loss / group.len() as f64)?
-                } else {
-                    loss
-                };
-                let started = Instant::now();
-                let step_grads = model.backward(&scaled)?;
-                tracing::debug!(
-                    forward_s,
-                    backward_s = started.elapsed().as_secs_f64(),
-                    "batch of {}",
-                    rows.len()
-                );
-                for (acc, g) in grads.iter_mut().zip(step_grads) {
-                    if let Some(g) = g {
-                        *acc = Some(match acc.take() {
-                            Some(a) => (a + g)?,
-                            None => g,
-                        });
-                    }
-                }
-            }
-            let started = Instant::now();
-            let grad_norm = if options.max_grad_norm > 0.0 {
-                optim::clip_grad_norm(&mut grads, options.max_grad_norm)?
-            } else {
-                f64::NAN
-            };
-            let lr = schedule.lr(global_step);
-            optimizer.step(&grads, lr)?;
-            tracing::debug!(
-                optimizer_s = started.elapsed().as_secs_f64(),
-                "clipping and AdamW"
-            );
-            global_step += 1;
-            next_batch = group_end;
-            let loss = step_loss / group.len() as f64;
-            last_loss = Some(loss);
-            loss_sum += loss;
-            loss_steps += 1;
-            let flow = observer.step(&StepReport {
-                step: global_step,
-                total_steps,
-                epoch,
-                loss,
-                lr,
-                grad_norm,
-                examples,
-            });
-            if options
-                .save_every
-                .is_some_and(|n| global_step % n == 0 && global_step < total_steps)
-            {
-                let st = snapshot_state(global_step, epoch, next_batch, last_loss, &optimizer);
-                let dir = state::save_checkpoint(
-                    out,
-                    &Snapshot {
-                        model: &model,
-                        optimizer: &optimizer,
-                        state: &st,
-                        base: &files,
-                    },
-                )?;
-                observer.saved(&dir);
-            }
-            if flow.is_break() {
-                stopped = true;
-                break 'epochs;
-            }
-        }
-        let complete = next_batch >= batches.len();
-        let report = EpochReport {
-            epoch,
-            mean_loss: if loss_steps > 0 {
-                loss_sum / loss_steps as f64
-            } else {
-                f64::NAN
-            },
-            step: global_step,
-            eval: evaluate()?,
-            complete,
-        };
-        observer.epoch_end(&report);
-        reports.push(report);
-        if !complete {
-            break;
-        }
-        epoch += 1;
-        next_batch = 0;
-    }
-
-    if !stopped {
-        let st = snapshot_state(global_step, epoch, next_batch, last_loss, &optimizer);
-        state::save_final(
-            out,
-            &Snapshot {
-                model: &model,
-                optimizer: &optimizer,
-                state: &st,
-                base: &files,
-            },
-        )?;
-        observer.saved(out);
-    }
-    Ok(TrainSummary {
-        global_step,
-        last_loss,
-        epochs: reports,
-        stopped,
-    })
+    Trainer::set_up(options)?.run(observer)
 }
 
 fn check_same_settings(saved: &RunSettings, now: &RunSettings, dir: &Path) -> Result<()> {

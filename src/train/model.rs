@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::data::TrainBatch;
 use crate::error::{Error, Result};
-use crate::models::{self, ArchInfo, ModelInput, QaLogits, QaModel};
+use crate::models::{ModelInput, ModelSpec, QaLogits, QaModel};
 
 /// A trainable parameter.
 #[derive(Clone, Debug)]
@@ -28,7 +28,7 @@ pub struct Param {
 /// The model being trained: the architecture's forward pass over [`Param`]s.
 pub struct TrainableModel {
     model: Arc<dyn QaModel>,
-    info: ArchInfo,
+    spec: ModelSpec,
     config: serde_json::Value,
     params: Vec<Param>,
     initialised: Vec<String>,
@@ -185,23 +185,23 @@ pub fn zero_dropout(config: &mut serde_json::Value) {
     }
 }
 
-/// Masks for the embeddings that transformers creates with `padding_idx = pad_token_id`: word
-/// embeddings everywhere, position embeddings too in RoBERTa-style models.
+/// Masks for the embeddings that transformers creates with `padding_idx = pad_token_id` (the
+/// architecture's `padding_tables`), when config.json declares a padding token.
 fn padding_masks(
-    config: &serde_json::Value,
-    model_type: &str,
+    spec: &ModelSpec,
     params: &[Param],
     device: &Device,
 ) -> Result<Vec<Option<Tensor>>> {
-    let Some(pad) = config.get("pad_token_id").and_then(|v| v.as_u64()) else {
+    let Some(pad) = spec.pad_token_id() else {
         return Ok(vec![None; params.len()]);
     };
-    let roberta_like = matches!(model_type, "roberta" | "xlm-roberta" | "camembert");
+    let tables = spec.architecture().padding_tables;
     params
         .iter()
         .map(|p| {
-            let padded = p.name.ends_with("word_embeddings.weight")
-                || (roberta_like && p.name.ends_with("position_embeddings.weight"));
+            let padded = tables
+                .iter()
+                .any(|t| p.name.ends_with(&format!("{t}.weight")));
             let rows = p.var.as_tensor().dim(0)?;
             if !padded || pad as usize >= rows {
                 return Ok(None);
@@ -213,22 +213,6 @@ fn padding_masks(
         .collect()
 }
 
-/// transformers' class name for a QA model of `model_type`.
-pub fn qa_architecture(model_type: &str) -> String {
-    let base = match model_type {
-        "bert" => "Bert",
-        "distilbert" => "DistilBert",
-        "roberta" => "Roberta",
-        "xlm-roberta" => "XLMRoberta",
-        "albert" => "Albert",
-        "electra" => "Electra",
-        "deberta-v2" => "DebertaV2",
-        "mobilebert" => "MobileBert",
-        other => other,
-    };
-    format!("{base}ForQuestionAnswering")
-}
-
 impl TrainableModel {
     /// Builds the architecture of `config` with trainable copies of the tensors in `weights`;
     /// a missing QA head is initialised from `init_seed` with std `initializer_range`.
@@ -238,10 +222,8 @@ impl TrainableModel {
         init_seed: u64,
         device: &Device,
     ) -> Result<Self> {
-        let init_std = config
-            .get("initializer_range")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.02);
+        let spec = ModelSpec::parse(config)?;
+        let init_std = spec.initializer_range();
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let initialised = Arc::new(Mutex::new(Vec::new()));
         let backend = TrainableWeights {
@@ -252,7 +234,7 @@ impl TrainableModel {
             initialised: initialised.clone(),
         };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let (model, info) = models::build(config, vb)?;
+        let model = spec.reference_model(vb)?;
         fn take<T>(m: &Mutex<Vec<T>>) -> Result<Vec<T>> {
             m.lock()
                 .map(|mut v| std::mem::take(&mut *v))
@@ -272,15 +254,12 @@ impl TrainableModel {
         }
         let mut config = config.clone();
         if let Some(map) = config.as_object_mut() {
-            map.insert(
-                "architectures".into(),
-                serde_json::json!([qa_architecture(&info.model_type)]),
-            );
+            map.insert("architectures".into(), serde_json::json!([spec.qa_class()]));
         }
-        let padding_masks = padding_masks(&config, &info.model_type, &params, device)?;
+        let padding_masks = padding_masks(&spec, &params, device)?;
         Ok(Self {
             model: Arc::from(model),
-            info,
+            spec,
             config,
             params,
             initialised,
@@ -298,9 +277,9 @@ impl TrainableModel {
         &self.initialised
     }
 
-    /// Architecture facts.
-    pub fn info(&self) -> &ArchInfo {
-        &self.info
+    /// The parsed config.json: architecture and limits.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
     }
 
     /// config.json for the trained model (`architectures` set to the QA class).

@@ -12,12 +12,16 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
+use super::data::TrainFeature;
 use super::model::TrainableModel;
 use super::optim::AdamW;
 use super::TrainOptions;
 use crate::checkpoint::CheckpointFiles;
 use crate::error::{Error, Result};
 use crate::nn::DropoutRngState;
+use crate::squad::SquadExample;
 
 /// File holding [`TrainingState`].
 pub const STATE_FILE: &str = "training_state.json";
@@ -42,15 +46,48 @@ const TOKENIZER_FILES: &[&str] = &[
 
 /// Settings that must not change between a run and its resumption: the serialised
 /// [`TrainOptions`] (the fields that shape the run: learning rate, epochs, batch size, …) with
-/// the run's total steps and number of training features (which identifies the data and its
-/// preprocessing).
+/// the run's total steps, its number of training windows and a digest of those windows and
+/// their labels (which identifies the data and its preprocessing, down to one changed word).
 pub type RunSettings = serde_json::Map<String, serde_json::Value>;
 
-/// [`RunSettings`] of a run of `options` over `num_features` windows in `total_steps` steps.
+/// SHA-256, as hex, of the training data: every question (id, text, context, answers) and the
+/// windows made of them (token ids, token types, mask, labels), in order.
+pub fn data_digest(examples: &[SquadExample], features: &[TrainFeature]) -> String {
+    let mut hash = Sha256::new();
+    let mut text = |s: &str| {
+        hash.update((s.len() as u64).to_le_bytes());
+        hash.update(s.as_bytes());
+    };
+    for e in examples {
+        text(&e.id);
+        text(&e.question);
+        text(&e.context);
+        for a in &e.answers {
+            text(&a.text);
+            text(&a.answer_start.to_string());
+        }
+        text(if e.is_impossible { "impossible" } else { "" });
+    }
+    for f in features {
+        for row in [&f.input_ids, &f.token_type_ids, &f.attention_mask] {
+            hash.update((row.len() as u64).to_le_bytes());
+            for v in row.iter() {
+                hash.update(v.to_le_bytes());
+            }
+        }
+        hash.update(f.start_position.to_le_bytes());
+        hash.update(f.end_position.to_le_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// [`RunSettings`] of a run of `options` over `examples`, cut into `features`, in
+/// `total_steps` steps.
 pub fn run_settings(
     options: &TrainOptions,
     total_steps: usize,
-    num_features: usize,
+    examples: &[SquadExample],
+    features: &[TrainFeature],
 ) -> Result<RunSettings> {
     #[derive(Serialize)]
     struct Settings<'a> {
@@ -58,11 +95,13 @@ pub fn run_settings(
         options: &'a TrainOptions,
         total_steps: usize,
         num_features: usize,
+        data_sha256: String,
     }
     let settings = Settings {
         options,
         total_steps,
-        num_features,
+        num_features: features.len(),
+        data_sha256: data_digest(examples, features),
     };
     match serde_json::to_value(settings) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
@@ -184,8 +223,11 @@ fn write_all_files(dir: &Path, snap: &Snapshot) -> Result<Vec<&'static str>> {
     Ok(names)
 }
 
+/// Prefix of the temporary directories checkpoints are written into (`.tmp-TAG-PID`).
+pub const TEMP_PREFIX: &str = ".tmp-";
+
 fn temp_dir(output: &Path, tag: &str) -> Result<PathBuf> {
-    let tmp = output.join(format!(".tmp-{tag}-{}", std::process::id()));
+    let tmp = output.join(format!("{TEMP_PREFIX}{tag}-{}", std::process::id()));
     if tmp.exists() {
         io(&tmp, std::fs::remove_dir_all(&tmp))?;
     }

@@ -40,16 +40,27 @@ fn check_training_path(arch: &str) {
         .expect("golden cases");
     let prepared = qa.prepare(&common::request(case)).expect("prepare");
     assert!(prepared.windows.len() > 1, "{arch}: want a padded batch");
-    let windows: Vec<_> = prepared.windows.iter().collect();
-    let input = qa.batch_input(&windows).expect("batch");
-    let eval = qa
-        .model()
-        .expect("the reference engine runs this architecture")
-        .forward(&input, false)
-        .expect("inference forward");
+    let tokens: Vec<_> = prepared
+        .windows
+        .iter()
+        .map(|w| bertqa::Tokens {
+            input_ids: w.input_ids(),
+            token_type_ids: w.token_type_ids(),
+        })
+        .collect();
 
     let config_text = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
     let mut config: serde_json::Value = serde_json::from_str(&config_text).expect("config json");
+    let weights = bertqa::checkpoint::open_weights(&qa.files().weights, DType::F32, &Device::Cpu)
+        .expect("weights");
+    let (reference, _) = bertqa::models::build(&config, weights).expect("reference model");
+    let engine =
+        bertqa::models::ReferenceEngine::new(reference, qa.tokenizer().pad_token_id(), Device::Cpu);
+    let input = engine.padded_input(&tokens).expect("batch");
+    let eval = engine
+        .model()
+        .forward(&input, false)
+        .expect("inference forward");
     let build = |config: &serde_json::Value| {
         // Every checkpoint tensor becomes a trainable variable under its Hugging Face name.
         let varmap = VarMap::new();

@@ -6,8 +6,8 @@ use crate::common;
 
 use std::collections::HashMap;
 
-use bertqa::decode::WindowLogits;
 use bertqa::models::{self, ModelInput, QaModel};
+use bertqa::WindowLogits;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 

@@ -3,8 +3,6 @@
 
 use crate::common;
 
-use bertqa::decode::decode;
-
 #[test]
 fn minilm_xquad_answers_match_transformers() {
     let dir = common::shared().join("models/minilm-xquad-qa");
@@ -20,7 +18,7 @@ fn minilm_xquad_answers_match_transformers() {
             .collect();
         let logits = qa.run_prepared(&prepared, |_| {}).expect("model run");
         for ((case, p), l) in chunk.iter().zip(&prepared).zip(&logits) {
-            let answers = decode(&p.context, &p.windows, l, &p.decode);
+            let answers = p.answers(l).answers;
             errors.extend(common::compare_answers(&case.id, &answers, &case.expected));
         }
     }

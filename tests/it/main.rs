@@ -4,6 +4,7 @@ mod common;
 
 mod cli;
 mod eval_cli;
+mod fast_engine;
 mod golden_arch_a;
 mod golden_arch_b;
 mod golden_bert;
@@ -11,6 +12,8 @@ mod golden_deberta;
 mod golden_minilm;
 mod int8;
 mod properties;
+mod registry;
+mod robustness;
 mod sentencepiece_fallback;
 mod server;
 mod train_cli;

@@ -86,3 +86,76 @@ proptest! {
         }
     }
 }
+
+/// The three kinds of tokenizer: WordPiece, byte-level BPE, SentencePiece unigram.
+fn pipelines() -> &'static [QaPipeline; 3] {
+    static QA: OnceLock<[QaPipeline; 3]> = OnceLock::new();
+    QA.get_or_init(|| {
+        ["bert-uncased", "roberta", "xlm-roberta"]
+            .map(|f| common::load_pipeline(&common::fixture(f)))
+    })
+}
+
+/// Any parameters, including nonsense: zero, tiny, huge and past the model's limits.
+fn any_params() -> impl Strategy<Value = QaParams> {
+    let size = prop_oneof![0usize..4, 4usize..96, Just(512), Just(usize::MAX)];
+    (
+        prop_oneof![0usize..4, Just(usize::MAX)],
+        size.clone(),
+        prop_oneof![0usize..96, Just(384), Just(100_000)],
+        proptest::option::of(size),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(top_k, max_answer_len, max_seq_len, doc_stride, impossible)| QaParams {
+                top_k: Some(top_k),
+                max_answer_len: Some(max_answer_len),
+                max_seq_len: Some(max_seq_len),
+                doc_stride,
+                handle_impossible_answer: Some(impossible),
+                ..QaParams::default()
+            },
+        )
+}
+
+/// Questions from one word to several hundred tokens, of any script.
+fn question() -> impl Strategy<Value = String> {
+    ("[a-zA-Z àé中文😀?]{1,40}", 1usize..30).prop_map(|(q, n)| q.repeat(n))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Whatever the question, context and parameters, on every kind of tokenizer: a clear
+    /// error about the input or its parameters, or answers that are exact slices of the context.
+    /// Never a panic.
+    #[test]
+    fn any_input_gets_an_error_or_exact_answers(
+        kind in 0usize..3,
+        question in question(),
+        context in context(),
+        params in any_params(),
+    ) {
+        let qa = &pipelines()[kind];
+        let request = QaRequest { question, context: context.clone(), params };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| qa.answer_one(&request)));
+        let Ok(result) = outcome else {
+            return Err(TestCaseError::fail(format!("panicked on {request:?}")));
+        };
+        match result {
+            Ok(answers) => {
+                let chars: Vec<char> = context.chars().collect();
+                for a in &answers {
+                    prop_assert!(a.start <= a.end && a.end <= chars.len(), "{a:?}");
+                    let expected: String = chars[a.start..a.end].iter().collect();
+                    prop_assert_eq!(&a.answer, &expected);
+                }
+                prop_assert!(answers.len() <= request.params.top_k.unwrap_or(1));
+            }
+            Err(e) => prop_assert!(
+                matches!(e, bertqa::Error::InvalidInput(_) | bertqa::Error::InvalidParameter { .. }),
+                "not an input error: {e}"
+            ),
+        }
+    }
+}

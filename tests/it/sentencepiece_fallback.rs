@@ -63,7 +63,8 @@ impl Drop for Scratch {
 
 fn tokenizer_of(dir: &Path) -> bertqa::Result<QaTokenizer> {
     let files = locate(dir.to_str().unwrap(), &HubOptions::default())?;
-    QaTokenizer::from_checkpoint(&files)
+    let spec = bertqa::models::ModelSpec::parse(&bertqa::checkpoint::read_json(&files.config)?)?;
+    QaTokenizer::from_checkpoint(&files, &spec)
 }
 
 fn check_golden(arch: &str, dir: &Path, model_file: &str) {

@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
@@ -660,16 +661,23 @@ fn inputs_of_a_client_that_left_are_dropped_before_compute() {
     let input = long_input(12_000);
     let body = json!({"inputs": [input, input, input], "parameters": {"max_seq_len": 48, "doc_stride": 8}});
     let batches_before = server.metric("bertqa_batches_total").expect("batches");
-    let impatient = ureq::AgentBuilder::new()
-        .timeout(Duration::from_millis(500))
-        .build();
-    let result = impatient
-        .post(&format!("{}/question-answering", server.base))
-        .send_string(&body.to_string());
-    assert!(
-        matches!(result, Err(ureq::Error::Transport(_))),
-        "the request should have timed out"
-    );
+    // The client sends the request, waits until its inputs are queued, and hangs up.
+    let text = body.to_string();
+    let address = server.base.trim_start_matches("http://");
+    let mut client = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        client,
+        "POST /question-answering HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{text}",
+        text.len()
+    )
+    .expect("send the request");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("bertqa_queue_size") != Some(3.0) {
+        assert!(Instant::now() < deadline, "the inputs were never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(client);
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.metric("bertqa_queue_size") != Some(0.0) {
         assert!(Instant::now() < deadline, "the queue never emptied");
@@ -685,4 +693,94 @@ fn inputs_of_a_client_that_left_are_dropped_before_compute() {
     // The server is fine afterwards.
     let short = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
     assert_eq!(server.post(&short).status, 200);
+}
+
+#[test]
+fn the_page_is_served_on_get_root_and_post_root_still_answers() {
+    let server = Server::start(&common::fixture("bert-uncased"), &[]);
+    let page = server.request("GET", "/", None);
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "text/html");
+    assert!(page
+        .header("content-type")
+        .is_some_and(|t| t.contains("charset=utf-8")));
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|csp| csp.contains("default-src 'none'")));
+    assert!(page.text.starts_with("<!doctype html>"), "{}", page.text);
+    assert!(page.text.contains("id=\"question\""));
+
+    let golden = common::load_golden(&common::fixture("bert-uncased").join("golden.json"));
+    let case = &golden.cases[0];
+    let reply = server.request("POST", "/", Some(&case_body(case).to_string()));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let errors = common::compare_answers(&case.id, &answers_of(&reply.json()), &case.expected);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+
+    // Only the question counts as answered; the page is a plain GET.
+    assert_eq!(
+        server.metric("bertqa_requests_total{endpoint=\"/\",status=\"200\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        server.metric("bertqa_request_duration_seconds_count"),
+        Some(1.0)
+    );
+    assert_error(
+        &server.request("PUT", "/", Some("{}")),
+        405,
+        "method_not_allowed",
+        "method",
+    );
+}
+
+/// A question that leaves no room for `doc_stride` in the window is the client's error (422,
+/// with the limits in the message), never a 500 or a panic in the log.
+#[test]
+fn a_question_longer_than_the_window_allows_is_a_422() {
+    let server = Server::start(&minilm(), &[]);
+    let question = "why ".repeat(33);
+    let context = long_input(5_000)["context"].clone();
+    let body = json!({"inputs": {"question": question, "context": context},
+        "parameters": {"max_seq_len": 48}});
+    let reply = server.post(&body);
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert!(reply.text.contains("max_seq_len 48"), "{}", reply.text);
+    let logs = server.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    // Absurd answer lengths mean "no limit", as in transformers.
+    let body = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."},
+        "parameters": {"max_answer_len": u64::MAX}});
+    let reply = server.post(&body);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.text.contains("Ann"), "{}", reply.text);
+}
+
+/// A bad request sent among good ones fails alone: the good ones, batched with it, are
+/// answered.
+#[test]
+fn a_bad_request_does_not_fail_the_requests_beside_it() {
+    let server = Arc::new(Server::start(&minilm(), &[]));
+    let good = long_input(3_000);
+    let bad = json!({"inputs": long_input(15_000), "parameters": {"max_seq_len": 1}});
+    let start = Arc::new(Barrier::new(7));
+    let clients: Vec<_> = (0..7)
+        .map(|i| {
+            let (server, start) = (server.clone(), start.clone());
+            let body = if i == 3 {
+                bad.clone()
+            } else {
+                json!({"inputs": good.clone()})
+            };
+            std::thread::spawn(move || {
+                start.wait();
+                server.post(&body)
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for (i, reply) in replies.iter().enumerate() {
+        let want = if i == 3 { 422 } else { 200 };
+        assert_eq!(reply.status, want, "request {i}: {}", reply.text);
+    }
 }

@@ -220,3 +220,22 @@ pub fn check_fixture(arch: &str) {
         errors.join("\n")
     );
 }
+
+/// A copy of fixture `arch` whose config.json has `changes` applied: a checkpoint with options
+/// the fixtures do not cover. The weights are the fixture's, so it loads only where the changed
+/// options leave the tensors' shapes as they are.
+pub fn fixture_with_config(arch: &str, changes: &[(&str, serde_json::Value)]) -> TempDir {
+    let dir = TempDir::new(arch);
+    for entry in std::fs::read_dir(fixture(arch)).expect("read the fixture") {
+        let path = entry.expect("fixture entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("file name"))).expect("copy");
+    }
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    for (key, value) in changes {
+        config[*key] = value.clone();
+    }
+    std::fs::write(&path, config.to_string()).expect("write config");
+    dir
+}

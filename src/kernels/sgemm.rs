@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{activate_slice, fill_rows, Act};
+use super::ops::{activate_slice, fill_rows, Act};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{activate8, transpose8x8};
 
@@ -294,79 +294,157 @@ impl PackedWeights {
         packed_x.resize(packed_x.len().max(tiles * MR * kc_max + PACK_SLACK), 0.0);
         for k0 in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - k0);
-            // Activations of this k block as `[tile][kc][MR]`, written in order (the six
-            // source rows are read as sequential streams). Rows past the end repeat the last
-            // row: their sums are never written back.
-            for t in 0..tiles {
-                let r0 = t * MR;
-                let last = rows - r0 - 1;
-                let src: [&[f32]; MR] =
-                    std::array::from_fn(|r| &x[(r0 + r.min(last)) * k + k0..][..kc]);
-                // SAFETY: AVX2/FMA are enabled here; the slice has the slack `pack_tile` needs
-                // (the buffer holds PACK_SLACK values past the last tile).
-                unsafe { pack_tile(src, &mut packed_x[t * kc * MR..][..kc * MR + PACK_SLACK]) };
-            }
+            // SAFETY: the CPU supports AVX2 and FMA (this function's contract).
+            unsafe { pack_k_block(x, k, k0, kc, &mut packed_x) };
             // The first k block starts the sums from the bias (or from `out`), the last one
             // applies the activation.
-            let first = k0 == 0;
-            let tile_act = if k0 + kc == k { act } else { None };
+            let block = KBlock {
+                k0,
+                kc,
+                rows,
+                packed: &packed_x,
+                bias: if k0 == 0 { bias } else { None },
+                act: if k0 + kc == k { act } else { None },
+            };
             let panels = n.div_ceil(NR);
             for first_panel in (0..panels).step_by(P) {
                 let group = P.min(panels - first_panel);
-                let weights = &self.data[first_panel * k * NR..][..group * k * NR];
-                let weights = &weights[k0 * NR..];
-                let col0 = first_panel * NR;
-                let cols = (group * NR).min(n - col0);
-                // The bias of a partial panel is padded to NR (its extra sums are dropped).
-                let mut bias_tile = [0f32; WIDE_PANELS * NR];
-                let start = match bias {
-                    Some(b) if first => {
-                        bias_tile[..cols].copy_from_slice(&b[col0..col0 + cols]);
-                        Start::Bias(&bias_tile)
-                    }
-                    _ => Start::Accumulate,
-                };
-                for t in 0..tiles {
-                    let a = &packed_x[t * kc * MR..][..kc * MR];
-                    let r0 = t * MR;
-                    let tile_rows = MR.min(rows - r0);
-                    let tile = |c: *mut f32, ldc: usize| Tile {
-                        kc,
-                        a,
-                        b: weights,
-                        panel_stride: k * NR,
-                        panels: group,
-                        c,
-                        ldc,
-                        start,
-                        act: tile_act,
-                    };
-                    if tile_rows == MR && cols == group * NR {
-                        // SAFETY: the caller guarantees the kernel's CPU features. `a` holds
-                        // kc·MR values and `weights` reaches kc·NR values into each of the
-                        // `group` panels; the C tile spans rows r0..r0+MR (≤ rows) and columns
-                        // col0..col0+group·NR (≤ n) of `out`, whose row stride is n, so its
-                        // last element lies inside `out`.
-                        kernel(tile(unsafe { out.as_mut_ptr().add(r0 * n + col0) }, n));
-                    } else {
-                        // Edge tile: run on a full-size copy, write back the valid part.
-                        let width = group * NR;
-                        let mut c = [0f32; MR * WIDE_PANELS * NR];
-                        for r in 0..tile_rows {
-                            let at = (r0 + r) * n + col0;
-                            c[r * width..r * width + cols].copy_from_slice(&out[at..at + cols]);
-                        }
-                        // As above, with the C tile being `c` (MR rows of `width`).
-                        kernel(tile(c.as_mut_ptr(), width));
-                        for r in 0..tile_rows {
-                            let at = (r0 + r) * n + col0;
-                            out[at..at + cols].copy_from_slice(&c[r * width..r * width + cols]);
-                        }
-                    }
-                }
+                self.panel_group(&block, first_panel, group, out, &kernel);
             }
         }
         PACKED_X.set(packed_x);
+    }
+
+    /// One k block of a row block against the `group` panels from `first_panel`: every row
+    /// tile through `kernel`, each meeting the contract stated at [`Self::row_block`]. Edge
+    /// tiles (fewer than `MR` rows, or a partial panel) run on a copy.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn panel_group(
+        &self,
+        block: &KBlock,
+        first_panel: usize,
+        group: usize,
+        out: &mut [f32],
+        kernel: &impl Fn(Tile),
+    ) {
+        let (n, k) = (self.n, self.k);
+        let KBlock {
+            k0,
+            kc,
+            rows,
+            packed,
+            bias,
+            act,
+        } = *block;
+        let weights = &self.data[first_panel * k * NR..][..group * k * NR];
+        let weights = &weights[k0 * NR..];
+        let col0 = first_panel * NR;
+        let cols = (group * NR).min(n - col0);
+        // The bias of a partial panel is padded to NR (its extra sums are dropped).
+        let mut bias_tile = [0f32; WIDE_PANELS * NR];
+        let start = match bias {
+            Some(b) => {
+                bias_tile[..cols].copy_from_slice(&b[col0..col0 + cols]);
+                Start::Bias(&bias_tile)
+            }
+            None => Start::Accumulate,
+        };
+        for t in 0..rows.div_ceil(MR) {
+            let a = &packed[t * kc * MR..][..kc * MR];
+            let r0 = t * MR;
+            let tile_rows = MR.min(rows - r0);
+            let tile = |c: *mut f32, ldc: usize| Tile {
+                kc,
+                a,
+                b: weights,
+                panel_stride: k * NR,
+                panels: group,
+                c,
+                ldc,
+                start,
+                act,
+            };
+            if tile_rows == MR && cols == group * NR {
+                // SAFETY: `a` holds kc·MR values and `weights` reaches kc·NR values into each
+                // of the `group` panels; the C tile spans rows r0..r0+MR (≤ rows) and columns
+                // col0..col0+group·NR (≤ n) of `out`, whose row stride is n, so its last
+                // element lies inside `out`.
+                kernel(tile(unsafe { out.as_mut_ptr().add(r0 * n + col0) }, n));
+            } else {
+                // Edge tile: run on a full-size copy, write back the valid part.
+                let (edge_rows, edge_cols) = (r0..r0 + tile_rows, col0..col0 + cols);
+                on_edge_tile(out, n, edge_rows, edge_cols, group * NR, |c, ldc| {
+                    kernel(tile(c, ldc))
+                });
+            }
+        }
+    }
+}
+
+/// One k block of a row block, as [`PackedWeights::panel_group`] reads it.
+#[derive(Clone, Copy)]
+struct KBlock<'a> {
+    /// First `k` of the block.
+    k0: usize,
+    /// Its length.
+    kc: usize,
+    /// Rows of the row block.
+    rows: usize,
+    /// The block's packed activations, `[tile][kc][MR]` (see [`pack_k_block`]).
+    packed: &'a [f32],
+    /// The bias the sums start from (the first k block only), else they start from `out`.
+    bias: Option<&'a [f32]>,
+    /// The activation applied to the sums (the last k block only).
+    act: Option<Act>,
+}
+
+/// Packs the activations `x[.., k0..k0 + kc]` (row-major, `k` per row) as `[tile][kc][MR]`,
+/// written in order (the six source rows are read as sequential streams). Rows past the end
+/// repeat the last row: their sums are never written back.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pack_k_block(x: &[f32], k: usize, k0: usize, kc: usize, packed: &mut [f32]) {
+    let rows = x.len() / k;
+    for t in 0..rows.div_ceil(MR) {
+        let r0 = t * MR;
+        let last = rows - r0 - 1;
+        let row = |r: usize| &x[(r0 + r.min(last)) * k + k0..][..kc];
+        // Spelled out: `array::from_fn` here was left as a call, not inlined.
+        let src: [&[f32]; MR] = [row(0), row(1), row(2), row(3), row(4), row(5)];
+        // SAFETY: AVX2/FMA are enabled (the caller's contract); the slice has the slack
+        // `pack_tile` needs (the buffer holds PACK_SLACK values past the last tile).
+        unsafe { pack_tile(src, &mut packed[t * kc * MR..][..kc * MR + PACK_SLACK]) };
+    }
+}
+
+/// Runs `kernel` on an edge tile of `out` (row stride `n`): the rows `rows` (at most `MR`) and
+/// columns `cols` are copied into a full-size tile of `MR` rows of `width` values, which
+/// `kernel` gets (pointer and row stride), and the valid part is written back.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn on_edge_tile(
+    out: &mut [f32],
+    n: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    width: usize,
+    kernel: impl FnOnce(*mut f32, usize),
+) {
+    let (r0, col0, cols) = (rows.start, cols.start, cols.len());
+    let mut c = [0f32; MR * WIDE_PANELS * NR];
+    for r in 0..rows.len() {
+        let at = (r0 + r) * n + col0;
+        c[r * width..r * width + cols].copy_from_slice(&out[at..at + cols]);
+    }
+    // The kernel's C tile is `c`: MR rows of `width` ≤ WIDE_PANELS·NR values.
+    kernel(c.as_mut_ptr(), width);
+    for r in 0..rows.len() {
+        let at = (r0 + r) * n + col0;
+        out[at..at + cols].copy_from_slice(&c[r * width..r * width + cols]);
     }
 }
 

@@ -1,7 +1,8 @@
-//! Fully connected layers of the fast engine.
+//! Fully connected layers: f32 on packed weights, or int8.
 
-use super::kernels::{activate, fill_rows, matmul, Act, MatMut, MatRef};
+use super::ops::{activate, fill_rows, matmul, Act, MatMut, MatRef};
 use super::sgemm::PackedWeights;
+use crate::engine::Precision;
 
 /// An f32 linear layer `y = x·Wᵀ + b`, with `W` in Hugging Face's `[out, in]` layout.
 ///
@@ -104,18 +105,6 @@ pub fn dense_forward(x: &[f32], weight: &[f32], bias: &[f32], rows: usize, out: 
     );
 }
 
-/// The arithmetic of the encoder's linear layers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 throughout (the same answers as transformers).
-    #[default]
-    F32,
-    /// int8 weights (per output channel) and activations (per row), i32 accumulation; about
-    /// 1.5–2× as fast as f32 on AVX2 machines, 2–2.5× with AVX-512 VNNI (whole model).
-    /// Attention, LayerNorm and the QA head stay f32.
-    Int8,
-}
-
 /// A linear layer in the precision chosen at load.
 #[derive(Debug)]
 pub enum Linear {
@@ -152,6 +141,14 @@ impl Linear {
         match self {
             Linear::Dense(l) => l.out_features(),
             Linear::Int8(l) => l.out_features(),
+        }
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        match self {
+            Linear::Dense(l) => l.in_features(),
+            Linear::Int8(l) => l.in_features(),
         }
     }
 

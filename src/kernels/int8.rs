@@ -27,7 +27,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{activate_slice, Act};
+use super::ops::{activate_slice, Act};
 
 /// Output channels per packed weight block: two AVX2 vectors of 8 `i32` lanes, or one
 /// AVX-512 vector of 16.
@@ -262,7 +262,7 @@ impl QuantizedLinear {
 
     /// Computes `out = act(x·Wᵀ + bias)`, applying `act` to each row of a tile as it is
     /// scaled back to `f32` rather than in another pass over `out`. The result is exactly
-    /// that of [`Self::forward`] followed by [`super::kernels::activate`].
+    /// that of [`Self::forward`] followed by [`super::ops::activate`].
     ///
     /// # Panics
     /// As [`Self::forward`].
@@ -270,6 +270,7 @@ impl QuantizedLinear {
         self.forward_with(self.kernel, x, rows, act, out);
     }
 
+    /// [`Self::forward_activated`] on `kernel`, which must take the layer's weights exactly.
     fn forward_with(
         &self,
         kernel: Kernel,
@@ -298,66 +299,98 @@ impl QuantizedLinear {
             return;
         }
         if self.in_features == 0 {
-            for out_row in out.chunks_exact_mut(self.out_features) {
-                out_row.copy_from_slice(&self.bias[..self.out_features]);
-                if let Some(act) = act {
-                    activate_slice::<false>(act, out_row);
-                }
-            }
+            self.fill_with_bias(act, out);
             return;
         }
-        let blocks = self.out_features.div_ceil(NR);
         let threads = rayon::current_num_threads().max(1);
         // About three row blocks per thread balances the load without shrinking blocks below
         // a few micro tiles.
         let mc = rows.div_ceil(3 * threads).next_multiple_of(MR).min(MC_MAX);
         let row_tasks = rows.div_ceil(mc);
         if row_tasks >= threads {
-            out.par_chunks_mut(mc * self.out_features)
-                .zip(x.par_chunks(mc * self.in_features))
-                .for_each(|(out_block, x_block)| {
-                    let acts = self.quantize_rows(kernel, x_block);
-                    let target = Target {
-                        blocks: 0..blocks,
-                        out: out_block,
-                        out_stride: self.out_features,
-                        col0: 0,
-                        act,
-                    };
-                    self.compute(kernel, &acts, target);
-                });
+            self.forward_split_by_rows(kernel, x, mc, act, out);
         } else {
-            // Few rows (e.g. one query): split the output channels instead. Each task writes
-            // its columns to a small buffer of its own, copied into place afterwards.
-            let acts = self.quantize_rows(kernel, x);
-            let per_task = blocks.div_ceil(threads);
-            let parts: Vec<(usize, usize, Vec<f32>)> = (0..blocks)
-                .step_by(per_task)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|first| {
-                    let end = (first + per_task).min(blocks);
-                    let col0 = first * NR;
-                    let width = (end * NR).min(self.out_features) - col0;
-                    let mut part = vec![0f32; rows * width];
-                    let target = Target {
-                        blocks: first..end,
-                        out: &mut part,
-                        out_stride: width,
-                        col0,
-                        act,
-                    };
-                    self.compute(kernel, &acts, target);
-                    (col0, width, part)
-                })
-                .collect();
-            for (col0, width, part) in parts {
-                for (out_row, part_row) in out
-                    .chunks_exact_mut(self.out_features)
-                    .zip(part.chunks_exact(width))
-                {
-                    out_row[col0..col0 + width].copy_from_slice(part_row);
-                }
+            self.forward_split_by_channels(kernel, x, rows, threads, act, out);
+        }
+    }
+
+    /// The product without inputs (`in_features == 0`): every row of `out` is `act(bias)`.
+    fn fill_with_bias(&self, act: Option<Act>, out: &mut [f32]) {
+        for out_row in out.chunks_exact_mut(self.out_features) {
+            out_row.copy_from_slice(&self.bias[..self.out_features]);
+            if let Some(act) = act {
+                activate_slice::<false>(act, out_row);
+            }
+        }
+    }
+
+    /// The product with one parallel task per block of `mc` rows, each quantizing its own rows
+    /// and writing all output channels of them in place.
+    fn forward_split_by_rows(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        mc: usize,
+        act: Option<Act>,
+        out: &mut [f32],
+    ) {
+        let blocks = self.out_features.div_ceil(NR);
+        out.par_chunks_mut(mc * self.out_features)
+            .zip(x.par_chunks(mc * self.in_features))
+            .for_each(|(out_block, x_block)| {
+                let acts = self.quantize_rows(kernel, x_block);
+                let target = Target {
+                    blocks: 0..blocks,
+                    out: out_block,
+                    out_stride: self.out_features,
+                    col0: 0,
+                    act,
+                };
+                self.compute(kernel, &acts, target);
+            });
+    }
+
+    /// The product for few rows (e.g. one query), too few to keep `threads` busy: the rows
+    /// are quantized once and the output channels split between the tasks instead. Each task
+    /// writes its columns to a small buffer of its own, copied into place afterwards.
+    fn forward_split_by_channels(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        rows: usize,
+        threads: usize,
+        act: Option<Act>,
+        out: &mut [f32],
+    ) {
+        let blocks = self.out_features.div_ceil(NR);
+        let acts = self.quantize_rows(kernel, x);
+        let per_task = blocks.div_ceil(threads);
+        let parts: Vec<(usize, usize, Vec<f32>)> = (0..blocks)
+            .step_by(per_task)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|first| {
+                let end = (first + per_task).min(blocks);
+                let col0 = first * NR;
+                let width = (end * NR).min(self.out_features) - col0;
+                let mut part = vec![0f32; rows * width];
+                let target = Target {
+                    blocks: first..end,
+                    out: &mut part,
+                    out_stride: width,
+                    col0,
+                    act,
+                };
+                self.compute(kernel, &acts, target);
+                (col0, width, part)
+            })
+            .collect();
+        for (col0, width, part) in parts {
+            for (out_row, part_row) in out
+                .chunks_exact_mut(self.out_features)
+                .zip(part.chunks_exact(width))
+            {
+                out_row[col0..col0 + width].copy_from_slice(part_row);
             }
         }
     }
@@ -1048,7 +1081,7 @@ mod tests {
                 layer.forward(&x, rows, &mut plain);
                 for act in [Act::Gelu, Act::GeluTanh, Act::Relu] {
                     let mut separate = plain.clone();
-                    crate::fast::kernels::activate(act, &mut separate);
+                    crate::kernels::ops::activate(act, &mut separate);
                     let mut fused = vec![f32::NAN; rows * n];
                     layer.forward_activated(&x, rows, Some(act), &mut fused);
                     assert_eq!(

@@ -1,4 +1,4 @@
-//! AVX2 + FMA forms of the element-wise functions in [`super::kernels`], eight lanes at a time,
+//! AVX2 + FMA forms of the element-wise functions in [`super::ops`], eight lanes at a time,
 //! for the inner loops of the packed kernels: the linear kernel applies the activation to its
 //! result registers before storing them, and attention takes its softmax numerators here.
 //!
@@ -12,12 +12,12 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::Act;
+use super::ops::Act;
 
 /// Lanes per vector.
 pub(crate) const LANES: usize = 8;
 
-/// `e^x` per lane: [`super::kernels::exp`]'s algorithm with fused multiply-adds.
+/// `e^x` per lane: [`super::ops::exp`]'s algorithm with fused multiply-adds.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -46,7 +46,7 @@ pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
 }
 
-/// The error function per lane: [`super::kernels::erf`]'s algorithm with fused multiply-adds.
+/// The error function per lane: [`super::ops::erf`]'s algorithm with fused multiply-adds.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -77,7 +77,7 @@ pub(crate) unsafe fn erf8(x: __m256) -> __m256 {
     _mm256_or_ps(_mm256_andnot_ps(sign, y), _mm256_and_ps(sign, x))
 }
 
-/// `act` per lane, as [`super::kernels`]'s fused scalar forms compute it.
+/// `act` per lane, as [`super::ops`]'s fused scalar forms compute it.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -188,7 +188,7 @@ fn horizontal(v: __m256, f: impl Fn(f32, f32) -> f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernels::{exp_fused, gelu_fused, gelu_tanh_fused};
+    use super::super::ops::{exp_fused, gelu_fused, gelu_tanh_fused};
     use super::*;
 
     fn available() -> bool {

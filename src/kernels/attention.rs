@@ -48,7 +48,87 @@ pub fn attention(
     heads: usize,
     context: &mut [f32],
 ) {
-    attention_on(PackedWeights::wide(), qkv, spans, hidden, heads, context);
+    attention_on(
+        PackedWeights::wide(),
+        qkv,
+        spans,
+        hidden,
+        heads,
+        None,
+        context,
+    );
+}
+
+/// Relative-position terms of DeBERTa's disentangled attention: the score of query `i` and key
+/// `j` gains `scale · (Q_i · Kr[r] + K_j · Qr[r])`, where `r = index[i − j + offset]` is their
+/// relative row, `Kr` the relative keys (the content-to-position term) and `Qr` the relative
+/// queries (position-to-content).
+#[derive(Clone, Copy, Debug)]
+pub struct RelativeTerms<'a> {
+    /// Every head's relative keys, `rows / 16` panels of `[d][16]` each (head after head), or
+    /// `None` without the content-to-position term.
+    pub keys: Option<&'a [f32]>,
+    /// The relative queries, laid out as `keys`; `None` without the position-to-content term.
+    pub queries: Option<&'a [f32]>,
+    /// Rows of the relative tables, a multiple of 16.
+    pub rows: usize,
+    /// The relative row of every distance `i − j`, at `i − j + offset`.
+    pub index: &'a [u32],
+    /// Largest distance `index` covers: windows may hold `offset + 1` tokens.
+    pub offset: usize,
+    /// Scale of the content scores and of both terms.
+    pub scale: f32,
+}
+
+/// Lays out a relative table for [`RelativeTerms`]: `table` is `[rows][heads·d]` (the relative
+/// embeddings through a query or key projection); the result holds each head's `rows` rows
+/// (padded with zeros to a multiple of 16) as panels of `[d][16]`.
+pub fn relative_panels(table: &[f32], rows: usize, heads: usize, d: usize) -> Vec<f32> {
+    let padded = rows.next_multiple_of(NR);
+    let mut out = vec![0f32; heads * padded * d];
+    for head in 0..heads {
+        let head_out = &mut out[head * padded * d..][..padded * d];
+        for r in 0..rows {
+            let src = &table[r * heads * d + head * d..][..d];
+            let panel = &mut head_out[(r / NR) * d * NR..][..d * NR];
+            for (i, &v) in src.iter().enumerate() {
+                panel[i * NR + r % NR] = v;
+            }
+        }
+    }
+    out
+}
+
+/// [`attention`] with DeBERTa's relative-position terms added to the scores (scaled by
+/// `terms.scale` instead of `1 / √d`).
+///
+/// # Panics
+/// As [`attention`], and if a window is longer than `terms.offset + 1` tokens or the tables do
+/// not hold `terms.rows` rows per head.
+pub fn relative_attention(
+    qkv: &[f32],
+    spans: &[(usize, usize)],
+    hidden: usize,
+    heads: usize,
+    terms: &RelativeTerms,
+    context: &mut [f32],
+) {
+    let d = hidden / heads.max(1);
+    let table = heads * terms.rows * d;
+    assert!(
+        terms.rows.is_multiple_of(NR)
+            && terms.keys.is_none_or(|k| k.len() == table)
+            && terms.queries.is_none_or(|q| q.len() == table),
+        "relative attention: tables of the wrong size"
+    );
+    assert!(
+        spans.iter().all(|&(_, n)| n <= terms.offset + 1)
+            && terms.index.len() == 2 * terms.offset + 1
+            && terms.index.iter().all(|&r| (r as usize) < terms.rows),
+        "relative attention: a window is longer than the relative index"
+    );
+    let wide = PackedWeights::wide();
+    attention_on(wide, qkv, spans, hidden, heads, Some(terms), context);
 }
 
 /// [`attention`], with the products on 512-bit vectors if `wide` (which must then be
@@ -59,6 +139,7 @@ fn attention_on(
     spans: &[(usize, usize)],
     hidden: usize,
     heads: usize,
+    relative: Option<&RelativeTerms>,
     context: &mut [f32],
 ) {
     assert!(
@@ -95,7 +176,7 @@ fn attention_on(
     let shape = Shape {
         hidden,
         d,
-        scale: 1.0 / (d as f32).sqrt(),
+        scale: relative.map_or(1.0 / (d as f32).sqrt(), |r| r.scale),
         #[cfg(target_arch = "x86_64")]
         wide,
     };
@@ -112,7 +193,7 @@ fn attention_on(
         // and its own head's columns, so no two tasks write the same element.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            head_attention(qkv, start, len, head, shape, &out)
+            head_attention(qkv, start, len, head, shape, relative, &out)
         }
     });
 }
@@ -140,7 +221,8 @@ struct Shape {
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `out` must be valid for writes of rows `start..start+n`
-/// (row stride `hidden`) at those columns, and no one else may access them meanwhile.
+/// (row stride `hidden`) at those columns, and no one else may access them meanwhile; with
+/// `relative`, its tables and index must be as [`relative_attention`] checks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn head_attention(
@@ -149,6 +231,7 @@ unsafe fn head_attention(
     n: usize,
     head: usize,
     s: Shape,
+    relative: Option<&RelativeTerms>,
     out: &Context,
 ) {
     let Shape {
@@ -163,12 +246,21 @@ unsafe fn head_attention(
         static BUFFERS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let mut buffers = BUFFERS.take();
-    let needed = 2 * padded * d + MR * padded + MR * d;
+    // The relative tables' panels this window's distances reach.
+    let panels = relative.map_or(0..0, |r| {
+        let first = r.index[r.offset + 1 - n] as usize / NR;
+        let last = r.index[r.offset + n - 1] as usize / NR;
+        first.min(last)..first.max(last) + 1
+    });
+    let width = panels.len() * NR;
+    let needed = 2 * padded * d + MR * padded + MR * d + (n.next_multiple_of(MR) + MR) * width;
     buffers.resize(buffers.len().max(needed), 0.0);
     let (keys, rest) = buffers.split_at_mut(padded * d);
     let (values, rest) = rest.split_at_mut(padded * d);
     let (scores, rest) = rest.split_at_mut(MR * padded);
-    let edge = &mut rest[..MR * d];
+    let (edge, rest) = rest.split_at_mut(MR * d);
+    let (position_scores, rest) = rest.split_at_mut(n.next_multiple_of(MR) * width);
+    let content_scores = &mut rest[..MR * width];
     let row = |j: usize| &qkv[(start + j) * 3 * h..][..3 * h];
     // Keys `[panel][d][16]`: each panel is the transpose of 16 keys (zero past the last one),
     // built from 8 × 8 blocks. Values `[d / 16][key][16]`: 16 of a key's values per row, so that
@@ -208,6 +300,23 @@ unsafe fn head_attention(
             }
         }
     }
+    // This head's panels of a relative table, from the first one the window reaches.
+    let table_start = head * rel_rows(relative) * d + panels.start * d * NR;
+    if let Some(queries) = relative.and_then(|r| r.queries) {
+        // Position-to-content scores of every key: [n][width].
+        // SAFETY: AVX2/FMA (this function's contract); the key rows hold d values each, the
+        // relative queries `panels.len()` panels of d·16 from `table`'s start, and the output
+        // rows `j0..j0 + 6` of `position_scores` lie within its n rounded up to 6 rows.
+        unsafe {
+            for j0 in (0..n).step_by(MR) {
+                let k: [&[f32]; MR] =
+                    std::array::from_fn(|r| &row((j0 + r).min(n - 1))[h + head * d..][..d]);
+                let c = position_scores[j0 * width..].as_mut_ptr();
+                let b = &queries[table_start..];
+                any_strip(wide, d, k, b, d * NR, panels.len(), c, width, [scale; MR]);
+            }
+        }
+    }
     for r0 in (0..n).step_by(MR) {
         let rows = MR.min(n - r0);
         // Rows past `rows` repeat the last one; their results are dropped.
@@ -232,6 +341,24 @@ unsafe fn head_attention(
                 padded,
                 [scale; MR],
             );
+        }
+        if let Some(rel) = relative {
+            if let Some(keys) = rel.keys {
+                // SAFETY: AVX2/FMA (the contract); `content_scores` holds 6 rows of `width`,
+                // the relative keys `panels.len()` panels from `table`'s start.
+                unsafe {
+                    let c = content_scores.as_mut_ptr();
+                    let b = &keys[table_start..];
+                    any_strip(wide, d, q, b, d * NR, panels.len(), c, width, [scale; MR]);
+                }
+            }
+            let terms = RelativeScores {
+                content: rel.keys.map(|_| &content_scores[..]),
+                position: rel.queries.map(|_| &position_scores[..]),
+                width,
+                first: panels.start * NR,
+            };
+            add_relative(rel, &terms, r0, rows, n, padded, scores);
         }
         // Softmax numerators; the division by their sum is applied to the output rows (d
         // values each instead of n).
@@ -273,6 +400,51 @@ unsafe fn head_attention(
         }
     }
     BUFFERS.set(buffers);
+}
+
+/// Rows per head of the relative tables (0 without them).
+fn rel_rows(relative: Option<&RelativeTerms>) -> usize {
+    relative.map_or(0, |r| r.rows)
+}
+
+/// A window's relative scores, already scaled: `content` is the current strip's
+/// content-to-position scores (`[6][width]`), `position` every key's position-to-content scores
+/// (`[n][width]`); column `c` holds relative row `first + c`.
+struct RelativeScores<'a> {
+    content: Option<&'a [f32]>,
+    position: Option<&'a [f32]>,
+    width: usize,
+    first: usize,
+}
+
+/// Adds to the scores of queries `r0..r0 + rows` (the strip, row stride `padded`) the
+/// relative terms of each (query, key) pair, picked at their relative row.
+fn add_relative(
+    rel: &RelativeTerms,
+    terms: &RelativeScores,
+    r0: usize,
+    rows: usize,
+    n: usize,
+    padded: usize,
+    scores: &mut [f32],
+) {
+    for r in 0..rows {
+        let i = r0 + r;
+        let strip = &mut scores[r * padded..][..n];
+        // Column of the relative row of (i, j) for j = 0: distances fall as j grows.
+        let columns = &rel.index[rel.offset + i + 1 - n..][..n];
+        if let Some(content) = terms.content {
+            let content = &content[r * terms.width..][..terms.width];
+            for (score, &row) in strip.iter_mut().zip(columns.iter().rev()) {
+                *score += content[row as usize - terms.first];
+            }
+        }
+        if let Some(position) = terms.position {
+            for (j, (score, &row)) in strip.iter_mut().zip(columns.iter().rev()).enumerate() {
+                *score += position[j * terms.width + row as usize - terms.first];
+            }
+        }
+    }
 }
 
 /// Asks for the cache lines of `part` (a head's slice of a token's row) to be loaded into L1.
@@ -496,7 +668,7 @@ mod tests {
             let mut first: Option<Vec<f32>> = None;
             for wide in kernels.flat_map(|w| [w, w]) {
                 let mut context = vec![f32::NAN; start * h];
-                attention_on(wide, &qkv, &spans, h, heads, &mut context);
+                attention_on(wide, &qkv, &spans, h, heads, None, &mut context);
                 for (i, (&got, &want)) in context.iter().zip(&expected).enumerate() {
                     assert!(
                         (got as f64 - want).abs() < 1e-5,

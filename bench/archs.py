@@ -1,0 +1,90 @@
+"""Base-sized QA checkpoints with random weights for every architecture bertqa runs, made with
+transformers from the shared fixtures' configs (so tokenizers and architecture options are the
+fixtures'), for bench/archs.sh. Run inside bench/.venv.
+
+  make FIXTURES OUT      one OUT/<arch>/ checkpoint per fixture (kept when already there)
+  subset DATA N OUT      the first N questions of a SQuAD file, as a SQuAD file
+"""
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+# BERT-base dimensions; MobileBERT keeps its published (google/mobilebert-uncased) shape.
+BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+MOBILEBERT = dict(
+    hidden_size=512, embedding_size=128, intra_bottleneck_size=128, true_hidden_size=128,
+    num_hidden_layers=24, num_attention_heads=4, intermediate_size=512, num_feedforward_networks=4,
+    hidden_act="relu", normalization_type="no_norm", trigram_input=True, use_bottleneck=True,
+    key_query_shared_bottleneck=True, use_bottleneck_attention=False,
+)
+FIXTURES = ["bert-uncased", "distilbert-cased", "roberta", "xlm-roberta", "electra", "albert",
+            "deberta-v3", "mobilebert"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "spm.model",
+                   "sentencepiece.bpe.model", "added_tokens.json"]
+
+
+def base_config(fixture_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(fixture_dir)
+    if config.model_type == "mobilebert":
+        shape = MOBILEBERT
+    elif config.model_type == "distilbert":
+        shape = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)
+    else:
+        shape = dict(BASE)
+        if config.model_type in ("albert", "electra"):
+            shape["embedding_size"] = 128
+    for key, value in shape.items():
+        setattr(config, key, value)
+    return config
+
+
+def make(fixtures, out):
+    from transformers import AutoModelForQuestionAnswering
+
+    for name in FIXTURES:
+        target = os.path.join(out, name)
+        if os.path.exists(os.path.join(target, "model.safetensors")):
+            continue
+        src = os.path.join(fixtures, name)
+        torch.manual_seed(0)
+        model = AutoModelForQuestionAnswering.from_config(base_config(src)).eval()
+        model.save_pretrained(target, safe_serialization=True)
+        for f in TOKENIZER_FILES:
+            if os.path.exists(os.path.join(src, f)):
+                shutil.copy(os.path.join(src, f), target)
+        print(f"made {target}", file=sys.stderr)
+
+
+def subset(data, n, out):
+    squad = json.load(open(data))
+    left, articles = n, []
+    for article in squad["data"]:
+        paragraphs = []
+        for p in article["paragraphs"]:
+            qas = p["qas"][:left]
+            left -= len(qas)
+            if qas:
+                paragraphs.append({"context": p["context"], "qas": qas})
+            if left == 0:
+                break
+        if paragraphs:
+            articles.append({"title": article["title"], "paragraphs": paragraphs})
+        if left == 0:
+            break
+    json.dump({"version": squad.get("version", "1.1"), "data": articles}, open(out, "w"))
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "make":
+        make(*args)
+    elif command == "subset":
+        subset(args[0], int(args[1]), args[2])
+    else:
+        sys.exit(__doc__)
