@@ -105,10 +105,11 @@ fn random_weights(spec: &ModelSpec, pad_id: usize, seed: u64) -> HashMap<String,
         .collect()
 }
 
-/// Windows of several lengths (one of a single token), random ids below `vocab`.
+/// Windows of several lengths (one of a single token, one long enough for DeBERTa's log
+/// position buckets), random ids below `vocab`.
 fn windows(vocab: u32, seed: u64) -> Vec<(Vec<u32>, Vec<u32>)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    [1usize, 5, 37, 70, 16]
+    [1usize, 5, 37, 70, 16, 300]
         .into_iter()
         .map(|n| {
             let ids = (0..n).map(|_| rng.random_range(3..vocab)).collect();

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Every architecture bertqa runs, at base size, against transformers' question-answering
+# pipeline on this machine: one markdown table of questions/s (f32 and int8) and peak memory,
+# measured in one run. Not part of CI.
+#
+#   bench/archs.sh                   # 40 questions, 2 parts (about 15 minutes on 2 cores)
+#
+# Environment:
+#   THREADS=2        threads of every engine (bertqa --threads, torch.set_num_threads)
+#   QUESTIONS=40     the first N questions of DATA
+#   PARTS=2          parts of those questions on which the engines take turns, so that a drift
+#                    in the machine's speed hits them alike
+#   ARCHS="..."      a subset of: bert-uncased distilbert-cased roberta xlm-roberta electra
+#                    albert deberta-v3 mobilebert
+#   WORK=bench/out/archs   checkpoints (kept), data parts, raw JSON and logs
+#   BIN=path         the bertqa binary (default: cargo build --release)
+#
+# The checkpoints are random weights at base dimensions (12 layers, hidden 768, 12 heads, FFN
+# 3072; DistilBERT 6 layers; MobileBERT at google/mobilebert-uncased's shape) made with
+# transformers from the shared fixtures' configs, so tokenizers and options are the fixtures'.
+# Random weights answer nonsense with nearly flat scores (EM/F1 and answer agreement mean nothing
+# here); the golden tests hold the answers to transformers'.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+QUESTIONS=${QUESTIONS:-40}
+PARTS=${PARTS:-2}
+ARCHS=${ARCHS:-bert-uncased distilbert-cased roberta xlm-roberta electra albert deberta-v3 mobilebert}
+SHARED=${BERTQA_SHARED:-../shared}
+DATA=${DATA:-$SHARED/data/xquad-en-train.json}
+WORK=${WORK:-bench/out/archs}
+VENV=bench/.venv
+PY=$VENV/bin/python
+
+die() { echo "error: $*" >&2; exit 1; }
+step() { echo "== $* ($(date +%H:%M:%S))" >&2; }
+
+[ -d "$SHARED/fixtures" ] || die "$SHARED/fixtures not found: set BERTQA_SHARED to the shared reference directory"
+[ -f "$DATA" ] || die "$DATA not found"
+[ -x /usr/bin/time ] || die "/usr/bin/time is needed for peak memory (apt-get install time)"
+if [ ! -x "$PY" ]; then
+  step "creating $VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
+fi
+if ! "$PY" -c 'import torch, transformers, safetensors, sentencepiece' 2>/dev/null; then
+  step "installing torch and transformers 4.x into $VENV"
+  "$VENV/bin/pip" install -q torch 'transformers<5' safetensors sentencepiece protobuf
+fi
+if [ -z "${BIN:-}" ]; then
+  step "cargo build --release"
+  cargo build --release -q
+  BIN=${CARGO_TARGET_DIR:-target}/release/bertqa
+fi
+
+mkdir -p "$WORK/runs"
+step "base-sized checkpoints"
+"$PY" bench/archs.py make "$SHARED/fixtures" "$WORK/models"
+"$PY" bench/archs.py subset "$DATA" "$QUESTIONS" "$WORK/q$QUESTIONS.json"
+rm -rf "$WORK/parts"
+"$PY" bench/reference.py split "$WORK/q$QUESTIONS.json" "$PARTS" "$WORK/parts" >/dev/null
+
+# Each run writes RUN.json (its report) and RUN.mem (peak resident memory in KiB).
+measure() {
+  local run=$1
+  shift
+  /usr/bin/time -f %M -o "$WORK/runs/$run.mem" "$@" > "$WORK/runs/$run.json" 2> "$WORK/runs/$run.log" ||
+    die "$run failed: see $WORK/runs/$run.log"
+}
+
+for arch in $ARCHS; do
+  model=$WORK/models/$arch
+  for i in $(seq 0 $((PARTS - 1))); do
+    part=$WORK/parts/part-$i.json
+    step "$arch, part $((i + 1))/$PARTS: pipeline, bertqa f32, bertqa int8"
+    THREADS=$THREADS measure "$arch-pipeline-$i" "$PY" bench/reference.py pipeline "$model" "$part" "$WORK" \
+      --predictions "$WORK/runs/$arch-pipeline-$i.predictions.json"
+    measure "$arch-f32-$i" "$BIN" eval --threads "$THREADS" --model "$model" --data "$part" --json \
+      --predictions "$WORK/runs/$arch-f32-$i.predictions.json"
+    measure "$arch-int8-$i" "$BIN" eval --threads "$THREADS" --model "$model" --data "$part" --json \
+      --quantize int8 --predictions "$WORK/runs/$arch-int8-$i.predictions.json"
+  done
+done
+
+"$PY" - "$WORK/runs" "$PARTS" $ARCHS <<'EOF'
+import json, os, sys
+
+runs, parts, archs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+
+def load(arch, kind):
+    seconds = questions = 0.0
+    peak = 0
+    for i in range(parts):
+        report = json.load(open(os.path.join(runs, f"{arch}-{kind}-{i}.json")))
+        if kind == "pipeline":
+            seconds += report["pipeline"]["seconds"]
+            questions += report["pipeline"]["questions"]
+        else:
+            seconds += report["seconds"]
+            questions += report["total"]
+        peak = max(peak, int(open(os.path.join(runs, f"{arch}-{kind}-{i}.mem")).read().split()[-1]))
+    return questions / seconds, peak / 1024
+
+print("| architecture | pipeline q/s | bertqa f32 q/s | × pipeline | bertqa int8 q/s | × pipeline | int8 / f32 "
+      "| peak MiB pipeline / f32 / int8 |")
+print("|---|---|---|---|---|---|---|---|")
+for arch in archs:
+    (p, pm), (f, fm), (q, qm) = (load(arch, k) for k in ("pipeline", "f32", "int8"))
+    print(f"| {arch} | {p:.2f} | {f:.2f} | {f / p:.2f}× | {q:.2f} | {q / p:.2f}× | {q / f:.2f}× "
+          f"| {pm:.0f} / {fm:.0f} / {qm:.0f} |")
+EOF
