@@ -24,7 +24,7 @@ QUESTIONS = [
 def test_python_threads_run_while_the_model_runs(minilm):
     # A long context (many windows) and enough questions for one call to last a while.
     context = " ".join([SEED_CONTEXT] * 12)
-    questions = QUESTIONS * 8
+    questions = QUESTIONS * 2
     ticks = []
     stop = threading.Event()
 
