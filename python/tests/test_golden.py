@@ -1,5 +1,5 @@
 """Golden parity through the Python API: every case of every fixture (eight architectures),
-and the real MiniLM checkpoint's top-3 answers to all 894 XQuAD questions, equal transformers'
+and the real MiniLM checkpoint's top-3 answers to XQuAD questions, equal transformers'
 answers as recorded in golden.json (answers and offsets exactly, scores within 1e-4)."""
 
 from __future__ import annotations
@@ -51,10 +51,15 @@ def test_golden_cases_in_one_call(name):
             assert_same_answers(got, case["expected"], where=f"{name}/{case['id']} (batched)")
 
 
-def test_minilm_answers_every_xquad_question_as_transformers(minilm):
+#: Questions of golden-train.json answered here, the first paragraphs' (about one in six); the
+#: Ray test (test_ray.py) checks all 894 through the same Python API.
+MINILM_QUESTIONS = 150
+
+
+def test_minilm_answers_xquad_questions_as_transformers(minilm):
     golden = json.loads((MINILM / "golden-train.json").read_text(encoding="utf-8"))
-    cases = golden["cases"]
-    assert len(cases) == 894
+    assert len(golden["cases"]) == 894
+    cases = golden["cases"][:MINILM_QUESTIONS]
     params = cases[0]["params"]
     assert all(c["params"] == params for c in cases)
     results = minilm(question=[c["question"] for c in cases], context=[c["context"] for c in cases], **params)

@@ -1,5 +1,6 @@
 """examples/ray_batch.py on a local Ray cluster (2 CPUs, 2 actors) answers the 894 XQuAD
-questions exactly as `bertqa ask --input` does on the same JSONL file.
+questions exactly as `bertqa ask --input` does on the same JSONL file, and as transformers does
+(the MiniLM checkpoint's golden-train.json).
 
 Needs Ray (`pip install "ray[data]"`): without it this test fails; `pytest --skip-ray` skips it.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MINILM, REPO, XQUAD
+from conftest import MINILM, REPO, XQUAD, assert_same_answers
 
 pytestmark = pytest.mark.ray
 
@@ -95,3 +96,10 @@ def test_ray_batch_answers_equal_the_cli(tmp_path):
         if not same:
             differences.append(f"{qid}: ray {mine} vs cli {answers}")
     assert not differences, f"{len(differences)} of {n} differ:\n" + "\n".join(differences[:5])
+
+    # And they are transformers' answers (golden-train.json: the same questions, top_k 3).
+    golden = json.loads((MINILM / "golden-train.json").read_text(encoding="utf-8"))["cases"]
+    assert {c["id"] for c in golden} == got.keys()
+    for case in golden:
+        assert case["params"] == {"top_k": TOP_K}
+        assert_same_answers(got[case["id"]], case["expected"], where=case["id"])
