@@ -36,7 +36,8 @@ impl Default for DecodeParams {
 }
 
 /// One answer: text, probability score and its position in the context.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"score": 0.32063043, "start": 11, "end": 40, "answer": "Wolfgang and I live in Berlin"}))]
 pub struct Answer {
     /// `p_start · p_end` of the span (for the empty answer: the null score).
     pub score: f32,

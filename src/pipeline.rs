@@ -22,22 +22,27 @@ use crate::models::{ModelSpec, QaModel, ReferenceEngine};
 /// Per-question parameters, as the transformers pipeline's keyword arguments. Read from a JSON
 /// object of those names (`null` gives the defaults); unknown names and other JSON values are
 /// refused.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"top_k": 3, "max_answer_len": 30}))]
 pub struct QaParams {
     /// Number of answers (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub top_k: Option<usize>,
     /// Longest answer in tokens (default 15).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_answer_len: Option<usize>,
     /// Window length in tokens (default min(model max, 384)).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_seq_len: Option<usize>,
     /// Overlap of consecutive windows in tokens (default min(max_seq_len / 2, 128)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doc_stride: Option<usize>,
     /// Accepted for compatibility; fast tokenizers ignore it in transformers too.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_question_len: Option<usize>,
     /// Offer the empty answer (SQuAD v2 models).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bertqa::server::{self, ServerConfig};
+use bertqa::server::{self, CorsOrigins, ServerConfig};
 use bertqa::{LoadOptions, QaPipeline};
 use clap::Args;
 
@@ -23,7 +23,8 @@ pub struct ServeArgs {
     /// Requests handled at once; more are answered 429 at once.
     #[arg(long, default_value_t = 512)]
     max_concurrent_requests: usize,
-    /// Most padded tokens (windows × longest window) in one model call.
+    /// Most tokens in one model call, as the engine counts them (the fast engine: the sum of
+    /// window lengths; the reference models: windows × longest window).
     #[arg(long, default_value_t = 16384)]
     max_batch_tokens: usize,
     /// Most inputs in one request.
@@ -35,6 +36,13 @@ pub struct ServeArgs {
     /// Largest request body: bytes, or with a unit (KB, MB = 1000², KiB, MiB = 1024²).
     #[arg(long, default_value = "2MB", value_parser = parse_size)]
     payload_limit: usize,
+    /// Longest a request may take (e.g. 60s, 500ms, 2m); longer ones are answered 503.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    request_timeout: std::time::Duration,
+    /// Let pages of this origin call the API from a browser (CORS), e.g.
+    /// https://example.com; repeat for several, or `*` for any.
+    #[arg(long = "cors-allow-origin", value_name = "ORIGIN")]
+    cors_allow_origins: Vec<String>,
     /// Write logs as JSON lines (one object per event) instead of text.
     #[arg(long)]
     json_logs: bool,
@@ -71,9 +79,19 @@ fn parse_size(text: &str) -> Result<usize, String> {
     Ok(bytes as usize)
 }
 
+/// Parses a positive duration such as `60s`, `500ms` or `2m`.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 60s, 500ms or 2m"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
 pub fn run(args: ServeArgs) -> CliResult {
     super::init_logging(args.common.verbose, "bertqa=info,warn", args.json_logs);
-    // A panic inside a request (a worker or the model thread) is caught there and answered
+    // A panic inside a request (a worker thread or a model call) is caught there and answered
     // 500 for that request alone; it is logged here, once, as a log line.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "a request panicked; it is answered 500, the server goes on");
@@ -89,6 +107,8 @@ pub fn run(args: ServeArgs) -> CliResult {
             return Err(CliError::usage(format!("{name} must be at least 1")));
         }
     }
+    let cors_allow_origins = CorsOrigins::parse(&args.cors_allow_origins)
+        .map_err(|e| CliError::usage(format!("--cors-allow-origin: {e}")))?;
     let options = LoadOptions {
         hub: args.common.hub(),
         max_context_chars: args.max_context_chars,
@@ -103,6 +123,8 @@ pub fn run(args: ServeArgs) -> CliResult {
         max_client_batch_size: args.max_client_batch_size,
         max_context_chars: args.max_context_chars,
         payload_limit: args.payload_limit,
+        request_timeout: args.request_timeout,
+        cors_allow_origins,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,5 +167,17 @@ mod tests {
         assert!(parse_size("2XB").is_err());
         assert!(parse_size("MB").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn timeouts_parse_with_units_and_are_positive() {
+        use super::parse_timeout;
+        use std::time::Duration;
+        assert_eq!(parse_timeout("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_timeout("0s").unwrap_err().contains("more than zero"));
+        assert!(parse_timeout("60").unwrap_err().contains("e.g. 60s"));
+        assert!(parse_timeout("soon").is_err());
     }
 }

@@ -19,12 +19,48 @@ pub struct InputLimits {
 }
 
 /// One question about one context.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QaInput {
-    /// The question.
+    /// The question; not empty or whitespace only.
+    #[schema(min_length = 1, example = "Where do I live?")]
     pub question: String,
-    /// The passage.
+    /// The passage the answer is cut from; not empty, at most `--max-context-chars`
+    /// characters (see `/info`).
+    #[schema(min_length = 1, example = "My name is Wolfgang and I live in Berlin.")]
     pub context: String,
+}
+
+/// `inputs`: one input, or a list of up to `--max-client-batch-size` inputs (see `/info`),
+/// answered in order.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum QaInputs {
+    /// One input.
+    One(QaInput),
+    /// Several inputs (at least one).
+    Several(Vec<QaInput>),
+}
+
+/// A request body of the question-answering endpoints, as [`parse_body`] reads it. (The
+/// server parses bodies by hand, to name the offending field in each error; this type is the
+/// shape it accepts, for the OpenAPI document.)
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "inputs": {
+        "question": "Where do I live?",
+        "context": "My name is Wolfgang and I live in Berlin."
+    },
+    "parameters": {"top_k": 1}
+}))]
+pub struct QaRequestBody {
+    /// The question(s) and context(s).
+    pub inputs: QaInputs,
+    /// The pipeline's keyword arguments, shared by every input; absent or null: the
+    /// pipeline's defaults. Unknown names are refused.
+    #[serde(default)]
+    pub parameters: Option<QaParams>,
 }
 
 /// A validated request body.
@@ -120,8 +156,9 @@ fn parse_input(v: &Value, path: &str, limits: &InputLimits) -> Result<QaInput, A
     Ok(QaInput { question, context })
 }
 
-/// The pipeline's keyword arguments, as `parameters` takes them.
-const PARAMS: &[&str] = &[
+/// The pipeline's keyword arguments, as `parameters` takes them (the properties of
+/// [`QaParams`] in the OpenAPI document).
+pub const PARAMS: &[&str] = &[
     "top_k",
     "doc_stride",
     "max_answer_len",
@@ -234,8 +271,9 @@ pub fn parse_body(body: &Value, limits: &InputLimits) -> Result<QaBody, ApiError
     })
 }
 
-/// The pipeline's output for one input: an object when there is one answer, else a list.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// The pipeline's output for one input: an object when there is one answer (`top_k` 1), else
+/// a list of answers, best first.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum InputAnswers {
     /// Exactly one answer (top_k = 1).
@@ -257,8 +295,9 @@ impl From<Vec<Answer>> for InputAnswers {
     }
 }
 
-/// A response body of the question-answering endpoints.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// A response body of the question-answering endpoints: for one input (or a list of one) the
+/// pipeline's output for it; for several inputs a list with that output per input, in order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum QaResponse {
     /// One input.
@@ -275,6 +314,48 @@ pub fn shape_response(mut answers: Vec<Vec<Answer>>) -> QaResponse {
         return QaResponse::Single(answers.pop().unwrap_or_default().into());
     }
     QaResponse::Batch(answers.into_iter().map(InputAnswers::from).collect())
+}
+
+/// `GET /info`: the model and the server's limits.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Info {
+    /// The model's directory or Hub id.
+    pub model_id: String,
+    /// `model_type` of its config.json (`bert`, `roberta`, ...).
+    pub model_type: String,
+    /// Longest window the model takes, in tokens (the most `max_seq_len` may be).
+    pub max_position_embeddings: usize,
+    /// Window length when a request gives no `max_seq_len`.
+    pub default_max_seq_len: usize,
+    /// `--max-concurrent-requests`: requests handled at once; more are answered 429.
+    pub max_concurrent_requests: usize,
+    /// `--max-batch-tokens`: most tokens in one model call.
+    pub max_batch_tokens: usize,
+    /// `--max-client-batch-size`: most inputs in one request.
+    pub max_client_batch_size: usize,
+    /// `--max-context-chars`: longest context, in characters.
+    pub max_context_chars: usize,
+    /// `--payload-limit`: largest request body, in bytes.
+    pub payload_limit: usize,
+    /// `--request-timeout`: longest a request may take, in seconds.
+    pub request_timeout_s: f64,
+    /// bertqa's version.
+    pub version: String,
+}
+
+/// `GET /health` when ready.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: HealthStatus,
+}
+
+/// The only status `/health` answers 200 with.
+#[derive(Clone, Copy, Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// The model has answered its warm-up request.
+    Ok,
 }
 
 #[cfg(test)]
@@ -388,5 +469,45 @@ mod tests {
             serde_json::to_string(&shape_response(vec![vec![a]])).unwrap(),
             r#"{"score":0.5,"start":0,"end":3,"answer":"Ann"}"#
         );
+    }
+
+    /// The documented body type ([`QaRequestBody`]) accepts the shapes `parse_body` accepts
+    /// and refuses those it refuses (value checks such as empty strings or `top_k` 0 are the
+    /// parser's alone; the document states them as `minLength`/`minimum`).
+    #[test]
+    fn the_documented_body_has_the_parsed_shape() {
+        let limits = InputLimits {
+            max_client_batch_size: 100,
+            max_context_chars: 1000,
+        };
+        let input = json!({"question": "Who?", "context": "Ann did."});
+        for body in [
+            json!({"inputs": input}),
+            json!({"inputs": [input, input]}),
+            json!({"inputs": input, "parameters": null}),
+            json!({"inputs": input, "parameters": {"top_k": 2, "doc_stride": 0,
+                "max_answer_len": 3, "max_seq_len": 64, "max_question_len": 9,
+                "handle_impossible_answer": true, "align_to_words": false}}),
+            json!({"inputs": input, "parameters": {"top_k": null}}),
+            json!({}),
+            json!([input]),
+            json!({"inputs": "Who?"}),
+            json!({"inputs": input, "extra": 1}),
+            json!({"inputs": {"question": "Who?"}}),
+            json!({"inputs": {"question": "Who?", "context": "c", "id": 1}}),
+            json!({"inputs": [input, {"question": 3, "context": "c"}]}),
+            json!({"inputs": input, "parameters": {"topk": 1}}),
+            json!({"inputs": input, "parameters": {"top_k": "2"}}),
+            json!({"inputs": input, "parameters": {"top_k": -1}}),
+            json!({"inputs": input, "parameters": {"align_to_words": 1}}),
+            json!({"inputs": input, "parameters": [1]}),
+        ] {
+            // The schema's `type: object` rules out lists (serde's derive would read a
+            // struct from a list of its fields).
+            let documented =
+                body.is_object() && serde_json::from_value::<QaRequestBody>(body.clone()).is_ok();
+            let parsed = parse_body(&body, &limits).is_ok();
+            assert_eq!(documented, parsed, "{body}");
+        }
     }
 }

@@ -5,7 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 /// What kind of error a response reports (`error_type` in the body).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// 400: the body is not JSON.
     InvalidJson,
@@ -21,6 +22,8 @@ pub enum ErrorKind {
     Overloaded,
     /// 503: the model is not ready or has stopped.
     Unavailable,
+    /// 503: the request took longer than `--request-timeout`.
+    Timeout,
     /// 500: the model failed.
     Internal,
 }
@@ -35,7 +38,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable | ErrorKind::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Validation => "validation",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
         }
     }
@@ -79,18 +83,50 @@ impl ApiError {
     }
 }
 
-#[derive(serde::Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    error_type: &'static str,
+/// The body of every error response.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "error": "`inputs.context`: missing; give a non-empty string",
+    "error_type": "validation"
+}))]
+pub struct ErrorBody {
+    /// What went wrong and what to do; for `validation`, it starts with the field's path
+    /// (`inputs[1].context`, `parameters.top_k`).
+    pub error: String,
+    /// The kind of error.
+    pub error_type: ErrorKind,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: &self.message,
-            error_type: self.kind.as_str(),
+            error: self.message,
+            error_type: self.kind,
         };
         (self.kind.status(), Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind::*;
+
+    /// `error_type` in bodies (serde) and in the OpenAPI document (its enum) are the names
+    /// `as_str` gives.
+    #[test]
+    fn error_types_serialize_as_their_names() {
+        for kind in [
+            InvalidJson,
+            NotFound,
+            MethodNotAllowed,
+            PayloadTooLarge,
+            Validation,
+            Overloaded,
+            Unavailable,
+            Timeout,
+            Internal,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }

@@ -1,27 +1,32 @@
 //! `bertqa serve`: an HTTP question-answering server with dynamic batching.
 //!
 //! Requests are validated at the edge ([`api`]), tokenized on the blocking thread pool, and their
-//! windows queued for one model thread that packs windows of many requests into each call
-//! ([`batcher`]). The endpoints ([`routes`]) answer in the shapes of transformers'
-//! `question-answering` pipeline; errors are JSON `{"error", "error_type"}` ([`error`]).
+//! windows queued for a scheduler that packs windows of many requests into model calls and runs
+//! one call per core at a time ([`batcher`]). The endpoints ([`routes`]) answer in the shapes of
+//! transformers' `question-answering` pipeline; errors are JSON `{"error", "error_type"}`
+//! ([`error`]). Around them: request ids, logs, metrics ([`metrics`]), compression, timeouts and
+//! CORS ([`layers`]); [`openapi`] derives the API's document from the handlers and types.
 
 pub mod api;
 pub mod batcher;
 pub mod error;
+pub mod layers;
 pub mod metrics;
+pub mod openapi;
 pub mod page;
 pub mod routes;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::pipeline::{QaPipeline, QaRequest};
-use batcher::{Batcher, Runner};
+use batcher::{BatchCost, BatchOptions, Batcher, Runner};
+pub use layers::CorsOrigins;
 use metrics::Metrics;
 
 /// The server's limits.
@@ -38,6 +43,10 @@ pub struct ServerConfig {
     pub max_context_chars: usize,
     /// Largest request body, in bytes.
     pub payload_limit: usize,
+    /// Longest a request may take; longer ones are answered 503 and their inputs withdrawn.
+    pub request_timeout: Duration,
+    /// Origins whose pages may call the API (CORS).
+    pub cors_allow_origins: CorsOrigins,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +57,8 @@ impl Default for ServerConfig {
             max_client_batch_size: 32,
             max_context_chars: crate::pipeline::DEFAULT_MAX_CONTEXT_CHARS,
             payload_limit: 2_000_000,
+            request_timeout: Duration::from_secs(60),
+            cors_allow_origins: CorsOrigins::SameOrigin,
         }
     }
 }
@@ -56,7 +67,7 @@ impl Default for ServerConfig {
 pub struct AppState {
     /// The model and tokenizer (tokenization runs on the blocking pool).
     pub pipeline: Arc<QaPipeline>,
-    /// The model thread's queue.
+    /// The model workers' queue.
     pub batcher: Batcher,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<Metrics>,
@@ -69,14 +80,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Starts the model thread for `pipeline`.
+    /// Starts the batcher for `pipeline`: one model worker per thread of rayon's pool.
     pub fn new(pipeline: Arc<QaPipeline>, config: ServerConfig) -> std::io::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::default());
         let model = pipeline.clone();
-        let runner: Runner = Box::new(move |windows| model.answer_logits(windows));
+        let runner: Runner = Arc::new(move |windows| model.answer_logits(windows));
         let engine = pipeline.clone();
-        let cost = Box::new(move |lengths: &[usize]| engine.engine().batch_cost(lengths));
-        let batcher = Batcher::start(runner, cost, config.max_batch_tokens, metrics.clone())?;
+        let cost: BatchCost = Arc::new(move |lengths| engine.engine().batch_cost(lengths));
+        let options = BatchOptions::new(config.max_batch_tokens);
+        tracing::debug!(workers = options.workers, "model workers");
+        let batcher = Batcher::start(runner, cost, options, metrics.clone())?;
         Ok(Arc::new(Self {
             pipeline,
             batcher,
@@ -123,6 +136,15 @@ async fn warm_up(state: Arc<AppState>) {
     }
 }
 
+/// Folds histogram samples into buckets every few seconds, whether or not anyone scrapes.
+async fn metrics_upkeep(metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        metrics.run_upkeep();
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves, then stops accepting connections and returns
 /// once the requests in flight are answered.
 pub async fn serve(
@@ -133,6 +155,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let state = AppState::new(pipeline, config)?;
     tokio::spawn(warm_up(state.clone()));
+    tokio::spawn(metrics_upkeep(state.metrics.clone()));
     let app = routes::router(state.clone());
     let stopping = state.clone();
     axum::serve(listener, app)

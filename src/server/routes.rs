@@ -1,126 +1,93 @@
-//! HTTP endpoints and the middleware around them (request ids, logs, metrics, concurrency limit).
+//! HTTP endpoints: the route table, the handlers and the concurrency limit of the
+//! question-answering endpoints. The middleware around them is in [`super::layers`], their
+//! OpenAPI document in [`super::openapi`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use serde_json::{json, Value};
-use tracing::Instrument;
+use serde_json::Value;
 
-use super::api::{self, InputLimits};
-use super::batcher::BatchError;
-use super::error::{ApiError, ErrorKind};
-use super::AppState;
+use super::api::{self, Health, HealthStatus, Info, InputLimits, QaBody};
+use super::batcher::{BatchError, Computed};
+use super::error::{ApiError, ErrorBody, ErrorKind};
+use super::openapi::AnswerResponses;
+use super::{layers, page, AppState};
+use crate::engine::WindowLogits;
 use crate::error::Error;
-use crate::pipeline::QaRequest;
+use crate::pipeline::{Prepared, QaRequest};
 
-/// The OpenAPI 3 description of the endpoints.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// One route: a method on a path, and what answers it.
+pub struct Endpoint {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, as in the OpenAPI document.
+    pub path: &'static str,
+    handler: MethodRouter<Arc<AppState>>,
+}
 
-/// Builds the router: question answering on `POST /` and `POST /question-answering`, plus
-/// `/health`, `/info`, `/metrics`, `/openapi.json` and the browser page on `GET /`.
-pub fn router(state: Arc<AppState>) -> Router {
-    let qa = Router::new()
-        .route("/", post(question_answering))
-        .route("/question-answering", post(question_answering))
-        .route_layer(middleware::from_fn_with_state(
+fn endpoint<H, T>(method: Method, path: &'static str, handler: H) -> Endpoint
+where
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone())
+        .unwrap_or_else(|_| unreachable!("the routes use GET and POST only"));
+    Endpoint {
+        method,
+        path,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every route the server answers. The router is built from this list, and a test checks
+/// that the OpenAPI document describes each of them.
+pub fn endpoints(state: &Arc<AppState>) -> Vec<Endpoint> {
+    let limited = |mut e: Endpoint| {
+        e.handler = e.handler.route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_concurrency,
         ));
-    Router::new()
-        .merge(qa)
+        e
+    };
+    vec![
+        limited(endpoint(Method::POST, "/", answer_root)),
+        limited(endpoint(Method::POST, "/question-answering", answer)),
         // Outside the concurrency limit: loading the page must not take a request's permit.
-        .route("/", get(super::page::page))
-        .route("/health", get(health))
-        .route("/info", get(info))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+        endpoint(Method::GET, "/", page::page),
+        endpoint(Method::GET, "/health", health),
+        endpoint(Method::GET, "/info", info),
+        endpoint(Method::GET, "/metrics", metrics),
+        endpoint(Method::GET, "/openapi.json", openapi),
+    ]
+}
+
+/// Builds the router: question answering on `POST /` and `POST /question-answering`, plus
+/// `/health`, `/info`, `/metrics`, `/openapi.json` and the browser page on `GET /`, inside
+/// the layers of [`layers::around`].
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut router = Router::new();
+    for e in endpoints(&state) {
+        router = router.route(e.path, e.handler);
+    }
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.config.payload_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(state.config.payload_limit));
+    layers::around(router, &state).with_state(state)
 }
 
-/// Endpoint label for metrics; unknown paths share one label to bound cardinality.
-fn endpoint_label(path: &str) -> &'static str {
-    match path {
-        "/" => "/",
-        "/question-answering" => "/question-answering",
-        "/health" => "/health",
-        "/info" => "/info",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        _ => "other",
-    }
-}
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The client's `x-request-id` when it is short and printable, else a fresh one.
-fn request_id(req: &Request) -> String {
-    let given = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            !s.is_empty()
-                && s.len() <= 128
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        });
-    if let Some(id) = given {
-        return id.to_string();
-    }
-    static PREFIX: OnceLock<u32> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let prefix = PREFIX.get_or_init(rand::random::<u32>);
-    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Gives every request an id (logged and echoed in `x-request-id`), logs it and counts it.
-async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let id = request_id(&req);
-    let endpoint = endpoint_label(req.uri().path());
-    // `GET /` is the page, not a question.
-    let answers_questions =
-        req.method() == Method::POST && matches!(endpoint, "/" | "/question-answering");
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %req.method(),
-        path = %req.uri().path(),
-    );
-    let start = Instant::now();
-    let mut response = next.run(req).instrument(span.clone()).await;
-    let latency = start.elapsed();
-    let status = response.status().as_u16();
-    state
-        .metrics
-        .record_request(endpoint, status, answers_questions.then_some(latency));
-    span.in_scope(|| {
-        let latency_ms = latency.as_secs_f64() * 1e3;
-        if answers_questions || status >= 400 {
-            tracing::info!(status, latency_ms, "request finished");
-        } else {
-            tracing::debug!(status, latency_ms, "request finished");
-        }
-    });
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
-    response
-}
-
-/// Decrements the in-flight gauge however the request ends (including client cancellation).
+/// Decrements the in-flight gauge however the request ends (including client cancellation
+/// and timeouts).
 struct InFlight<'a>(&'a AppState);
 
 impl Drop for InFlight<'_> {
@@ -194,28 +161,38 @@ fn millis(d: Duration) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// `POST /` and `POST /question-answering`.
-async fn question_answering(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let bytes = body.map_err(|r| body_error(r, state.config.payload_limit))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+/// Bodies up to this size are parsed on the async runtime; larger ones on the blocking pool,
+/// so that a 2 MB body does not hold up the other connections of its runtime thread.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             ErrorKind::InvalidJson,
             format!("the body is not valid JSON: {e}"),
         )
-    })?;
+    })
+}
+
+/// Parses and validates a body.
+async fn read_body(state: &AppState, bytes: Bytes) -> Result<QaBody, ApiError> {
+    let value = if bytes.len() <= INLINE_PARSE_BYTES {
+        parse_json(&bytes)?
+    } else {
+        tokio::task::spawn_blocking(move || parse_json(&bytes))
+            .await
+            .map_err(join_error)??
+    };
     let limits = InputLimits {
         max_client_batch_size: state.config.max_client_batch_size,
         max_context_chars: state.config.max_context_chars,
     };
-    let body = api::parse_body(&value, &limits)?;
-    drop(value);
-    let paths: Vec<String> = (0..body.inputs.len()).map(|i| body.input_path(i)).collect();
+    api::parse_body(&value, &limits)
+}
 
-    // Tokenize on the blocking pool, inputs in parallel.
+/// Tokenizes every input on the blocking pool, inputs in parallel.
+async fn tokenize(state: &AppState, body: QaBody) -> Result<Vec<Arc<Prepared>>, ApiError> {
+    let paths: Vec<String> = (0..body.inputs.len()).map(|i| body.input_path(i)).collect();
     let tasks: Vec<_> = body
         .inputs
         .into_iter()
@@ -237,31 +214,68 @@ async fn question_answering(
             .map_err(|e| prepare_error(e, path))?;
         prepared.push(Arc::new(p));
     }
-    let windows: usize = prepared.iter().map(|p| p.windows.len()).sum();
-    tracing::debug!(inputs = prepared.len(), windows, "tokenized");
+    Ok(prepared)
+}
 
-    // Queue every input, then wait for each; dropping this future withdraws what is left.
+/// The logits of every input, with the longest queue and inference times among them.
+struct Logits {
+    per_input: Vec<Vec<WindowLogits>>,
+    queue_time: Duration,
+    inference_time: Duration,
+}
+
+/// Queues every input, then waits for each; dropping this future withdraws what is left.
+async fn compute(state: &AppState, prepared: &[Arc<Prepared>]) -> Result<Logits, ApiError> {
     let receivers = prepared
         .iter()
         .map(|p| state.batcher.enqueue(p.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(batch_error)?;
-    let (mut queue_time, mut inference_time) = (Duration::ZERO, Duration::ZERO);
-    let mut logits = Vec::with_capacity(receivers.len());
+    let mut out = Logits {
+        per_input: Vec::with_capacity(receivers.len()),
+        queue_time: Duration::ZERO,
+        inference_time: Duration::ZERO,
+    };
     for rx in receivers {
-        let computed = rx
+        let computed: Computed = rx
             .await
             .unwrap_or(Err(BatchError::Stopped))
             .map_err(batch_error)?;
-        queue_time = queue_time.max(computed.queue_time);
-        inference_time = inference_time.max(computed.inference_time);
-        logits.push(computed.logits);
+        out.queue_time = out.queue_time.max(computed.queue_time);
+        out.inference_time = out.inference_time.max(computed.inference_time);
+        out.per_input.push(computed.logits);
     }
+    Ok(out)
+}
 
+/// Answers questions about passages
+///
+/// One input gives the pipeline's output for it: an answer object when there is one answer
+/// (top_k = 1), else a list of answers, best first. A list of several inputs gives a list with
+/// that output per input. A list of one input is answered as a single input, as the pipeline
+/// does. Windows of concurrent requests share model calls.
+#[utoipa::path(
+    post,
+    path = "/question-answering",
+    tag = "question answering",
+    request_body = api::QaRequestBody,
+    responses(AnswerResponses)
+)]
+pub async fn answer(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let bytes = body.map_err(|r| body_error(r, state.config.payload_limit))?;
+    let body = read_body(&state, bytes).await?;
+    let prepared = tokenize(&state, body).await?;
+    let windows: usize = prepared.iter().map(|p| p.windows.len()).sum();
+    tracing::debug!(inputs = prepared.len(), windows, "tokenized");
+    let logits = compute(&state, &prepared).await?;
     let answers = tokio::task::spawn_blocking(move || {
         prepared
             .iter()
-            .zip(&logits)
+            .zip(&logits.per_input)
             .map(|(p, l)| p.answers(l).answers)
             .collect::<Vec<_>>()
     })
@@ -269,17 +283,45 @@ async fn question_answering(
     .map_err(join_error)?;
     let mut response = Json(api::shape_response(answers)).into_response();
     let headers = response.headers_mut();
-    headers.insert("x-queue-time", millis(queue_time));
-    headers.insert("x-inference-time", millis(inference_time));
+    headers.insert("x-queue-time", millis(logits.queue_time));
+    headers.insert("x-inference-time", millis(logits.inference_time));
     headers.insert("x-total-time", millis(start.elapsed()));
     Ok(response)
 }
 
-/// `GET /health`: 200 once the model has answered its warm-up request, 503 before and while
-/// shutting down.
-async fn health(State(state): State<Arc<AppState>>) -> Response {
+/// Answers questions about passages (the same as `POST /question-answering`)
+#[utoipa::path(
+    post,
+    path = "/",
+    tag = "question answering",
+    request_body = api::QaRequestBody,
+    responses(AnswerResponses)
+)]
+pub async fn answer_root(
+    state: State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    answer(state, body).await
+}
+
+/// Readiness
+///
+/// 200 once the model has answered a warm-up request; 503 before that and while shutting down.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Health),
+        (status = 503, description = "Warming up, or shutting down.", body = ErrorBody),
+    )
+)]
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ok"})).into_response()
+        Json(Health {
+            status: HealthStatus::Ok,
+        })
+        .into_response()
     } else {
         ApiError::new(
             ErrorKind::Unavailable,
@@ -289,26 +331,50 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `GET /info`: the model and the server's limits.
-async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
+/// Model and limits
+#[utoipa::path(
+    get,
+    path = "/info",
+    tag = "operations",
+    responses((status = 200, description = "The model and the server's limits.", body = Info))
+)]
+pub async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
     let qa = &state.pipeline;
     let c = &state.config;
-    Json(json!({
-        "model_id": qa.files().name,
-        "model_type": qa.spec().model_type(),
-        "max_position_embeddings": qa.spec().max_input_len(),
-        "default_max_seq_len": qa.default_max_seq_len(),
-        "max_concurrent_requests": c.max_concurrent_requests,
-        "max_batch_tokens": c.max_batch_tokens,
-        "max_client_batch_size": c.max_client_batch_size,
-        "max_context_chars": c.max_context_chars,
-        "payload_limit": c.payload_limit,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+    Json(Info {
+        model_id: qa.files().name.clone(),
+        model_type: qa.spec().model_type().to_string(),
+        max_position_embeddings: qa.spec().max_input_len(),
+        default_max_seq_len: qa.default_max_seq_len(),
+        max_concurrent_requests: c.max_concurrent_requests,
+        max_batch_tokens: c.max_batch_tokens,
+        max_client_batch_size: c.max_client_batch_size,
+        max_context_chars: c.max_context_chars,
+        payload_limit: c.payload_limit,
+        request_timeout_s: c.request_timeout.as_secs_f64(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// Prometheus metrics
+///
+/// `bertqa_requests_total{endpoint,status}`, `bertqa_requests_in_flight`, `bertqa_queue_size`,
+/// `bertqa_cancelled_inputs_total`, `bertqa_batches_total` and the histograms
+/// `bertqa_request_duration_seconds` (question-answering requests only),
+/// `bertqa_queue_duration_seconds`, `bertqa_inference_duration_seconds`, `bertqa_batch_size`
+/// (windows per model call) and `bertqa_batch_tokens` (tokens per model call).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format 0.0.4.",
+        body = String,
+        content_type = "text/plain; version=0.0.4"
+    ))
+)]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -319,9 +385,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// `GET /openapi.json`.
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+/// This document
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The API as OpenAPI 3.1.", body = serde_json::Value))
+)]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::json(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -784,3 +784,312 @@ fn a_bad_request_does_not_fail_the_requests_beside_it() {
         assert_eq!(reply.status, want, "request {i}: {}", reply.text);
     }
 }
+
+/// A raw HTTP reply: status, headers and body bytes (which may be compressed).
+struct RawReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Server {
+    /// A request with extra headers over a plain socket, its body read as the bytes sent (an
+    /// HTTP client library would decompress it and drop `content-encoding`).
+    fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> RawReply {
+        let address = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut bytes).expect("read the reply");
+        let split = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers: {}", String::from_utf8_lossy(&bytes)));
+        let head = String::from_utf8(bytes[..split].to_vec()).expect("ASCII headers");
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let mut reply = RawReply {
+            status,
+            headers,
+            body: bytes[split + 4..].to_vec(),
+        };
+        if reply.header("transfer-encoding") == Some("chunked") {
+            reply.body = dechunk(&reply.body);
+        }
+        reply
+    }
+}
+
+/// The data of an HTTP/1.1 chunked body.
+fn dechunk(mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = bytes
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size_text = std::str::from_utf8(&bytes[..line_end]).expect("chunk size");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .expect("hex chunk size");
+        bytes = &bytes[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&bytes[..size]);
+        bytes = &bytes[size + 2..];
+    }
+}
+
+fn gunzip(bytes: &[u8]) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes), &mut text)
+        .expect("a gzip stream of UTF-8 text");
+    text
+}
+
+/// Responses are gzip-compressed for clients that accept it (and only for them), and a
+/// client's request id that is not short and printable is replaced by a fresh one.
+#[test]
+fn responses_are_compressed_when_asked_and_request_ids_are_checked() {
+    let server = Server::start(&common::fixture("bert-uncased"), &[]);
+    let gzip = [("accept-encoding", "gzip")];
+    let plain = server.raw("GET", "/openapi.json", &[], "");
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("content-encoding"), None);
+    let packed = server.raw("GET", "/openapi.json", &gzip, "");
+    assert_eq!(packed.status, 200);
+    assert_eq!(packed.header("content-encoding"), Some("gzip"));
+    assert!(
+        packed.body.len() * 3 < plain.body.len(),
+        "barely compressed"
+    );
+    assert_eq!(gunzip(&packed.body).as_bytes(), plain.body);
+
+    let golden = common::load_golden(&common::fixture("bert-uncased").join("golden.json"));
+    let body = case_body(&golden.cases[0]).to_string();
+    let answer = server.raw("POST", "/question-answering", &gzip, &body);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-encoding"), Some("gzip"));
+    assert!(answer.header("x-total-time").is_some());
+    let answers = answers_of(&serde_json::from_str(&gunzip(&answer.body)).expect("JSON"));
+    let errors = common::compare_answers(&golden.cases[0].id, &answers, &golden.cases[0].expected);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    // Errors too keep their JSON shape.
+    let error = server.raw("POST", "/question-answering", &gzip, "{\"inputs\": []}");
+    assert_eq!(error.status, 422);
+    let error: Value = serde_json::from_str(&gunzip(&error.body)).expect("JSON error");
+    assert_eq!(error["error_type"], "validation");
+
+    for bad in ["has space", "semi;colon", &"x".repeat(200)] {
+        let reply = server.raw("GET", "/health", &[("x-request-id", bad)], "");
+        let id = reply.header("x-request-id").expect("a request id");
+        assert_ne!(id, bad);
+        assert!(!id.is_empty() && id.contains('-'), "{id}");
+    }
+    let kept = server.raw("GET", "/health", &[("x-request-id", "abc-1.2:3_x")], "");
+    assert_eq!(kept.header("x-request-id"), Some("abc-1.2:3_x"));
+    // Without CORS options, no page elsewhere may call the API.
+    let preflight = server.raw(
+        "OPTIONS",
+        "/question-answering",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        "",
+    );
+    assert_eq!(preflight.header("access-control-allow-origin"), None);
+    let cross = server.raw(
+        "POST",
+        "/question-answering",
+        &[("origin", "https://app.example")],
+        &body,
+    );
+    assert_eq!(cross.status, 200);
+    assert_eq!(cross.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn cors_allows_the_given_origins_only() {
+    let server = Server::start(
+        &common::fixture("bert-uncased"),
+        &[
+            "--cors-allow-origin",
+            "https://app.example",
+            "--cors-allow-origin",
+            "http://localhost:3000",
+        ],
+    );
+    let preflight = |origin: &str| {
+        server.raw(
+            "OPTIONS",
+            "/question-answering",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            "",
+        )
+    };
+    let allowed = preflight("https://app.example");
+    assert_eq!(allowed.status, 200);
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(allowed
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("POST")));
+    assert!(allowed
+        .header("access-control-allow-headers")
+        .is_some_and(|h| h.contains("content-type")));
+    assert_eq!(
+        preflight("https://other.example").header("access-control-allow-origin"),
+        None
+    );
+
+    let body =
+        json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}}).to_string();
+    let cross = server.raw(
+        "POST",
+        "/question-answering",
+        &[("origin", "http://localhost:3000")],
+        &body,
+    );
+    assert_eq!(cross.status, 200);
+    assert_eq!(
+        cross.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    // The page of that origin may read the timing headers and the request id.
+    let exposed = cross
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
+    for h in [
+        "x-request-id",
+        "x-queue-time",
+        "x-inference-time",
+        "x-total-time",
+    ] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
+    let other = server.raw(
+        "POST",
+        "/question-answering",
+        &[("origin", "https://other.example")],
+        &body,
+    );
+    assert_eq!(other.header("access-control-allow-origin"), None);
+
+    let any = Server::start(
+        &common::fixture("bert-uncased"),
+        &["--cors-allow-origin", "*"],
+    );
+    let reply = any.raw(
+        "GET",
+        "/info",
+        &[("origin", "https://anywhere.example")],
+        "",
+    );
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+}
+
+#[test]
+fn bad_cors_origins_and_timeouts_are_refused_before_loading() {
+    for (flag, value, says) in [
+        (
+            "--cors-allow-origin",
+            "https://app.example/",
+            "not an origin",
+        ),
+        ("--cors-allow-origin", "app.example", "not an origin"),
+        ("--request-timeout", "0s", "more than zero"),
+        ("--request-timeout", "10", "60s"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bertqa"))
+            .args([
+                "serve",
+                "--model",
+                "/nonexistent/model",
+                "--port",
+                "0",
+                flag,
+                value,
+            ])
+            .output()
+            .expect("run bertqa serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains("error"), "{stderr}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A request that takes longer than `--request-timeout` is answered 503 `timeout`, and its
+/// inputs leave the queue instead of being computed for no one.
+#[test]
+fn a_request_over_the_timeout_gets_503_and_its_inputs_are_withdrawn() {
+    // One thread: about 800 windows of 48 tokens take several seconds on any machine, while
+    // tokenizing them takes a fraction of the second allowed.
+    let server = Server::start(
+        &minilm(),
+        &[
+            "--request-timeout",
+            "1s",
+            "--max-batch-tokens",
+            "480",
+            "--threads",
+            "1",
+        ],
+    );
+    let input = long_input(30_000);
+    let body = json!({"inputs": [input, input, input], "parameters": {"max_seq_len": 48, "doc_stride": 8}});
+    let started = Instant::now();
+    let reply = server.post(&body);
+    let waited = started.elapsed();
+    assert_error(&reply, 503, "timeout", "1s (--request-timeout)");
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("bertqa_queue_size") != Some(0.0) {
+        assert!(Instant::now() < deadline, "the queue never emptied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.metric("bertqa_cancelled_inputs_total"), Some(3.0));
+    assert_eq!(server.metric("bertqa_requests_in_flight"), Some(0.0));
+    assert_eq!(
+        server.metric("bertqa_requests_total{endpoint=\"/question-answering\",status=\"503\"}"),
+        Some(1.0)
+    );
+    // A request within the limit is answered.
+    let short = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
+    assert_eq!(server.post(&short).status, 200);
+}

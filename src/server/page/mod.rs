@@ -17,7 +17,16 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-in
      style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
-/// `GET /`: the page.
+/// The browser page
+///
+/// A self-contained HTML page (no external resources) for asking questions: paste a context,
+/// ask, and see the answers highlighted with their scores.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "page",
+    responses((status = 200, description = "The page.", body = String, content_type = "text/html"))
+)]
 pub async fn page() -> Response {
     (
         [

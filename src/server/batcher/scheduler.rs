@@ -1,0 +1,260 @@
+//! The scheduler thread: keeps the queue of inputs, forms model calls and hands them to idle
+//! workers, collects their logits and answers each input once all its windows are done.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::worker::{Item, WindowResult, Worker};
+use super::{windows_that_fit, BatchError, BatchOptions, Computed, Job, Message};
+use crate::engine::WindowLogits;
+
+/// An input in the queue.
+struct Active {
+    /// Names the input in the results of model calls (positions in the queue shift).
+    id: u64,
+    job: Job,
+    /// Index of the next window to hand to a model call.
+    next: usize,
+    /// Each window's logits, once its call has ended.
+    logits: Vec<Option<WindowLogits>>,
+    /// Windows whose logits have arrived.
+    received: usize,
+    first_call: Option<Instant>,
+    failed: Option<BatchError>,
+}
+
+impl Active {
+    fn windows(&self) -> usize {
+        self.job.prepared.windows.len()
+    }
+}
+
+pub(super) struct Scheduler {
+    rx: mpsc::Receiver<Message>,
+    /// Where workers report the end of their calls.
+    done: mpsc::Sender<Message>,
+    worker: Arc<Worker>,
+    options: BatchOptions,
+    /// Model calls running now.
+    busy: usize,
+    active: VecDeque<Active>,
+    next_id: u64,
+    closed: bool,
+}
+
+impl Scheduler {
+    pub(super) fn new(
+        rx: mpsc::Receiver<Message>,
+        done: mpsc::Sender<Message>,
+        worker: Worker,
+        mut options: BatchOptions,
+    ) -> Self {
+        options.workers = options.workers.max(1);
+        options.max_batch_tokens = options.max_batch_tokens.max(1);
+        Self {
+            rx,
+            done,
+            worker: Arc::new(worker),
+            options,
+            busy: 0,
+            active: VecDeque::new(),
+            next_id: 0,
+            closed: false,
+        }
+    }
+
+    /// Runs until every handle is dropped and nothing is queued or running.
+    pub(super) fn run(mut self) {
+        while self.receive() {
+            self.drop_departed();
+            self.dispatch();
+            // Failed inputs, inputs without windows and inputs whose last call ended.
+            self.finish_done();
+        }
+    }
+
+    /// Takes in every message there is, waiting for one when there is nothing to hand to an
+    /// idle worker; false once the handles are gone and nothing is left.
+    fn receive(&mut self) -> bool {
+        let can_dispatch = self.busy < self.options.workers && self.has_pending();
+        if !can_dispatch {
+            if self.closed && self.active.is_empty() && self.busy == 0 {
+                return false;
+            }
+            // `self.done` keeps the channel open, so this waits for a message.
+            match self.rx.recv() {
+                Ok(message) => self.handle(message),
+                Err(_) => return false,
+            }
+        }
+        while let Ok(message) = self.rx.try_recv() {
+            self.handle(message);
+        }
+        true
+    }
+
+    fn handle(&mut self, message: Message) {
+        match message {
+            Message::Job(job) => {
+                let windows = job.prepared.windows.len();
+                self.active.push_back(Active {
+                    id: self.next_id,
+                    job,
+                    next: 0,
+                    logits: (0..windows).map(|_| None).collect(),
+                    received: 0,
+                    first_call: None,
+                    failed: None,
+                });
+                self.next_id += 1;
+            }
+            Message::Done(results) => {
+                self.busy -= 1;
+                self.store(results);
+            }
+            Message::Closed => self.closed = true,
+        }
+    }
+
+    /// Files the results of a model call under their inputs (those still queued).
+    fn store(&mut self, results: Vec<WindowResult>) {
+        for result in results {
+            let Some(a) = self.active.iter_mut().find(|a| a.id == result.id) else {
+                continue;
+            };
+            match result.logits {
+                Ok(logits) => {
+                    if a.logits[result.window].replace(logits).is_none() {
+                        a.received += 1;
+                    }
+                }
+                Err(e) => {
+                    a.failed.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.active
+            .iter()
+            .any(|a| a.failed.is_none() && a.next < a.windows())
+    }
+
+    /// Drops the inputs of clients that went away, before more compute is spent on them.
+    fn drop_departed(&mut self) {
+        let metrics = &self.worker.metrics;
+        self.active.retain(|a| {
+            let gone = a.job.reply.is_closed();
+            if gone {
+                metrics.record_cancelled();
+                metrics.queue_size.dec();
+            }
+            !gone
+        });
+    }
+
+    /// Hands model calls to idle workers while windows wait.
+    fn dispatch(&mut self) {
+        // One share for the whole round, so that workers free at once get equal calls.
+        let limit = self.share();
+        while self.busy < self.options.workers {
+            let items = self.next_batch(limit);
+            if items.is_empty() {
+                break;
+            }
+            self.busy += 1;
+            let (worker, done) = (self.worker.clone(), self.done.clone());
+            let call = move || {
+                let results = worker.run(&items);
+                // The scheduler outlives every call it started, so this only fails when the
+                // process is going down anyway.
+                let _ = done.send(Message::Done(results));
+            };
+            match &self.options.pool {
+                Some(pool) => pool.spawn(call),
+                None => rayon::spawn(call),
+            }
+        }
+    }
+
+    /// The most one call may cost now: `max_batch_tokens`, or less when an even share of
+    /// the queued windows over all workers is less.
+    fn share(&self) -> usize {
+        let lengths: Vec<usize> = self.pending().map(|(_, len)| len).collect();
+        let all = (self.worker.cost)(&lengths);
+        all.div_ceil(self.options.workers)
+            .clamp(1, self.options.max_batch_tokens)
+    }
+
+    /// The windows not yet handed to a call, in queue order: (position in the queue, length).
+    fn pending(&self) -> impl Iterator<Item = ((usize, usize), usize)> + '_ {
+        self.active
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.failed.is_none())
+            .flat_map(|(i, a)| {
+                let windows = &a.job.prepared.windows;
+                (a.next..windows.len()).map(move |w| ((i, w), windows[w].len()))
+            })
+    }
+
+    /// Takes the next windows, in queue order, for a call costing at most `limit`.
+    fn next_batch(&mut self, limit: usize) -> Vec<Item> {
+        let count = windows_that_fit(
+            self.pending().map(|(_, len)| len),
+            limit,
+            self.worker.cost.as_ref(),
+        );
+        let picks: Vec<(usize, usize)> = self.pending().take(count).map(|(p, _)| p).collect();
+        let now = Instant::now();
+        picks
+            .into_iter()
+            .map(|(i, w)| {
+                let a = &mut self.active[i];
+                a.first_call.get_or_insert(now);
+                a.next = w + 1;
+                Item {
+                    id: a.id,
+                    prepared: a.job.prepared.clone(),
+                    window: w,
+                }
+            })
+            .collect()
+    }
+
+    /// Answers the inputs that are complete or failed and removes them.
+    fn finish_done(&mut self) {
+        let now = Instant::now();
+        let metrics = &self.worker.metrics;
+        let mut i = 0;
+        while i < self.active.len() {
+            let a = &self.active[i];
+            if a.failed.is_none() && a.received < a.windows() {
+                i += 1;
+                continue;
+            }
+            let Some(a) = self.active.remove(i) else {
+                break;
+            };
+            metrics.queue_size.dec();
+            let reply = match a.failed {
+                Some(e) => Err(e),
+                None => {
+                    let first = a.first_call.unwrap_or(now);
+                    let computed = Computed {
+                        logits: a.logits.into_iter().flatten().collect(),
+                        queue_time: first.saturating_duration_since(a.job.enqueued),
+                        inference_time: now.saturating_duration_since(first),
+                    };
+                    metrics.record_input(computed.queue_time, computed.inference_time);
+                    Ok(computed)
+                }
+            };
+            // The client may have gone in the meantime; nothing to do then.
+            let _ = a.job.reply.send(reply);
+        }
+    }
+}

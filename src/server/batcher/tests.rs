@@ -1,0 +1,402 @@
+//! The batcher's tests. Those about one queue's order run one worker (`one_worker`); those
+//! about workers running side by side run on a pool of their own.
+
+use super::*;
+use crate::pipeline::{LoadOptions, QaPipeline, QaRequest};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+fn padded(lengths: &[usize]) -> usize {
+    lengths.iter().max().copied().unwrap_or(0) * lengths.len()
+}
+
+fn packed(lengths: &[usize]) -> usize {
+    lengths.iter().sum()
+}
+
+#[test]
+fn packs_windows_up_to_the_padded_token_budget() {
+    assert_eq!(windows_that_fit([], 100, &padded), 0);
+    // One window always goes, even over the budget.
+    assert_eq!(windows_that_fit([500, 10], 100, &padded), 1);
+    // 4 × 25 = 100 fits; a fifth would make 125.
+    assert_eq!(windows_that_fit([25; 8], 100, &padded), 4);
+    // Padding counts: after a 40-token window, 3 × 40 = 120 > 100.
+    assert_eq!(windows_that_fit([10, 40, 10], 100, &padded), 2);
+    assert_eq!(windows_that_fit([10, 10, 10, 60], 100, &padded), 3);
+}
+
+#[test]
+fn packed_engines_are_budgeted_by_the_sum_of_lengths() {
+    // 10 + 40 + 10 + 40 = 100 fits unpadded, where padding would allow only two.
+    assert_eq!(windows_that_fit([10, 40, 10, 40, 5], 100, &packed), 4);
+    assert_eq!(windows_that_fit([500, 10], 100, &packed), 1);
+    assert_eq!(windows_that_fit([30, 30, 30, 11], 100, &packed), 3);
+}
+
+/// One model call at a time, of at most `max_batch_tokens`.
+fn one_worker(max_batch_tokens: usize) -> BatchOptions {
+    BatchOptions {
+        max_batch_tokens,
+        workers: 1,
+        pool: None,
+    }
+}
+
+/// A model that computes nothing: zero logits per token.
+fn zeros(w: &[&Window]) -> crate::error::Result<Vec<WindowLogits>> {
+    Ok(w.iter()
+        .map(|w| (vec![0.0; w.len()], vec![0.0; w.len()]))
+        .collect())
+}
+
+fn pipeline() -> QaPipeline {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/bert-uncased");
+    QaPipeline::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
+}
+
+fn prepared(qa: &QaPipeline, max_seq_len: usize) -> Arc<Prepared> {
+    let mut req = QaRequest::new(
+        "Who founded the company?",
+        "The company was founded in 1998 by two students. It grew quickly and moved to a \
+         larger office in the city centre after a few years of steady work.",
+    );
+    req.params.max_seq_len = Some(max_seq_len);
+    req.params.doc_stride = Some(8);
+    Arc::new(qa.prepare(&req).unwrap())
+}
+
+/// Batched results are the logits each window gets when run alone.
+#[test]
+fn batched_logits_equal_unbatched_ones() {
+    let qa = Arc::new(pipeline());
+    let inputs = [prepared(&qa, 24), prepared(&qa, 40), prepared(&qa, 384)];
+    assert!(
+        inputs[0].windows.len() > 2,
+        "the test needs several windows"
+    );
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (runner_qa, runner_calls) = (qa.clone(), calls.clone());
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        runner_calls.lock().unwrap().push(w.len());
+        runner_qa.run_windows(w)
+    });
+    let metrics = Arc::new(Metrics::default());
+    let batcher =
+        Batcher::start(runner, Arc::new(padded), one_worker(100), metrics.clone()).unwrap();
+    let receivers: Vec<_> = inputs
+        .iter()
+        .map(|p| batcher.enqueue(p.clone()).unwrap())
+        .collect();
+    for (p, rx) in inputs.iter().zip(receivers) {
+        let got = rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(got.logits.len(), p.windows.len());
+        for (w, (s, e)) in p.windows.iter().zip(&got.logits) {
+            let alone = qa.run_windows(&[w]).unwrap().pop().unwrap();
+            let diff = s
+                .iter()
+                .zip(&alone.0)
+                .chain(e.iter().zip(&alone.1))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert_eq!(s.len(), w.len());
+            assert!(diff < 1e-4, "batched logits differ by {diff}");
+        }
+    }
+    let calls = calls.lock().unwrap();
+    let total: usize = calls.iter().sum();
+    assert_eq!(total, inputs.iter().map(|p| p.windows.len()).sum::<usize>());
+    assert!(
+        calls.iter().any(|&n| n > 1),
+        "windows were never batched: {calls:?}"
+    );
+    assert_eq!(metrics.queue_size.get(), 0);
+}
+
+/// An input whose receiver is dropped while it waits is never computed.
+#[test]
+fn inputs_of_departed_clients_are_dropped_before_compute() {
+    let qa = Arc::new(pipeline());
+    let first = prepared(&qa, 384);
+    let second = prepared(&qa, 24);
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let gate_rx = Mutex::new(gate_rx);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let runner_seen = seen.clone();
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        runner_seen.lock().unwrap().push(w.len());
+        // Hold the only worker until the test has queued and withdrawn the second input.
+        let _ = gate_rx.lock().unwrap().recv();
+        zeros(w)
+    });
+    let metrics = Arc::new(Metrics::default());
+    let batcher =
+        Batcher::start(runner, Arc::new(padded), one_worker(16384), metrics.clone()).unwrap();
+    let rx1 = batcher.enqueue(first).unwrap();
+    // Wait until the first call is running.
+    while seen.lock().unwrap().is_empty() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rx2 = batcher.enqueue(second).unwrap();
+    drop(rx2);
+    gate_tx.send(()).unwrap();
+    assert!(rx1.blocking_recv().unwrap().is_ok());
+    // A third input goes through; by then the second has been looked at and dropped.
+    let rx3 = batcher.enqueue(prepared(&qa, 384)).unwrap();
+    gate_tx.send(()).unwrap();
+    assert!(rx3.blocking_recv().unwrap().is_ok());
+    assert_eq!(*seen.lock().unwrap(), vec![1, 1]);
+    assert!(metrics
+        .render()
+        .contains("bertqa_cancelled_inputs_total 1\n"));
+    assert_eq!(metrics.queue_size.get(), 0);
+}
+
+/// A call that fails because of one input is retried input by input: that input gets the
+/// error, the inputs batched with it their logits.
+#[test]
+fn an_input_that_fails_does_not_fail_its_neighbours() {
+    let qa = Arc::new(pipeline());
+    // Windows longer than 30 tokens stand for a request the model cannot run.
+    let (good, bad) = (prepared(&qa, 24), prepared(&qa, 384));
+    assert!(bad.windows.iter().any(|w| w.len() > 30));
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let gate_rx = Mutex::new(gate_rx);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let runner_calls = calls.clone();
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        let first = {
+            let mut calls = runner_calls.lock().unwrap();
+            calls.push(w.len());
+            calls.len() == 1
+        };
+        if first {
+            let _ = gate_rx.lock().unwrap().recv();
+        }
+        if w.iter().any(|w| w.len() > 30) {
+            return Err(crate::Error::InvalidInput("too long".into()));
+        }
+        zeros(w)
+    });
+    let batcher = Batcher::start(
+        runner,
+        Arc::new(padded),
+        one_worker(1 << 20),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let first = batcher.enqueue(good.clone()).unwrap();
+    while calls.lock().unwrap().is_empty() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Queued while the first call runs, so that they share the next one.
+    let receivers: Vec<_> = [good.clone(), bad, good.clone()]
+        .into_iter()
+        .map(|p| batcher.enqueue(p).unwrap())
+        .collect();
+    gate_tx.send(()).unwrap();
+    assert!(first.blocking_recv().unwrap().is_ok());
+    let replies: Vec<_> = receivers
+        .into_iter()
+        .map(|rx| rx.blocking_recv().unwrap())
+        .collect();
+    assert_eq!(
+        replies[0].as_ref().unwrap().logits.len(),
+        good.windows.len()
+    );
+    assert!(replies[1]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("too long"));
+    assert_eq!(
+        replies[2].as_ref().unwrap().logits.len(),
+        good.windows.len()
+    );
+    let calls = calls.lock().unwrap();
+    assert!(
+        calls[1] > good.windows.len() + 1,
+        "the three inputs never shared a call: {calls:?}"
+    );
+}
+
+#[test]
+fn a_failing_model_call_fails_its_inputs_only() {
+    let qa = Arc::new(pipeline());
+    let calls = AtomicUsize::new(0);
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("simulated failure");
+        }
+        zeros(w)
+    });
+    let batcher = Batcher::start(
+        runner,
+        Arc::new(padded),
+        one_worker(16384),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let rx1 = batcher.enqueue(prepared(&qa, 384)).unwrap();
+    let err = rx1.blocking_recv().unwrap().unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+    let rx2 = batcher.enqueue(prepared(&qa, 384)).unwrap();
+    assert!(rx2.blocking_recv().unwrap().is_ok());
+}
+
+/// A latch the model calls of a test wait on.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        let _open = self.changed.wait_while(open, |open| !*open).unwrap();
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Two workers on a pool of their own.
+fn two_workers(max_batch_tokens: usize) -> BatchOptions {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    BatchOptions {
+        max_batch_tokens,
+        workers: 2,
+        pool: Some(Arc::new(pool)),
+    }
+}
+
+fn one_window(qa: &QaPipeline) -> Arc<Prepared> {
+    let p = prepared(qa, 384);
+    assert_eq!(p.windows.len(), 1);
+    p
+}
+
+/// With two workers, two model calls run at the same time.
+#[test]
+fn two_workers_run_two_calls_at_once() {
+    let qa = Arc::new(pipeline());
+    let running = Arc::new((Mutex::new((0usize, 0usize)), Condvar::new()));
+    let in_runner = running.clone();
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        let (lock, changed) = &*in_runner;
+        let mut state = lock.lock().unwrap();
+        state.0 += 1;
+        state.1 = state.1.max(state.0);
+        changed.notify_all();
+        // Wait (a while at most) for a second call to be running too.
+        let (mut state, _) = changed
+            .wait_timeout_while(state, Duration::from_secs(10), |s| s.1 < 2)
+            .unwrap();
+        state.0 -= 1;
+        zeros(w)
+    });
+    let batcher = Batcher::start(
+        runner,
+        Arc::new(packed),
+        two_workers(16384),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let receivers: Vec<_> = (0..2)
+        .map(|_| batcher.enqueue(one_window(&qa)).unwrap())
+        .collect();
+    for rx in receivers {
+        assert!(rx.blocking_recv().unwrap().is_ok());
+    }
+    assert_eq!(running.0.lock().unwrap().1, 2, "the calls never overlapped");
+}
+
+/// Windows queued while every worker is busy are split evenly between the workers instead of
+/// all going to the first one free.
+#[test]
+fn queued_windows_are_shared_between_workers() {
+    let qa = Arc::new(pipeline());
+    let gate = Arc::new(Gate::default());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (runner_gate, runner_calls) = (gate.clone(), calls.clone());
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        let n = {
+            let mut calls = runner_calls.lock().unwrap();
+            calls.push(w.len());
+            calls.len()
+        };
+        if n <= 2 {
+            runner_gate.wait();
+        }
+        zeros(w)
+    });
+    let metrics = Arc::new(Metrics::default());
+    let batcher = Batcher::start(
+        runner,
+        Arc::new(packed),
+        two_workers(1 << 20),
+        metrics.clone(),
+    )
+    .unwrap();
+    let first: Vec<_> = (0..2)
+        .map(|_| batcher.enqueue(one_window(&qa)).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calls.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first two calls never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Both workers are busy: these eight wait in the queue.
+    let queued: Vec<_> = (0..8)
+        .map(|_| batcher.enqueue(one_window(&qa)).unwrap())
+        .collect();
+    gate.open();
+    for rx in first.into_iter().chain(queued) {
+        assert!(rx.blocking_recv().unwrap().is_ok());
+    }
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls[..2], [1, 1], "{calls:?}");
+    // The first worker free takes half of the eight, leaving the rest to the other.
+    assert_eq!(calls[2], 4, "{calls:?}");
+    assert!(calls[2..].iter().all(|&n| n <= 4), "{calls:?}");
+    assert_eq!(calls[2..].iter().sum::<usize>(), 8, "{calls:?}");
+    assert_eq!(metrics.queue_size.get(), 0);
+}
+
+/// Dropping every handle lets the queued inputs finish before the scheduler stops.
+#[test]
+fn dropping_the_batcher_finishes_what_is_queued() {
+    let qa = Arc::new(pipeline());
+    let gate = Arc::new(Gate::default());
+    let runner_gate = gate.clone();
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        runner_gate.wait();
+        zeros(w)
+    });
+    let batcher = Batcher::start(
+        runner,
+        Arc::new(packed),
+        two_workers(16384),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let receivers: Vec<_> = (0..3)
+        .map(|_| batcher.enqueue(prepared(&qa, 24)).unwrap())
+        .collect();
+    drop(batcher);
+    gate.open();
+    for rx in receivers {
+        let computed = rx.blocking_recv().unwrap().unwrap();
+        assert!(computed.logits.len() > 2);
+    }
+}
