@@ -69,6 +69,10 @@ pub enum Error {
         message: String,
     },
 
+    /// The device asked for cannot be used (a build without CUDA, no GPU, no driver).
+    #[error("device: {0}")]
+    Device(String),
+
     /// Tensor computation failed.
     #[error("model computation: {0}")]
     Candle(#[from] candle_core::Error),

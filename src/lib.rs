@@ -19,6 +19,7 @@
 // Modules from the bottom layer up: each imports only those listed before it.
 pub mod checkpoint;
 pub mod decode;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod evaluate;
@@ -36,6 +37,7 @@ pub mod train;
 
 pub use checkpoint::{HubOptions, DEFAULT_MODEL};
 pub use decode::{Answer, DecodeParams, Decoded};
+pub use device::{DeviceChoice, FloatType};
 pub use engine::{Engine, EngineKind, Precision, Tokens, WindowLogits};
 pub use error::{Error, Result};
 pub use pipeline::{EngineChoice, LoadOptions, QaParams, QaPipeline, QaRequest};

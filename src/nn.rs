@@ -4,9 +4,13 @@
 //! backward passes are used (see `train_ops`; candle's fused LayerNorm and softmax have no
 //! backward pass), and dropout is active. In inference candle's fused kernels are used and
 //! dropout is off. Linear layers and GELU take the same single ops (with their own backward
-//! passes) in both modes on f32 CPU tensors.
+//! passes) in both modes on f32 CPU tensors. Off the CPU (a GPU), where those single ops have
+//! no kernels, the same functions are composed from candle's differentiable ops (`composed`).
 
+mod composed;
 mod train_ops;
+
+pub use composed::with_composed_ops;
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -44,7 +48,7 @@ impl Linear {
 
     /// Applies the layer to `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(bias) = self.inner.bias() {
+        if let (Some(bias), true) = (self.inner.bias(), composed::single_ops_for(x)) {
             if let Some(y) = train_ops::linear(x, self.inner.weight(), bias)? {
                 return Ok(y);
             }
@@ -78,26 +82,25 @@ impl LayerNorm {
 
     /// Normalises `x` over its last dimension.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train {
+        if train && composed::single_ops_for(x) {
             train_ops::layer_norm(x, &self.weight, &self.bias, self.eps)
-        } else if !x.is_contiguous() {
-            let n = x.dim(D::Minus1)? as f64;
-            let mean = (x.sum_keepdim(D::Minus1)? / n)?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-            let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-            normed
-                .broadcast_mul(&self.weight)?
-                .broadcast_add(&self.bias)
+        } else if train || !x.is_contiguous() {
+            // Off the CPU in training, and for tensors the fused kernel does not take (in f32
+            // the same arithmetic as before).
+            composed::layer_norm(x, &self.weight, &self.bias, self.eps)
         } else {
             candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
         }
     }
 }
 
-/// Softmax over the last dimension.
+/// Softmax over the last dimension. In bf16/f16 its sums are taken in f32: composed in
+/// training and on the CPU (whose fused kernel sums in the tensor's type); the GPU's fused
+/// kernel sums in f32 itself.
 pub fn softmax_last_dim(x: &Tensor, train: bool) -> Result<Tensor> {
-    if train {
+    if x.dtype() != DType::F32 && (train || x.device().is_cpu()) {
+        composed::softmax_last_dim(x)
+    } else if train {
         candle_nn::ops::softmax(x, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(x)
@@ -115,7 +118,12 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
     if p >= 1.0 {
         return x.zeros_like();
     }
-    train_ops::dropout(x, dropout_rng::mask(x.elem_count(), p))
+    let mask = dropout_rng::mask(x.elem_count(), p);
+    if composed::single_ops_for(x) {
+        train_ops::dropout(x, mask)
+    } else {
+        composed::dropout(x, &mask)
+    }
 }
 
 /// Seeds this thread's dropout generator (ChaCha8 keyed by `seed`). Training seeds it once at the
@@ -223,10 +231,11 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => match train_ops::gelu(x)? {
+            Activation::Gelu if composed::single_ops_for(x) => match train_ops::gelu(x)? {
                 Some(y) => Ok(y),
                 None => x.gelu_erf(),
             },
+            Activation::Gelu => x.gelu_erf(),
             Activation::GeluNew => x.gelu(),
             Activation::Relu => x.relu(),
         }
@@ -234,11 +243,17 @@ impl Activation {
 }
 
 /// Additive attention bias from a `[batch, seq]` mask of 1 (attend) / 0 (padding):
-/// `[batch, 1, 1, seq]` with 0 where attended and the lowest f32 where masked, as transformers does.
+/// `[batch, 1, 1, seq]` with 0 where attended and the lowest value of `dtype` where masked, as
+/// transformers does.
 pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, s) = mask.dims2()?;
+    let lowest = match dtype {
+        DType::BF16 => half::bf16::MIN.to_f64(),
+        DType::F16 => half::f16::MIN.to_f64(),
+        _ => f32::MIN as f64,
+    };
     let mask = mask.to_dtype(DType::F32)?;
-    let bias = ((1.0 - mask)? * f32::MIN as f64)?;
+    let bias = ((1.0 - mask)? * lowest)?;
     bias.reshape((b, 1, 1, s))?.to_dtype(dtype)
 }
 
@@ -258,7 +273,10 @@ pub fn attention(
         } else {
             None
         };
-        return train_ops::attention(q, k, v, bias, mask);
+        if composed::single_ops_for(q) {
+            return train_ops::attention(q, k, v, bias, mask);
+        }
+        return composed::attention(q, k, v, bias, mask.as_ref());
     }
     let head_dim = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;

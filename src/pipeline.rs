@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::checkpoint::{self, CheckpointFiles, HubOptions};
 use crate::decode::{decode, Answer, DecodeParams, Decoded};
+use crate::device::FloatType;
 use crate::engine::{Engine, EngineKind, Precision, Tokens, WindowLogits};
 use crate::error::{Error, Result};
 use crate::features::{QaTokenizer, Window};
@@ -170,8 +171,12 @@ impl Prepared {
 pub struct LoadOptions {
     /// Hub access (offline mode, revision).
     pub hub: HubOptions,
-    /// Device to run on.
+    /// Device to run on (see [`crate::DeviceChoice::open`]). Off the CPU the reference models
+    /// run.
     pub device: Device,
+    /// Floating-point type of the reference models' weights and activations; reduced precision
+    /// only on a GPU.
+    pub dtype: FloatType,
     /// Most windows per model call.
     pub batch_size: usize,
     /// Longest context accepted, in characters (bounds memory: windows are built all at once).
@@ -199,6 +204,7 @@ impl Default for LoadOptions {
         Self {
             hub: HubOptions::default(),
             device: Device::Cpu,
+            dtype: FloatType::F32,
             batch_size: 8,
             max_context_chars: DEFAULT_MAX_CONTEXT_CHARS,
             engine: EngineChoice::Auto,
@@ -216,6 +222,7 @@ pub struct QaPipeline {
     engine: Box<dyn Engine>,
     spec: ModelSpec,
     files: CheckpointFiles,
+    device: Device,
     batch_size: usize,
     max_context_chars: usize,
 }
@@ -230,7 +237,8 @@ impl QaPipeline {
     /// Loads a located checkpoint.
     pub fn from_files(files: CheckpointFiles, options: &LoadOptions) -> Result<Self> {
         let config = checkpoint::read_json(&files.config)?;
-        let vb = checkpoint::open_weights(&files.weights, DType::F32, &options.device)?;
+        options.dtype.check_device(&options.device)?;
+        let vb = checkpoint::open_weights(&files.weights, options.dtype.dtype(), &options.device)?;
         let weights = files.weights.path().to_path_buf();
         Self::from_var_builder(files, &config, vb, options).map_err(|e| match e {
             Error::Candle(err) => Error::Checkpoint {
@@ -251,7 +259,8 @@ impl QaPipeline {
         tensors: HashMap<String, Tensor>,
         options: &LoadOptions,
     ) -> Result<Self> {
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &options.device);
+        options.dtype.check_device(&options.device)?;
+        let vb = VarBuilder::from_tensors(tensors, options.dtype.dtype(), &options.device);
         Self::from_var_builder(files, config, vb, options)
     }
 
@@ -280,6 +289,13 @@ impl QaPipeline {
                 ));
             }
         }
+        if options.precision != Precision::F32 && !options.device.is_cpu() {
+            return Err(Error::InvalidInput(
+                "int8 runs on the CPU's fast engine only: drop the quantization option on a GPU \
+                 (or use --dtype bf16 there)"
+                    .into(),
+            ));
+        }
         if options.precision != Precision::F32 {
             return Err(Error::InvalidInput(format!(
                 "int8 runs on the fast engine, which does not cover this checkpoint ({}) with \
@@ -288,6 +304,9 @@ impl QaPipeline {
             )));
         }
         let model = spec.reference_model(vb)?;
+        // The weights were copied to the device on this thread's stream; other threads (the
+        // server's model thread) must not use them before the copies are done.
+        options.device.synchronize()?;
         Ok(Self::with_reference_model(
             files, tokenizer, model, spec, options,
         ))
@@ -332,6 +351,7 @@ impl QaPipeline {
             engine,
             spec,
             files,
+            device: options.device.clone(),
             batch_size: options.batch_size.max(1),
             max_context_chars: options.max_context_chars,
         }
@@ -350,6 +370,11 @@ impl QaPipeline {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &QaTokenizer {
         &self.tokenizer
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The engine that runs the model.
@@ -483,15 +508,24 @@ impl QaPipeline {
         // Batches run side by side, one per worker: each keeps its core busy from start to
         // end, with no wait between the steps of a forward pass; a worker without a batch of
         // its own helps the others through their parallel steps.
-        let batches = all
-            .par_chunks(self.batch_size.max(1))
-            .map(|chunk| {
-                let windows: Vec<&Window> = chunk.iter().map(|(_, _, w)| *w).collect();
-                let logits = self.answer_logits(&windows)?;
-                on_batch(chunk.len());
-                Ok(logits)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let run = |chunk: &[(usize, usize, &Window)]| {
+            let windows: Vec<&Window> = chunk.iter().map(|(_, _, w)| *w).collect();
+            let logits = self.answer_logits(&windows)?;
+            on_batch(chunk.len());
+            Ok(logits)
+        };
+        let batch_size = self.batch_size.max(1);
+        let batches = if self.device.is_cpu() {
+            all.par_chunks(batch_size)
+                .map(run)
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            // A GPU runs one batch at a time anyway; from one thread its work stays on one
+            // stream, in order.
+            all.chunks(batch_size)
+                .map(run)
+                .collect::<Result<Vec<_>>>()?
+        };
         let mut out: Vec<Vec<WindowLogits>> = prepared
             .iter()
             .map(|p| vec![(Vec::new(), Vec::new()); p.windows.len()])

@@ -136,7 +136,7 @@ pub fn run(args: AskArgs) -> CliResult {
         max_context_chars: args.max_context_chars,
         ..LoadOptions::default()
     };
-    let options = args.engine.apply(options);
+    let options = args.engine.apply(options)?;
     let qa = QaPipeline::load(&args.common.model, &options)?;
     match (&args.input, context) {
         (Some(input), _) => run_jsonl(&qa, input),

@@ -69,7 +69,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         batch_size: args.batch_size,
         ..LoadOptions::default()
     };
-    let options = args.engine.apply(options);
+    let options = args.engine.apply(options)?;
     let qa = QaPipeline::load(&args.common.model, &options)?;
 
     let started = Instant::now();

@@ -79,6 +79,30 @@ pub struct EngineArgs {
     /// Run the reference models (the code that trains) instead of the fast engine.
     #[arg(long)]
     pub reference_engine: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Where the model runs and in which floating-point type (ask, eval, serve, train).
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where the model runs: `cpu`, `cuda` (GPU 0) or `cuda:N`. GPUs run the reference models
+    /// and need a build with `--features cuda`.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: bertqa::DeviceChoice,
+    /// Floating-point type on a GPU: `f32` (the CPU's answers), `bf16` or `f16`. In `train`,
+    /// `bf16` is mixed precision: bf16 products, f32 master weights.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
+    pub dtype: bertqa::FloatType,
+}
+
+impl DeviceArgs {
+    /// Opens the device; refuses reduced precision on the CPU before anything loads.
+    pub fn open(&self) -> CliResult<candle_core::Device> {
+        let device = self.device.open()?;
+        self.dtype.check_device(&device)?;
+        Ok(device)
+    }
 }
 
 /// Values of `--quantize`.
@@ -91,9 +115,12 @@ pub enum Quantize {
 }
 
 impl EngineArgs {
-    /// Sets the engine and precision of `options`.
-    pub fn apply(&self, options: bertqa::LoadOptions) -> bertqa::LoadOptions {
-        bertqa::LoadOptions {
+    /// Sets the engine, precision and device of `options`; fails when the device cannot be
+    /// used.
+    pub fn apply(&self, options: bertqa::LoadOptions) -> CliResult<bertqa::LoadOptions> {
+        Ok(bertqa::LoadOptions {
+            device: self.device.open()?,
+            dtype: self.device.dtype,
             engine: if self.reference_engine {
                 bertqa::EngineChoice::Reference
             } else {
@@ -104,7 +131,7 @@ impl EngineArgs {
                 Quantize::Int8 => bertqa::Precision::Int8,
             },
             ..options
-        }
+        })
     }
 }
 

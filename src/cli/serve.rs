@@ -114,7 +114,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         max_context_chars: args.max_context_chars,
         ..LoadOptions::default()
     };
-    let options = args.engine.apply(options);
+    let options = args.engine.apply(options)?;
     let qa = QaPipeline::load(&args.common.model, &options)?;
     tracing::info!(model = %qa.files().name, model_type = %qa.spec().model_type(), "model loaded");
     let config = ServerConfig {

@@ -79,6 +79,8 @@ pub struct TrainArgs {
     /// Log more (-v: debug, -vv: trace).
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Progress bar on a terminal, a line per epoch always.
@@ -184,6 +186,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         verbose: args.verbose,
     }
     .init();
+    let device = args.device.open()?;
     let options = TrainOptions {
         model: args.model,
         hub: bertqa::HubOptions {
@@ -207,7 +210,8 @@ pub fn run(args: TrainArgs) -> CliResult {
         save_every: args.save_every,
         resume: args.resume,
         version_2_with_negative: args.version_2_with_negative,
-        device: candle_core::Device::Cpu,
+        device,
+        dtype: args.device.dtype,
     };
     let mut progress = Progress::new();
     let started = Instant::now();

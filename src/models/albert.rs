@@ -6,7 +6,7 @@
 //! share parameters: `num_hidden_layers` steps run through `num_hidden_groups` groups of
 //! `inner_group_num` layers each.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
@@ -228,8 +228,8 @@ impl AlbertModel {
 
 impl Encoder for AlbertModel {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
         let x = self.embeddings.forward(input, train)?;
+        let bias = nn::attention_bias(&input.attention_mask, x.dtype())?;
         let mut x = self.embedding_hidden_mapping_in.forward(&x)?;
         for step in 0..self.num_hidden_layers {
             let group = group_of(step, self.num_hidden_layers, self.groups.len());

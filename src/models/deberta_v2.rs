@@ -591,6 +591,8 @@ pub struct DebertaV2Model {
     span: usize,
     position_buckets: i64,
     max_relative_positions: i64,
+    /// The weights' floating-point type, which masks and biases take.
+    dtype: DType,
 }
 
 impl DebertaV2Model {
@@ -639,6 +641,7 @@ impl DebertaV2Model {
             span: cfg.att_span(),
             position_buckets: cfg.position_buckets,
             max_relative_positions: cfg.max_relative_positions(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -650,9 +653,9 @@ impl Encoder for DebertaV2Model {
         let dev = input.input_ids.device();
         let mask = input
             .attention_mask
-            .to_dtype(DType::F32)?
+            .to_dtype(self.dtype)?
             .reshape((b, s, 1))?;
-        let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
+        let bias = nn::attention_bias(&input.attention_mask, self.dtype)?;
         let embedded = self.embeddings.forward(input, &mask, train)?;
         let rel_embeddings = match (&self.rel_embeddings, &self.rel_norm) {
             (Some(table), Some(norm)) => Some(norm.forward(table, train)?),

@@ -6,7 +6,7 @@
 //! widen it on the way out. Each layer also stacks `num_feedforward_networks` feed-forward
 //! blocks, and normalisation is usually the cheap element-wise `NoNorm`.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 use serde::Deserialize;
 
@@ -498,8 +498,8 @@ impl MobileBertModel {
 
 impl Encoder for MobileBertModel {
     fn forward(&self, input: &ModelInput, train: bool) -> Result<Tensor> {
-        let bias = nn::attention_bias(&input.attention_mask, DType::F32)?;
         let mut x = self.embeddings.forward(input, train)?;
+        let bias = nn::attention_bias(&input.attention_mask, x.dtype())?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias, train)?;
         }

@@ -1,6 +1,6 @@
 //! The reference models as an [`Engine`]: windows padded to the longest into one batch.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::qa::{ModelInput, QaModel};
 use crate::engine::{Engine, EngineKind, Tokens, WindowLogits};
@@ -62,8 +62,9 @@ impl Engine for ReferenceEngine {
         }
         let input = self.padded_input(windows)?;
         let logits = self.model.forward(&input, false)?;
-        let start: Vec<Vec<f32>> = logits.start.to_vec2()?;
-        let end: Vec<Vec<f32>> = logits.end.to_vec2()?;
+        // Reduced-precision models give bf16/f16 logits; decoding reads f32.
+        let start: Vec<Vec<f32>> = logits.start.to_dtype(DType::F32)?.to_vec2()?;
+        let end: Vec<Vec<f32>> = logits.end.to_dtype(DType::F32)?.to_vec2()?;
         Ok(windows
             .iter()
             .zip(start.into_iter().zip(end))

@@ -41,6 +41,24 @@ impl DropoutMask {
         }
     }
 
+    /// Number of elements the mask covers.
+    pub(crate) fn elements(&self) -> usize {
+        self.len
+    }
+
+    /// The factor kept elements are multiplied by, `1 / (1 - p)`.
+    pub(crate) fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// One byte per element: 1 where kept, 0 where dropped (for masks applied by tensor ops,
+    /// off the CPU).
+    pub(crate) fn kept_bytes(&self) -> Vec<u8> {
+        (0..self.len)
+            .map(|i| ((self.bits[i / 64] >> (i % 64)) & 1) as u8)
+            .collect()
+    }
+
     /// Multiplies `values`, elements `start..start + values.len()` of the masked tensor, by
     /// their part of the mask, in place.
     fn apply_at(&self, start: usize, values: &mut [f32]) {

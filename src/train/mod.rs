@@ -17,6 +17,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::HubOptions;
+use crate::device::FloatType;
 use crate::error::{Error, Result};
 use state::RunSettings;
 use trainer::Trainer;
@@ -82,6 +83,10 @@ pub struct TrainOptions {
     /// Device.
     #[serde(skip)]
     pub device: Device,
+    /// What the passes compute in: f32, or bf16 (mixed precision: f32 parameters, gradients
+    /// and optimizer; GPU only).
+    #[serde(skip)]
+    pub dtype: FloatType,
 }
 
 impl Default for TrainOptions {
@@ -107,6 +112,7 @@ impl Default for TrainOptions {
             resume: false,
             version_2_with_negative: false,
             device: Device::Cpu,
+            dtype: FloatType::F32,
         }
     }
 }
@@ -229,6 +235,13 @@ fn validate(o: &TrainOptions) -> Result<()> {
         return Err(invalid(
             "weight_decay / max_grad_norm",
             "must be non-negative",
+        ));
+    }
+    o.dtype.check_device(&o.device)?;
+    if o.dtype == FloatType::F16 {
+        return Err(invalid(
+            "dtype",
+            "training computes in f32 or bf16 (mixed precision); f16 would need loss scaling",
         ));
     }
     if o.doc_stride >= o.max_seq_len {

@@ -35,6 +35,8 @@ pub struct TrainableModel {
     /// Per parameter, a `[rows, 1]` mask that zeroes the gradient of the padding row of an
     /// embedding (`nn.Embedding(padding_idx=pad_token_id)` never updates that row).
     padding_masks: Vec<Option<Tensor>>,
+    /// The type the forward and backward passes compute in; the parameters stay f32.
+    compute_dtype: DType,
 }
 
 /// Serves tensors to the architecture's constructor: each one is read from the checkpoint
@@ -264,7 +266,40 @@ impl TrainableModel {
             params,
             initialised,
             padding_masks,
+            compute_dtype: DType::F32,
         })
+    }
+
+    /// Computes the forward and backward passes in `dtype` (bf16: mixed precision) while the
+    /// parameters, their gradients and the optimizer stay f32. f16 is refused: it needs loss
+    /// scaling, which training does not do.
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return Err(Error::InvalidInput(format!(
+                "training computes in f32 or bf16 (mixed precision), not {dtype:?}: f16 would \
+                 need loss scaling"
+            )));
+        }
+        self.compute_dtype = dtype;
+        Ok(())
+    }
+
+    /// The model to run: the one built over the f32 parameters, or in mixed precision one built
+    /// for this pass over their casts (the casts are differentiable, so gradients reach the f32
+    /// parameters; building per pass keeps the casts in step with the optimizer's updates).
+    fn compute_model(&self) -> Result<Arc<dyn QaModel>> {
+        if self.compute_dtype == DType::F32 {
+            return Ok(self.model.clone());
+        }
+        let dtype = self.compute_dtype;
+        let mut device = Device::Cpu;
+        let mut tensors = HashMap::with_capacity(self.params.len());
+        for p in &self.params {
+            device = p.var.device().clone();
+            tensors.insert(p.name.clone(), p.var.as_tensor().to_dtype(dtype)?);
+        }
+        let vb = VarBuilder::from_tensors(tensors, dtype, &device);
+        Ok(Arc::from(self.spec.reference_model(vb)?))
     }
 
     /// The parameters, in the order the architecture creates them.
@@ -289,14 +324,19 @@ impl TrainableModel {
 
     /// Forward pass.
     pub fn forward(&self, input: &ModelInput, train: bool) -> Result<QaLogits> {
-        Ok(self.model.forward(input, train)?)
+        Ok(self.compute_model()?.forward(input, train)?)
     }
 
     /// `(CE(start) + CE(end)) / 2`, each cross-entropy averaged over the batch, from a
     /// training-mode forward pass (dropout as the config sets it; [`zero_dropout`] turns it off).
     /// Returns the loss and the logits.
     pub fn loss(&self, batch: &TrainBatch) -> Result<(Tensor, QaLogits)> {
-        let logits = self.model.forward(&batch.input, true)?;
+        let logits = self.forward(&batch.input, true)?;
+        // The loss in f32 whatever the compute type, as autocast does.
+        let logits = QaLogits {
+            start: logits.start.to_dtype(DType::F32)?,
+            end: logits.end.to_dtype(DType::F32)?,
+        };
         let start = candle_nn::loss::cross_entropy(&logits.start, &batch.start_positions)?;
         let end = candle_nn::loss::cross_entropy(&logits.end, &batch.end_positions)?;
         Ok((((start + end)? / 2.0)?, logits))

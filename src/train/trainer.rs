@@ -187,7 +187,7 @@ impl<'o> Trainer<'o> {
             None => (base_config, files.weights.clone()),
         };
         let vb = checkpoint::open_weights(&weights, DType::F32, device)?;
-        let model =
+        let mut model =
             TrainableModel::new(&config, vb, options.seed, device).map_err(|e| match e {
                 Error::Candle(err) => Error::Checkpoint {
                     path: weights.path().into(),
@@ -195,6 +195,7 @@ impl<'o> Trainer<'o> {
                 },
                 other => other,
             })?;
+        model.set_compute_dtype(options.dtype.dtype())?;
         let mut optimizer = AdamW::new(
             model.params().iter().map(|p| (p.var.clone(), p.decay)),
             AdamWConfig {

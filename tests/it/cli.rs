@@ -422,3 +422,44 @@ fn int8_on_an_architecture_without_the_fast_engine_says_what_to_do() {
     ]);
     assert_user_error(&out, "drop the quantization option");
 }
+
+/// `--device` and `--dtype` on every subcommand: a GPU on a build without the `cuda` feature
+/// is refused saying how to rebuild; reduced precision on the CPU and unknown devices are
+/// refused, all before any model loads.
+#[test]
+fn device_and_dtype_errors_name_what_is_missing() {
+    let bert = bert_dir();
+    let out = temp_dir("device");
+    let out = out.to_str().unwrap();
+    let data = common::shared().join("data/xquad-en-train.json");
+    let data = data.to_str().unwrap();
+    let commands: [Vec<&str>; 4] = [
+        vec!["ask", "--model", &bert, "-q", "Who?", "-c", "Someone."],
+        vec!["eval", "--model", &bert, "--data", data],
+        vec!["serve", "--model", &bert, "--port", "0"],
+        vec![
+            "train",
+            "--model",
+            &bert,
+            "--train-data",
+            data,
+            "--output",
+            out,
+        ],
+    ];
+    for command in &commands {
+        let with = |extra: &[&str]| {
+            let mut args = command.clone();
+            args.extend_from_slice(extra);
+            bertqa(&args)
+        };
+        if !cfg!(feature = "cuda") {
+            let o = with(&["--device", "cuda"]);
+            assert_user_error(&o, "built without CUDA support");
+            assert_user_error(&o, "--features cuda");
+        }
+        assert_user_error(&with(&["--dtype", "bf16"]), "runs on a GPU only");
+        assert_user_error(&with(&["--device", "tpu"]), "cuda:N");
+        assert_user_error(&with(&["--dtype", "f64"]), "f32, bf16 or f16");
+    }
+}

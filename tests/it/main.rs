@@ -12,6 +12,7 @@ mod golden_deberta;
 mod golden_minilm;
 mod int8;
 mod properties;
+mod reduced_precision;
 mod registry;
 mod robustness;
 mod sentencepiece_fallback;
