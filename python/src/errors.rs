@@ -27,7 +27,8 @@ pub fn to_py(error: Error) -> PyErr {
         | Error::Checkpoint { .. }
         | Error::Weights { .. }
         | Error::Io { .. } => PyOSError::new_err(message),
-        Error::Candle(_) => PyRuntimeError::new_err(message),
+        // The Python package always runs on the CPU, so a device error is bertqa's own failure.
+        Error::Candle(_) | Error::Device(_) => PyRuntimeError::new_err(message),
     }
 }
 
