@@ -4,6 +4,8 @@ fixtures'), for bench/archs.sh. Run inside bench/.venv.
 
   make FIXTURES OUT      one OUT/<arch>/ checkpoint per fixture (kept when already there)
   subset DATA N OUT      the first N questions of a SQuAD file, as a SQuAD file
+  split DATA PARTS OUT   its paragraphs dealt round-robin into OUT/part-I.json (a few questions
+                         may come from one article, so articles are too coarse to deal)
 """
 import json
 import os
@@ -80,11 +82,27 @@ def subset(data, n, out):
     json.dump({"version": squad.get("version", "1.1"), "data": articles}, open(out, "w"))
 
 
+def split(data, parts, out):
+    squad = json.load(open(data))
+    os.makedirs(out, exist_ok=True)
+    dealt = [[] for _ in range(parts)]
+    paragraphs = [(a["title"], p) for a in squad["data"] for p in a["paragraphs"]]
+    for i, (title, paragraph) in enumerate(paragraphs):
+        dealt[i % parts].append({"title": title, "paragraphs": [paragraph]})
+    for i, articles in enumerate(dealt):
+        if not articles:
+            sys.exit(f"{data} has fewer paragraphs than {parts} parts")
+        path = os.path.join(out, f"part-{i}.json")
+        json.dump({"version": squad.get("version", "1.1"), "data": articles}, open(path, "w"))
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "make":
         make(*args)
     elif command == "subset":
         subset(args[0], int(args[1]), args[2])
+    elif command == "split":
+        split(args[0], int(args[1]), args[2])
     else:
         sys.exit(__doc__)

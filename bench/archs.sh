@@ -57,7 +57,7 @@ step "base-sized checkpoints"
 "$PY" bench/archs.py make "$SHARED/fixtures" "$WORK/models"
 "$PY" bench/archs.py subset "$DATA" "$QUESTIONS" "$WORK/q$QUESTIONS.json"
 rm -rf "$WORK/parts"
-"$PY" bench/reference.py split "$WORK/q$QUESTIONS.json" "$PARTS" "$WORK/parts" >/dev/null
+"$PY" bench/archs.py split "$WORK/q$QUESTIONS.json" "$PARTS" "$WORK/parts"
 
 # Each run writes RUN.json (its report) and RUN.mem (peak resident memory in KiB).
 measure() {
