@@ -26,7 +26,8 @@ pub fn to_py(error: Error) -> PyErr {
         Error::ModelNotFound { .. }
         | Error::Checkpoint { .. }
         | Error::Weights { .. }
-        | Error::Io { .. } => PyOSError::new_err(message),
+        | Error::Io { .. }
+        | Error::Index { .. } => PyOSError::new_err(message),
         // The Python package always runs on the CPU, so a device error is bertqa's own failure.
         Error::Candle(_) | Error::Device(_) => PyRuntimeError::new_err(message),
     }
