@@ -73,10 +73,13 @@ def test_ray_batch_answers_equal_the_cli(tmp_path):
 
     output = tmp_path / "answers"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray puts the driver's working directory on its workers' sys.path: run it from the scratch
+    # folder, or the workers would import python/bertqa (the sources, without the built
+    # extension) instead of the installed package.
     run = subprocess.run(
         [sys.executable, str(REPO / "examples" / "ray_batch.py"), str(questions), str(output),
          "--model", str(MINILM), "--num-cpus", "2", "--actors", "2", "--threads", "1"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
     )
     assert run.returncode == 0, f"ray_batch.py failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     files = sorted(output.glob("*.json"))
