@@ -298,28 +298,7 @@ pub fn eval(args: &CollectionArgs, inputs: EvalInputs) -> CliResult {
     let qa = load_model(inputs.common, inputs.engine, inputs.batch_size)?;
 
     let started = Instant::now();
-    let progress = progress_bar(dataset.len());
-    let mut predictions: Vec<String> = Vec::with_capacity(dataset.len());
-    let mut found_own = 0usize;
-    for round in dataset.examples.chunks(EVAL_ROUND) {
-        let questions: Vec<&str> = round.iter().map(|e| e.question.as_str()).collect();
-        let retrievals = questions
-            .iter()
-            .map(|q| index.search(q, options.passages))
-            .collect::<bertqa::Result<Vec<_>>>()?;
-        let found = qa.answer_retrieved(&questions, &retrievals, &options)?;
-        for ((example, found), retrieval) in round.iter().zip(&found).zip(&retrievals) {
-            predictions.push(
-                found
-                    .answers
-                    .first()
-                    .map_or(String::new(), |a| a.answer.clone()),
-            );
-            found_own += usize::from(own_paragraph_read(example, &retrieval.hits));
-        }
-        progress.set_position(predictions.len() as u64);
-    }
-    progress.finish_and_clear();
+    let (predictions, found_own) = answer_dataset(&index, &qa, &dataset, &options)?;
     let seconds = started.elapsed().as_secs_f64();
 
     let texts: HashMap<String, String> = dataset
@@ -337,7 +316,54 @@ pub fn eval(args: &CollectionArgs, inputs: EvalInputs) -> CliResult {
             .map(|(e, p)| (e.id.as_str(), Value::from(p.as_str())));
         write_json_atomically(path, &Ordered(entries.collect()))?;
     }
-    let total = dataset.len();
+    let counts = (found_own, dataset.len());
+    print_eval_report(&inputs, dir, &index, &options, &metrics, counts, seconds)
+}
+
+/// Answers every question of `dataset` over `index`, in rounds of [`EVAL_ROUND`]: the best
+/// answer's text per question, and how many questions had their own paragraph among the
+/// passages read.
+fn answer_dataset(
+    index: &Index,
+    qa: &QaPipeline,
+    dataset: &SquadDataset,
+    options: &AskOptions,
+) -> CliResult<(Vec<String>, usize)> {
+    let progress = progress_bar(dataset.len());
+    let mut predictions: Vec<String> = Vec::with_capacity(dataset.len());
+    let mut found_own = 0usize;
+    for round in dataset.examples.chunks(EVAL_ROUND) {
+        let questions: Vec<&str> = round.iter().map(|e| e.question.as_str()).collect();
+        let retrievals = questions
+            .iter()
+            .map(|q| index.search(q, options.passages))
+            .collect::<bertqa::Result<Vec<_>>>()?;
+        let found = qa.answer_retrieved(&questions, &retrievals, options)?;
+        for ((example, found), retrieval) in round.iter().zip(&found).zip(&retrievals) {
+            predictions.push(
+                found
+                    .answers
+                    .first()
+                    .map_or(String::new(), |a| a.answer.clone()),
+            );
+            found_own += usize::from(own_paragraph_read(example, &retrieval.hits));
+        }
+        progress.set_position(predictions.len() as u64);
+    }
+    progress.finish_and_clear();
+    Ok((predictions, found_own))
+}
+
+/// Prints the scores of `eval --index`, as one JSON line with `--json`.
+fn print_eval_report(
+    inputs: &EvalInputs,
+    dir: &Path,
+    index: &Index,
+    options: &AskOptions,
+    metrics: &squad::SquadMetrics,
+    (found_own, total): (usize, usize),
+    seconds: f64,
+) -> CliResult {
     let recall = 100.0 * found_own as f64 / total as f64;
     let rate = total as f64 / seconds.max(1e-9);
     let stats = index.stats();

@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use sha2::{Digest, Sha256};
 use tantivy::{doc, IndexWriter, Term};
 
-use super::documents::{read_documents, FileKind};
+use super::documents::{read_documents, Document, FileKind};
 use super::manifest::FileEntry;
 use super::passages::split_passages;
 use super::{index_error, write_error, Index};
@@ -268,23 +268,7 @@ impl Index {
         } else {
             report.added += 1;
         }
-        let f = self.fields;
-        let mut passages = 0u64;
-        for document in &documents {
-            for span in split_passages(&document.text) {
-                writer
-                    .add_document(doc!(
-                        f.source => file.key.as_str(),
-                        f.doc_id => document.id.as_str(),
-                        f.title => document.title.as_str(),
-                        f.text => &document.text[span.bytes],
-                        f.start => span.chars.start as u64,
-                        f.end => span.chars.end as u64,
-                    ))
-                    .map_err(|e| write_error(&self.dir, e))?;
-                passages += 1;
-            }
-        }
+        let passages = self.write_passages(writer, &file.key, &documents)?;
         report.passages += passages;
         self.manifest.files.insert(
             file.key.clone(),
@@ -297,6 +281,33 @@ impl Index {
             },
         );
         Ok(())
+    }
+
+    /// Adds the passages of `documents` (from the file `source`) to the index; returns how many.
+    fn write_passages(
+        &self,
+        writer: &IndexWriter,
+        source: &str,
+        documents: &[Document],
+    ) -> Result<u64> {
+        let f = self.fields;
+        let mut passages = 0u64;
+        for document in documents {
+            for span in split_passages(&document.text) {
+                writer
+                    .add_document(doc!(
+                        f.source => source,
+                        f.doc_id => document.id.as_str(),
+                        f.title => document.title.as_str(),
+                        f.text => &document.text[span.bytes],
+                        f.start => span.chars.start as u64,
+                        f.end => span.chars.end as u64,
+                    ))
+                    .map_err(|e| write_error(&self.dir, e))?;
+                passages += 1;
+            }
+        }
+        Ok(passages)
     }
 
     /// The files at `paths`, folders walked in name order.
