@@ -1,14 +1,14 @@
 //! `bertqa ask`: answer questions about a passage, or every line of a JSONL file.
 
-use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use bertqa::pipeline::Prepared;
 use bertqa::{Answer, LoadOptions, QaParams, QaPipeline, QaRequest};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::{output, CliError, CliResult, CommonArgs};
+use super::{jsonl, output, CliError, CliResult, CommonArgs};
 
 #[derive(Args, Debug)]
 pub struct AskArgs {
@@ -192,10 +192,8 @@ fn io_err(e: std::io::Error) -> CliError {
 /// Lines answered per model round: enough to batch windows well, few enough to stream.
 const JSONL_CHUNK: usize = 32;
 
-fn run_jsonl(qa: &QaPipeline, path: &PathBuf) -> CliResult {
-    let file = std::fs::File::open(path)
-        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
-    let reader = std::io::BufReader::new(file);
+fn run_jsonl(qa: &QaPipeline, path: &Path) -> CliResult {
+    let lines = jsonl::read_lines::<InputLine>(path)?;
     let mut out = std::io::stdout().lock();
     let mut chunk: Vec<(serde_json::Value, Prepared)> = Vec::new();
     let flush = |chunk: &mut Vec<(serde_json::Value, Prepared)>,
@@ -211,19 +209,8 @@ fn run_jsonl(qa: &QaPipeline, path: &PathBuf) -> CliResult {
         }
         Ok(())
     };
-    for (n, line) in reader.lines().enumerate() {
-        let lineno = n + 1;
-        let line = line.map_err(|e| {
-            CliError::usage(format!(
-                "{}:{lineno}: cannot read line ({e}); is the file UTF-8?",
-                path.display()
-            ))
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: InputLine = serde_json::from_str(&line)
-            .map_err(|e| CliError::usage(format!("{}:{lineno}: {e}", path.display())))?;
+    for line in lines {
+        let (lineno, parsed) = line?;
         let id = parsed.id.unwrap_or_else(|| serde_json::Value::from(lineno));
         let request = QaRequest {
             question: parsed.question,

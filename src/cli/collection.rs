@@ -2,7 +2,7 @@
 //! by `bertqa index`) instead of one passage.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::eval::{check_writable, progress_bar, write_json_atomically, Ordered};
-use super::{output, CliError, CliResult, CommonArgs, EngineArgs};
+use super::{jsonl, output, CliError, CliResult, CommonArgs, EngineArgs};
 
 /// The options `ask` and `eval` take for answering over an index.
 #[derive(Args, Debug, Clone)]
@@ -194,8 +194,7 @@ fn passage_excerpt(a: &DocumentAnswer) -> String {
 }
 
 fn ask_jsonl(qa: &QaPipeline, index: &Index, options: &AskOptions, path: &Path) -> CliResult {
-    let file = std::fs::File::open(path)
-        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+    let lines = jsonl::read_lines::<QuestionLine>(path)?;
     let mut out = std::io::stdout().lock();
     let mut round: Vec<(Value, QuestionLine)> = Vec::new();
     let mut flush = |round: &mut Vec<(Value, QuestionLine)>| -> CliResult {
@@ -219,19 +218,8 @@ fn ask_jsonl(qa: &QaPipeline, index: &Index, options: &AskOptions, path: &Path) 
         }
         Ok(())
     };
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let lineno = n + 1;
-        let line = line.map_err(|e| {
-            CliError::usage(format!(
-                "{}:{lineno}: cannot read line ({e}); is the file UTF-8?",
-                path.display()
-            ))
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut parsed: QuestionLine = serde_json::from_str(&line)
-            .map_err(|e| CliError::usage(format!("{}:{lineno}: {e}", path.display())))?;
+    for line in lines {
+        let (lineno, mut parsed) = line?;
         if parsed.question.trim().is_empty() {
             return Err(CliError::usage(format!(
                 "{}:{lineno}: the question is empty",

@@ -4,6 +4,7 @@ mod ask;
 mod collection;
 mod eval;
 mod index;
+mod jsonl;
 mod output;
 mod serve;
 mod train;
