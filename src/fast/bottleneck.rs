@@ -4,7 +4,9 @@
 
 use candle_nn::VarBuilder;
 
-use super::layer::{act, fused_linear, grow, keep_rows, linear, self_attention, Norm};
+use super::attend::self_attention;
+use super::grow;
+use super::layer::{act, fused_linear, keep_rows, linear, Norm};
 use super::{FastLayer, Scratch};
 use crate::engine::Precision;
 use crate::kernels::linear::Linear;

@@ -4,7 +4,8 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::layer::{grow, Norm};
+use super::grow;
+use super::layer::Norm;
 use crate::engine::Tokens;
 use crate::error::{Error, Result};
 use crate::kernels::linear::DenseLinear;

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::attend::self_attention;
 use super::relative::RelativeAttention;
-use super::{FastLayer, Scratch};
+use super::{grow, FastLayer, Scratch};
 use crate::engine::Precision;
-use crate::kernels::attention;
 use crate::kernels::linear::{DenseLinear, Linear};
-use crate::kernels::ops::{add_layer_norm, matmul, softmax_rows, Act, MatMut, MatRef};
+use crate::kernels::ops::{add_layer_norm, Act};
 use crate::nn::Activation;
 
 /// The normalisation that closes a sub-layer.
@@ -290,15 +290,6 @@ impl FastLayer for Layer {
     }
 }
 
-/// Makes `buffer` hold `len` values. It is written before it is read, so growing it need not
-/// copy its old contents (a realloc would).
-pub(crate) fn grow(buffer: &mut Vec<f32>, len: usize) {
-    if len > buffer.capacity() {
-        *buffer = Vec::new();
-    }
-    buffer.resize(len, 0.0);
-}
-
 /// With `keep` (ascending rows), moves the kept rows of `x` (`width` wide) and of the `others`
 /// (each `width` wide) to the front and truncates `x` to them: every row's keys and values
 /// were needed, but from here on rows are independent. Returns the rows left.
@@ -320,90 +311,4 @@ pub(crate) fn keep_rows(
     }
     x.truncate(rows.len() * width);
     rows.len()
-}
-
-/// Multi-head self-attention of every window over the fused `[tokens, 3·hidden]` projections
-/// `qkv`; writes the merged heads to `scratch.context` (`[tokens, hidden]`).
-pub(crate) fn self_attention(
-    qkv: &[f32],
-    spans: &[(usize, usize)],
-    hidden: usize,
-    heads: usize,
-    scratch: &mut Scratch,
-) {
-    let d = hidden / heads;
-    if attention::available(d) {
-        attention::attention(qkv, spans, hidden, heads, &mut scratch.context);
-        return;
-    }
-    let total = qkv.len() / (3 * hidden);
-    grow(&mut scratch.heads, total * hidden);
-    strided_attention(qkv, spans, hidden, heads, None, scratch);
-}
-
-/// Additive terms for a window's attention scores: called with the head, the window's first
-/// token and length, and its `[len, len]` scaled scores.
-pub(crate) type ScoreTerms<'a> = &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync);
-
-/// Attention through strided views, heads in parallel (CPUs without the fused kernel, and head
-/// sizes it does not take); `terms` adds to each window's scores before the softmax.
-pub(crate) fn strided_attention(
-    qkv: &[f32],
-    spans: &[(usize, usize)],
-    hidden: usize,
-    heads: usize,
-    terms: Option<(f32, ScoreTerms)>,
-    scratch: &mut Scratch,
-) {
-    let h = hidden;
-    let d = h / heads;
-    let total = qkv.len() / (3 * h);
-    let scale = terms.map_or(1.0 / (d as f32).sqrt(), |(scale, _)| scale);
-    // Heads run in parallel; each writes its own `[tokens, head_dim]` block.
-    scratch
-        .heads
-        .par_chunks_mut(total * d)
-        .enumerate()
-        .for_each(|(head, out)| {
-            let mut scores = Vec::new();
-            for &(start, len) in spans {
-                let at = |part: usize| {
-                    MatRef::new(
-                        &qkv[start * 3 * h + part * h + head * d..],
-                        len,
-                        d,
-                        3 * h,
-                        1,
-                    )
-                };
-                scores.clear();
-                scores.resize(len * len, 0.0);
-                let s = MatMut::row_major(&mut scores, len, len);
-                matmul(s, at(0), at(1).t(), scale, false, false);
-                if let Some((_, add)) = terms {
-                    add(head, start, len, &mut scores);
-                }
-                softmax_rows(&mut scores, len);
-                let o = MatMut::row_major(&mut out[start * d..(start + len) * d], len, d);
-                matmul(
-                    o,
-                    MatRef::row_major(&scores, len, len),
-                    at(2),
-                    1.0,
-                    false,
-                    false,
-                );
-            }
-        });
-    let per_head: &[f32] = &scratch.heads;
-    scratch
-        .context
-        .par_chunks_mut(h)
-        .enumerate()
-        .for_each(|(row, out)| {
-            for (head, chunk) in out.chunks_exact_mut(d).enumerate() {
-                let from = head * total * d + row * d;
-                chunk.copy_from_slice(&per_head[from..from + d]);
-            }
-        });
 }

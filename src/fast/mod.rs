@@ -16,6 +16,7 @@
 //! [`Layer`]): each architecture file names its weights (see `fast_encoder` in
 //! [`crate::models::ModelConfig`]); the engine knows nothing of any architecture.
 
+mod attend;
 mod bottleneck;
 mod embeddings;
 mod layer;
@@ -87,6 +88,15 @@ pub struct Scratch {
     /// The input of a MobileBERT layer and its narrowed copy, kept for the residuals.
     residual: Vec<f32>,
     narrowed: Vec<f32>,
+}
+
+/// Makes `buffer` hold `len` values. It is written before it is read, so growing it need not
+/// copy its old contents (a realloc would).
+pub(crate) fn grow(buffer: &mut Vec<f32>, len: usize) {
+    if len > buffer.capacity() {
+        *buffer = Vec::new();
+    }
+    buffer.resize(len, 0.0);
 }
 
 /// An encoder with its QA head, for inference on CPU.

@@ -6,8 +6,8 @@
 //! the architecture computes the relative keys and queries `Kr`, `Qr` once at load, and the
 //! engine lays them out for its kernels.
 
-use super::layer::{grow, strided_attention};
-use super::Scratch;
+use super::attend::strided_attention;
+use super::{grow, Scratch};
 use crate::kernels::attention::{self, relative_panels, RelativeTerms};
 use crate::kernels::ops::{matmul, MatMut, MatRef};
 
