@@ -8,6 +8,8 @@
 //! no kernels, the same functions are composed from candle's differentiable ops (`composed`).
 
 mod composed;
+#[cfg(test)]
+mod test_tensors;
 mod train_ops;
 
 pub use composed::with_composed_ops;

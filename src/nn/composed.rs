@@ -117,46 +117,11 @@ pub(super) fn attention(
 #[cfg(test)]
 mod tests {
     //! The composed ops against the CPU's single ops: same values, same gradients.
-    use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+    use candle_core::{DType, Device, Tensor};
 
+    use super::super::test_tensors::{max_diff, var, weighted_sum_grads as grads};
     use super::super::{self as nn, train_ops};
     use super::*;
-
-    /// Pseudo-random values in [-1, 1) from a fixed LCG.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn var(shape: &[usize], seed: u64) -> Var {
-        let n = shape.iter().product();
-        Var::from_tensor(&Tensor::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()).unwrap()
-    }
-
-    /// Gradients of `Σ y ⊙ w` for fixed pseudo-random weights `w`.
-    fn grads(y: &Tensor, seed: u64) -> GradStore {
-        let w = Tensor::from_vec(values(y.elem_count(), seed), y.shape(), y.device()).unwrap();
-        (y * w).unwrap().sum_all().unwrap().backward().unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-        d.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
         let d = max_diff(a, b);

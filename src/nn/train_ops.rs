@@ -644,41 +644,8 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
 mod tests {
     use candle_core::{DType, Device, Tensor, Var, D};
 
+    use super::super::test_tensors::{max_diff, values, var, weighted_sum_grads};
     use super::*;
-
-    /// Pseudo-random values in [-1, 1) (a fixed LCG, so the test needs no generator).
-    fn values_for(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn var(shape: &[usize], seed: u64) -> Var {
-        let n = shape.iter().product();
-        Var::from_tensor(&Tensor::from_vec(values_for(n, seed), shape, &Device::Cpu).unwrap())
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Every third element dropped, the rest scaled by 1 / (1 - p).
     fn mask(n: usize, p: f64) -> (DropoutMask, Tensor) {
@@ -712,29 +679,17 @@ mod tests {
             .collect();
         let attend = Tensor::from_vec(attend, (b, s), &Device::Cpu).unwrap();
         let bias = crate::nn::attention_bias(&attend, DType::F32).unwrap();
-        let weights =
-            Tensor::from_vec(values_for(b * h * s * d, 4), (b, h, s, d), &Device::Cpu).unwrap();
         let (dropout, dense) = mask(b * h * s * s, 0.25);
 
         let fused = attention(&q, &k, &v, &bias, Some(dropout)).unwrap();
-        let fused_grads = (&fused * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let fused_grads = weighted_sum_grads(&fused, 4);
 
         let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
         let probs =
             candle_nn::ops::softmax(&scores.broadcast_add(&bias).unwrap(), D::Minus1).unwrap();
         let dropped = (probs * dense.reshape((b, h, s, s)).unwrap()).unwrap();
         let composed = dropped.matmul(&v).unwrap();
-        let composed_grads = (&composed * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let composed_grads = weighted_sum_grads(&composed, 4);
 
         assert!(max_diff(&fused, &composed) < 1e-6);
         for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
@@ -754,16 +709,9 @@ mod tests {
     #[test]
     fn layer_norm_matches_composed_ops() {
         let (x, w, bias) = (var(&[3, 7, 16], 5), var(&[16], 6), var(&[16], 7));
-        let weights =
-            Tensor::from_vec(values_for(3 * 7 * 16, 8), (3, 7, 16), &Device::Cpu).unwrap();
         let eps = 1e-5;
         let fused = layer_norm(&x, &w, &bias, eps).unwrap();
-        let fused_grads = (&fused * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let fused_grads = weighted_sum_grads(&fused, 8);
 
         let mean = (x.sum_keepdim(D::Minus1).unwrap() / 16.0).unwrap();
         let centred = x.broadcast_sub(&mean).unwrap();
@@ -776,12 +724,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&bias)
             .unwrap();
-        let composed_grads = (&composed * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let composed_grads = weighted_sum_grads(&composed, 8);
 
         assert!(max_diff(&fused, &composed) < 1e-5);
         for (name, t) in [("x", &x), ("weight", &w), ("bias", &bias)] {
@@ -792,18 +735,6 @@ mod tests {
                 max_diff(a, b)
             );
         }
-    }
-
-    /// Loss `Σ y ⊙ weights` and its gradients, for comparing ops on values and gradients.
-    fn weighted_sum_grads(y: &Tensor, seed: u64) -> candle_core::backprop::GradStore {
-        let weights =
-            Tensor::from_vec(values_for(y.elem_count(), seed), y.shape(), y.device()).unwrap();
-        (y * weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap()
     }
 
     #[test]
@@ -841,8 +772,7 @@ mod tests {
     fn gelu_matches_candle_gelu_erf() {
         // Spans the saturated tails, where the derivative's exp underflows.
         let x = Var::from_tensor(
-            &(Tensor::from_vec(values_for(4000, 21), (40, 100), &Device::Cpu).unwrap() * 12.0)
-                .unwrap(),
+            &(Tensor::from_vec(values(4000, 21), (40, 100), &Device::Cpu).unwrap() * 12.0).unwrap(),
         )
         .unwrap();
         let fused = gelu(&x).unwrap().unwrap();
