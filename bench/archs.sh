@@ -20,6 +20,10 @@
 # transformers from the shared fixtures' configs, so tokenizers and options are the fixtures'.
 # Random weights answer nonsense with nearly flat scores (EM/F1 and answer agreement mean nothing
 # here); the golden tests hold the answers to transformers'.
+#
+# A second table (bench/flops.py) gives the encoders' arithmetic per run in GFLOP/s beside the
+# CPU's f32 multiply-add ceiling (examples/fma_peak): a 2x speed-up over an engine that runs
+# the same operations needs twice its rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -48,9 +52,10 @@ if ! "$PY" -c 'import torch, transformers, safetensors, sentencepiece' 2>/dev/nu
 fi
 if [ -z "${BIN:-}" ]; then
   step "cargo build --release"
-  cargo build --release -q
+  cargo build --release -q --bin bertqa --example fma_peak
   BIN=${CARGO_TARGET_DIR:-target}/release/bertqa
 fi
+PEAK_BIN=${PEAK_BIN:-$(dirname "$BIN")/examples/fma_peak}
 
 mkdir -p "$WORK/runs"
 step "base-sized checkpoints"
@@ -108,3 +113,12 @@ for arch in archs:
     print(f"| {arch} | {p:.2f} | {f:.2f} | {f / p:.2f}× | {q:.2f} | {q / p:.2f}× | {q / f:.2f}× "
           f"| {pm:.0f} / {fm:.0f} / {qm:.0f} |")
 EOF
+
+# Where the time goes: the encoders' arithmetic over the questions, each engine's rate, and the
+# CPU's f32 multiply-add ceiling on the same threads.
+echo
+if [ -x "$PEAK_BIN" ]; then
+  echo "f32 multiply-add ceiling of this CPU on $THREADS threads (examples/fma_peak): $("$PEAK_BIN" "$THREADS")"
+  echo
+fi
+QUESTIONS=$QUESTIONS "$PY" bench/flops.py "$WORK" "$PARTS" $ARCHS
