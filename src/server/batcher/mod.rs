@@ -2,15 +2,19 @@
 //!
 //! Handlers tokenize on worker threads and [`Batcher::enqueue`] the result. A scheduler thread
 //! ([`scheduler`]) keeps the queue: it packs windows in arrival order into model calls and hands
-//! each call to a model worker ([`worker`]), up to one call per worker at a time. Workers are
-//! rayon tasks, so a call runs on one core while the others are busy with calls of their own
-//! (the way `ask --input` runs its batches), and spreads over idle cores through the engine's
-//! own parallel loops when it runs alone (one request at a time gets the latency of all cores).
+//! each call to a model worker ([`worker`]), up to one call per worker at a time. Each worker
+//! has a one-thread pool of its own, so a call runs on one core while the others are busy with
+//! calls of their own (the way `ask --input` runs its batches) and calls never wait on each
+//! other. When nothing runs and one input is all that waits, its call runs alone on the whole
+//! pool instead, where the engine's parallel loops spread it over every core (one request at a
+//! time gets the latency of all cores).
 //!
 //! A call costs at most `max_batch_tokens` tokens as the engine counts them
 //! ([`crate::Engine::batch_cost`]: the padded size for padded engines, the sum of lengths for
-//! packed ones; one window always goes), and at most an even share of what is queued, so that
-//! queued windows are spread over the workers instead of piling onto the first one free. When
+//! packed ones; one window always goes), and at most an even share over the workers of the work
+//! there is, queued and running: workers free at once split the queue, and a worker freed beside
+//! a small call takes more than one freed beside a large one, so that calls stay alike in size
+//! and no input waits behind an outsized call. When
 //! all of an input's windows are done, its logits go back through a oneshot channel. Inputs
 //! whose receiver was dropped (the client went away) leave the queue before any more compute is
 //! spent on them. Model compute never runs on the async runtime.
@@ -68,10 +72,11 @@ pub type BatchCost = Arc<dyn Fn(&[usize]) -> usize + Send + Sync>;
 pub struct BatchOptions {
     /// Most a model call may cost, in tokens as the engine counts them.
     pub max_batch_tokens: usize,
-    /// Model calls running at once (one per core is what keeps every core busy).
+    /// Model calls running at once (one per core is what keeps every core busy), each on a
+    /// one-thread pool of its own.
     pub workers: usize,
-    /// The thread pool the calls run on; `None` is rayon's global pool, which the engine's
-    /// own parallel loops use too.
+    /// The thread pool a call runs on when it runs alone over every core; `None` is rayon's
+    /// global pool.
     pub pool: Option<Arc<rayon::ThreadPool>>,
 }
 
@@ -93,12 +98,24 @@ struct Job {
     enqueued: Instant,
 }
 
+/// Where a model call runs.
+#[derive(Clone, Copy, Debug)]
+enum Lane {
+    /// The whole pool: the call's parallel loops spread over every core.
+    Wide,
+    /// A worker's own one-thread pool (its index): the call keeps to one core.
+    Narrow(usize),
+}
+
 /// What the scheduler thread hears about.
 enum Message {
     /// A new input.
     Job(Job),
     /// A model call ended: one result per window it held.
-    Done(Vec<worker::WindowResult>),
+    Done {
+        lane: Lane,
+        results: Vec<worker::WindowResult>,
+    },
     /// Every [`Batcher`] handle is gone: finish what is queued, then stop.
     Closed,
 }
@@ -139,7 +156,7 @@ impl Batcher {
                 metrics: metrics.clone(),
             },
             options,
-        );
+        )?;
         std::thread::Builder::new()
             .name("bertqa-batcher".into())
             .spawn(move || scheduler.run())?;

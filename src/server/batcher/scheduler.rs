@@ -1,5 +1,11 @@
 //! The scheduler thread: keeps the queue of inputs, forms model calls and hands them to idle
 //! workers, collects their logits and answers each input once all its windows are done.
+//!
+//! A call runs in one of two lanes. Narrow: on a worker's own one-thread pool, so that calls
+//! side by side each keep to their core and never wait on each other (on one shared pool, a
+//! thread waiting inside its call's parallel loop picks up a whole other call and finishes it
+//! first, which made the latency tail). Wide: on the whole pool, when one input is all there
+//! is to do and nothing runs, so that it gets every core; no other call starts beside it.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -7,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::worker::{Item, WindowResult, Worker};
-use super::{windows_that_fit, BatchError, BatchOptions, Computed, Job, Message};
+use super::{windows_that_fit, BatchError, BatchOptions, Computed, Job, Lane, Message};
 use crate::engine::WindowLogits;
 
 /// An input in the queue.
@@ -37,8 +43,15 @@ pub(super) struct Scheduler {
     done: mpsc::Sender<Message>,
     worker: Arc<Worker>,
     options: BatchOptions,
-    /// Model calls running now.
-    busy: usize,
+    /// One one-thread pool per worker for narrow calls (none with a single worker: its calls
+    /// are all wide).
+    narrow: Vec<Arc<rayon::ThreadPool>>,
+    /// The narrow pools without a call.
+    idle_narrow: Vec<usize>,
+    /// The cost of the call running on each narrow pool (0 when idle).
+    running_cost: Vec<usize>,
+    /// Whether a wide call is running (it holds every worker).
+    wide_running: bool,
     active: VecDeque<Active>,
     next_id: u64,
     closed: bool,
@@ -50,19 +63,46 @@ impl Scheduler {
         done: mpsc::Sender<Message>,
         worker: Worker,
         mut options: BatchOptions,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         options.workers = options.workers.max(1);
         options.max_batch_tokens = options.max_batch_tokens.max(1);
-        Self {
+        let narrow = if options.workers > 1 {
+            (0..options.workers)
+                .map(|i| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(move |_| format!("bertqa-model-{i}"))
+                        .build()
+                        .map(Arc::new)
+                        .map_err(std::io::Error::other)
+                })
+                .collect::<std::io::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
             rx,
             done,
             worker: Arc::new(worker),
             options,
-            busy: 0,
+            idle_narrow: (0..narrow.len()).rev().collect(),
+            running_cost: vec![0; narrow.len()],
+            narrow,
+            wide_running: false,
             active: VecDeque::new(),
             next_id: 0,
             closed: false,
-        }
+        })
+    }
+
+    /// Whether no model call is running.
+    fn all_idle(&self) -> bool {
+        !self.wide_running && self.idle_narrow.len() == self.narrow.len()
+    }
+
+    /// Whether a call may start now.
+    fn can_start(&self) -> bool {
+        !self.wide_running && (self.all_idle() || !self.idle_narrow.is_empty())
     }
 
     /// Runs until every handle is dropped and nothing is queued or running.
@@ -78,9 +118,9 @@ impl Scheduler {
     /// Takes in every message there is, waiting for one when there is nothing to hand to an
     /// idle worker; false once the handles are gone and nothing is left.
     fn receive(&mut self) -> bool {
-        let can_dispatch = self.busy < self.options.workers && self.has_pending();
+        let can_dispatch = self.can_start() && self.has_pending();
         if !can_dispatch {
-            if self.closed && self.active.is_empty() && self.busy == 0 {
+            if self.closed && self.active.is_empty() && self.all_idle() {
                 return false;
             }
             // `self.done` keeps the channel open, so this waits for a message.
@@ -110,8 +150,14 @@ impl Scheduler {
                 });
                 self.next_id += 1;
             }
-            Message::Done(results) => {
-                self.busy -= 1;
+            Message::Done { lane, results } => {
+                match lane {
+                    Lane::Wide => self.wide_running = false,
+                    Lane::Narrow(pool) => {
+                        self.running_cost[pool] = 0;
+                        self.idle_narrow.push(pool);
+                    }
+                }
                 self.store(results);
             }
             Message::Closed => self.closed = true,
@@ -156,36 +202,76 @@ impl Scheduler {
         });
     }
 
-    /// Hands model calls to idle workers while windows wait.
+    /// Hands model calls to idle workers while windows wait: one wide call when nothing runs
+    /// and one input is all that waits, else narrow calls, one per idle worker.
     fn dispatch(&mut self) {
+        if !self.can_start() || !self.has_pending() {
+            return;
+        }
+        if self.all_idle() && (self.narrow.is_empty() || self.pending_is_one_input()) {
+            let items = self.next_batch(self.options.max_batch_tokens);
+            self.wide_running = true;
+            self.start_call(Lane::Wide, items);
+            return;
+        }
         // One share for the whole round, so that workers free at once get equal calls.
         let limit = self.share();
-        while self.busy < self.options.workers {
+        while let Some(&pool) = self.idle_narrow.last() {
             let items = self.next_batch(limit);
             if items.is_empty() {
                 break;
             }
-            self.busy += 1;
-            let (worker, done) = (self.worker.clone(), self.done.clone());
-            let call = move || {
-                let results = worker.run(&items);
-                // The scheduler outlives every call it started, so this only fails when the
-                // process is going down anyway.
-                let _ = done.send(Message::Done(results));
-            };
-            match &self.options.pool {
-                Some(pool) => pool.spawn(call),
-                None => rayon::spawn(call),
-            }
+            self.idle_narrow.pop();
+            let lengths: Vec<usize> = items.iter().map(|i| i.window().len()).collect();
+            self.running_cost[pool] = (self.worker.cost)(&lengths);
+            self.start_call(Lane::Narrow(pool), items);
         }
     }
 
-    /// The most one call may cost now: `max_batch_tokens`, or less when an even share of
-    /// the queued windows over all workers is less.
+    /// Runs `items` as one model call in `lane`; its end comes back as [`Message::Done`].
+    fn start_call(&self, lane: Lane, items: Vec<Item>) {
+        tracing::trace!(
+            ?lane,
+            windows = items.len(),
+            left = self.pending().count(),
+            "model call"
+        );
+        let (worker, done) = (self.worker.clone(), self.done.clone());
+        let call = move || {
+            let results = worker.run(&items);
+            // The scheduler outlives every call it started, so this only fails when the
+            // process is going down anyway.
+            let _ = done.send(Message::Done { lane, results });
+        };
+        match lane {
+            Lane::Narrow(pool) => self.narrow[pool].spawn(call),
+            Lane::Wide => match &self.options.pool {
+                Some(pool) => pool.spawn(call),
+                None => rayon::spawn(call),
+            },
+        }
+    }
+
+    /// Whether every window that waits belongs to one input.
+    fn pending_is_one_input(&self) -> bool {
+        let mut waiting = self
+            .active
+            .iter()
+            .filter(|a| a.failed.is_none() && a.next < a.windows());
+        waiting.next().is_some() && waiting.next().is_none()
+    }
+
+    /// The most one narrow call may cost now: `max_batch_tokens`, or less when an even share
+    /// over all workers of the work there is (queued and running) is less. Workers free at once
+    /// split the queue; one freed while another runs a small call takes more, and one freed
+    /// beside a large call takes less, so that no call grows far beyond the others and keeps
+    /// its inputs waiting (nor does a window wait for long behind a running call).
     fn share(&self) -> usize {
         let lengths: Vec<usize> = self.pending().map(|(_, len)| len).collect();
-        let all = (self.worker.cost)(&lengths);
-        all.div_ceil(self.options.workers)
+        let queued = (self.worker.cost)(&lengths);
+        let running: usize = self.running_cost.iter().sum();
+        (queued + running)
+            .div_ceil(self.narrow.len().max(1))
             .clamp(1, self.options.max_batch_tokens)
     }
 
@@ -250,6 +336,12 @@ impl Scheduler {
                         inference_time: now.saturating_duration_since(first),
                     };
                     metrics.record_input(computed.queue_time, computed.inference_time);
+                    tracing::trace!(
+                        windows = computed.logits.len(),
+                        queue_ms = computed.queue_time.as_secs_f64() * 1e3,
+                        inference_ms = computed.inference_time.as_secs_f64() * 1e3,
+                        "input done"
+                    );
                     Ok(computed)
                 }
             };

@@ -283,93 +283,134 @@ fn one_window(qa: &QaPipeline) -> Arc<Prepared> {
     p
 }
 
-/// With two workers, two model calls run at the same time.
+/// A model of two workers that records each call (windows, threads of the pool it runs on)
+/// and holds call `n` (counted from 1) until `gates[n]` opens.
+struct Recorder {
+    calls: Mutex<Vec<(usize, usize)>>,
+    gates: Vec<Gate>,
+}
+
+impl Recorder {
+    fn new(held: usize) -> Arc<Self> {
+        Arc::new(Self {
+            calls: Mutex::new(Vec::new()),
+            gates: (0..=held).map(|_| Gate::default()).collect(),
+        })
+    }
+
+    fn runner(self: &Arc<Self>) -> Runner {
+        let recorder = self.clone();
+        Arc::new(move |w: &[&Window]| {
+            let n = {
+                let mut calls = recorder.calls.lock().unwrap();
+                calls.push((w.len(), rayon::current_num_threads()));
+                calls.len()
+            };
+            if let Some(gate) = recorder.gates.get(n) {
+                gate.wait();
+            }
+            zeros(w)
+        })
+    }
+
+    fn open(&self, n: usize) {
+        self.gates[n].open();
+    }
+
+    fn calls(&self) -> Vec<(usize, usize)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` calls have started.
+    fn wait_for(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.calls.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "call {n} never started: {:?}",
+                self.calls()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Every window costs one token: shares count windows.
+fn per_window(lengths: &[usize]) -> usize {
+    lengths.len()
+}
+
+/// An input that arrives when nothing runs gets the whole pool (every core), and no call starts
+/// beside it; what queued meanwhile then runs as calls side by side, one core each.
 #[test]
-fn two_workers_run_two_calls_at_once() {
+fn an_input_alone_gets_every_core_then_workers_run_side_by_side() {
     let qa = Arc::new(pipeline());
-    let running = Arc::new((Mutex::new((0usize, 0usize)), Condvar::new()));
-    let in_runner = running.clone();
-    let runner: Runner = Arc::new(move |w: &[&Window]| {
-        let (lock, changed) = &*in_runner;
-        let mut state = lock.lock().unwrap();
-        state.0 += 1;
-        state.1 = state.1.max(state.0);
-        changed.notify_all();
-        // Wait (a while at most) for a second call to be running too.
-        let (mut state, _) = changed
-            .wait_timeout_while(state, Duration::from_secs(10), |s| s.1 < 2)
-            .unwrap();
-        state.0 -= 1;
-        zeros(w)
-    });
+    let recorder = Recorder::new(1);
     let batcher = Batcher::start(
-        runner,
-        Arc::new(packed),
-        two_workers(16384),
+        recorder.runner(),
+        Arc::new(per_window),
+        two_workers(1000),
         Arc::new(Metrics::default()),
     )
     .unwrap();
-    let receivers: Vec<_> = (0..2)
+    let first = batcher.enqueue(one_window(&qa)).unwrap();
+    recorder.wait_for(1);
+    assert_eq!(recorder.calls(), [(1, 2)], "one window on both threads");
+    let queued: Vec<_> = (0..4)
         .map(|_| batcher.enqueue(one_window(&qa)).unwrap())
         .collect();
-    for rx in receivers {
+    // Time for the scheduler to (wrongly) start a call beside the one running.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(recorder.calls().len(), 1, "{:?}", recorder.calls());
+    recorder.open(1);
+    for rx in std::iter::once(first).chain(queued) {
         assert!(rx.blocking_recv().unwrap().is_ok());
     }
-    assert_eq!(running.0.lock().unwrap().1, 2, "the calls never overlapped");
+    // The four split over both workers, each call on a pool of one thread.
+    assert_eq!(recorder.calls(), [(1, 2), (2, 1), (2, 1)]);
 }
 
-/// Windows queued while every worker is busy are split evenly between the workers instead of
-/// all going to the first one free.
+/// A worker freed while another runs takes an even share over the workers of the work queued
+/// and running: more than half the queue beside a small call, less than all of it beside a
+/// large one.
 #[test]
-fn queued_windows_are_shared_between_workers() {
+fn a_freed_worker_takes_its_share_of_the_work_queued_and_running() {
     let qa = Arc::new(pipeline());
-    let gate = Arc::new(Gate::default());
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let (runner_gate, runner_calls) = (gate.clone(), calls.clone());
-    let runner: Runner = Arc::new(move |w: &[&Window]| {
-        let n = {
-            let mut calls = runner_calls.lock().unwrap();
-            calls.push(w.len());
-            calls.len()
-        };
-        if n <= 2 {
-            runner_gate.wait();
-        }
-        zeros(w)
-    });
+    let recorder = Recorder::new(4);
     let metrics = Arc::new(Metrics::default());
     let batcher = Batcher::start(
-        runner,
-        Arc::new(packed),
-        two_workers(1 << 20),
+        recorder.runner(),
+        Arc::new(per_window),
+        two_workers(1000),
         metrics.clone(),
     )
     .unwrap();
-    let first: Vec<_> = (0..2)
-        .map(|_| batcher.enqueue(one_window(&qa)).unwrap())
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while calls.lock().unwrap().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the first two calls never started"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // Both workers are busy: these eight wait in the queue.
-    let queued: Vec<_> = (0..8)
-        .map(|_| batcher.enqueue(one_window(&qa)).unwrap())
-        .collect();
-    gate.open();
-    for rx in first.into_iter().chain(queued) {
+    let mut receivers = vec![batcher.enqueue(one_window(&qa)).unwrap()];
+    let mut enqueue = |n: usize| {
+        for _ in 0..n {
+            receivers.push(batcher.enqueue(one_window(&qa)).unwrap());
+        }
+    };
+    recorder.wait_for(1);
+    enqueue(4);
+    recorder.open(1);
+    // Calls 2 and 3 (two windows each) hold both workers while six more queue.
+    recorder.wait_for(3);
+    enqueue(6);
+    recorder.open(3);
+    // 6 queued + 2 running over 2 workers: call 4 takes 4 of the 6.
+    recorder.wait_for(4);
+    enqueue(4);
+    recorder.open(2);
+    // 6 queued + 4 running: call 5 takes 5 of the 6, not all.
+    recorder.wait_for(5);
+    recorder.open(4);
+    for rx in receivers {
         assert!(rx.blocking_recv().unwrap().is_ok());
     }
-    let calls = calls.lock().unwrap();
-    assert_eq!(calls[..2], [1, 1], "{calls:?}");
-    // The first worker free takes half of the eight, leaving the rest to the other.
-    assert_eq!(calls[2], 4, "{calls:?}");
-    assert!(calls[2..].iter().all(|&n| n <= 4), "{calls:?}");
-    assert_eq!(calls[2..].iter().sum::<usize>(), 8, "{calls:?}");
+    let windows: Vec<usize> = recorder.calls().iter().map(|c| c.0).collect();
+    assert_eq!(windows[..5], [1, 2, 2, 4, 5], "{windows:?}");
+    assert_eq!(windows.iter().sum::<usize>(), 15, "{windows:?}");
     assert_eq!(metrics.queue_size.get(), 0);
 }
 

@@ -20,7 +20,7 @@ pub(super) struct Item {
 }
 
 impl Item {
-    fn window(&self) -> &Window {
+    pub fn window(&self) -> &Window {
         &self.prepared.windows[self.window]
     }
 }
@@ -82,7 +82,15 @@ impl Worker {
         let lengths: Vec<usize> = windows.iter().map(|w| w.len()).collect();
         self.metrics
             .record_batch(windows.len(), (self.cost)(&lengths));
-        match catch_unwind(AssertUnwindSafe(|| (self.runner)(&windows))) {
+        let start = std::time::Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| (self.runner)(&windows)));
+        tracing::trace!(
+            windows = windows.len(),
+            tokens = lengths.iter().sum::<usize>(),
+            ms = start.elapsed().as_secs_f64() * 1e3,
+            "model call ended"
+        );
+        match outcome {
             Ok(Ok(logits)) if logits.len() == items.len() => Ok(logits),
             Ok(Ok(logits)) => Err(BatchError::Model(format!(
                 "{} windows in, {} results out",
