@@ -14,7 +14,8 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::eval::{check_writable, progress_bar, write_json_atomically, Ordered};
+use super::json_files::{check_writable, write_json_atomically, Ordered};
+use super::output::progress_bar;
 use super::{jsonl, output, CliError, CliResult, CommonArgs, EngineArgs};
 
 /// The options `ask` and `eval` take for answering over an index.

@@ -4,6 +4,7 @@ mod ask;
 mod collection;
 mod eval;
 mod index;
+mod json_files;
 mod jsonl;
 mod output;
 mod serve;

@@ -1,6 +1,10 @@
-//! Human-readable rendering of answers.
+//! What the CLI shows on the terminal: answers in human-readable form, and progress bars.
+
+use std::io::IsTerminal;
+use std::time::Duration;
 
 use bertqa::Answer;
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 /// The sentence (or a ~160-character excerpt) around the answer, the answer marked with `[...]`.
 pub fn excerpt(context: &str, answer: &Answer) -> String {
@@ -119,4 +123,24 @@ mod tests {
             "Café 😀 opened in [Zürich] in 1923 — naïve."
         );
     }
+}
+
+/// A progress bar on stderr (questions done, rate, ETA), hidden when stderr is not a terminal.
+pub fn progress_bar(questions: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(questions as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} questions  {rate}  ETA {eta}  [{elapsed}]",
+    ) {
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} q/s", state.per_sec());
+            },
+        ));
+    }
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
 }
