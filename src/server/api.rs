@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::decode::Answer;
 use crate::pipeline::QaParams;
 
@@ -324,6 +324,47 @@ pub fn shape_response(mut answers: Vec<Vec<Answer>>) -> QaResponse {
     QaResponse::Batch(answers.into_iter().map(InputAnswers::from).collect())
 }
 
+/// The responses of the question-answering endpoints.
+#[derive(utoipa::IntoResponses)]
+pub enum AnswerResponses {
+    /// Answers, in the pipeline's shapes. Headers give the time spent queued, in model calls
+    /// and in total.
+    #[response(
+        status = 200,
+        headers(
+            ("x-queue-time" = f64, description = "Milliseconds before the first model call (longest over the inputs)."),
+            ("x-inference-time" = f64, description = "Milliseconds from the first model call to the last (longest over the inputs)."),
+            ("x-total-time" = f64, description = "Milliseconds from receiving the body to the response."),
+            ("x-request-id" = String, description = "The request's id (the client's own x-request-id when it is short and printable), as in the server's logs."),
+        ),
+        example = json!({"score": 0.32063043, "start": 11, "end": 40, "answer": "Wolfgang and I live in Berlin"})
+    )]
+    Answers(QaResponse),
+    /// The body is not JSON.
+    #[response(status = 400)]
+    InvalidJson(ErrorBody),
+    /// The body is over `--payload-limit` bytes.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// JSON of the wrong shape, an empty question or context, a context over
+    /// `--max-context-chars`, more inputs than `--max-client-batch-size`, or a parameter out of
+    /// range (including a `max_seq_len` over the model's or a question too long for the
+    /// window). The message starts with the field's path, e.g. `inputs[1].context`.
+    #[response(status = 422)]
+    Validation(ErrorBody),
+    /// `--max-concurrent-requests` requests are already being handled (answered at once, not
+    /// queued); retry later.
+    #[response(status = 429)]
+    Overloaded(ErrorBody),
+    /// The model failed on this input (the inputs batched with it are answered).
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `unavailable`: the model has stopped (the server is shutting down); `timeout`: the
+    /// request took longer than `--request-timeout` (its inputs are withdrawn).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// `GET /info`: the model and the server's limits.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Info {
@@ -349,9 +390,24 @@ pub struct Info {
     pub request_timeout_s: f64,
     /// `--index`: the document index `POST /documents/question-answering` answers over;
     /// null when the server has none (that endpoint then answers 404).
-    pub index: Option<super::documents::IndexInfo>,
+    pub index: Option<IndexInfo>,
     /// bertqa's version.
     pub version: String,
+}
+
+/// `/info`'s description of the document index.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct IndexInfo {
+    /// Files indexed.
+    pub files: usize,
+    /// Documents in them.
+    pub documents: u64,
+    /// Passages the documents are cut into.
+    pub passages: u64,
+    /// Passages read when a request gives no `passages`.
+    pub default_passages: usize,
+    /// Most `passages` a request may ask for.
+    pub max_passages: usize,
 }
 
 /// `GET /health` when ready.

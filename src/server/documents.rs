@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{Map, Value};
 
-use super::api::{reject_unknown, text_field, type_name};
+use super::api::{reject_unknown, text_field, type_name, IndexInfo};
 use super::error::{ApiError, ErrorBody, ErrorKind};
-use super::routes::{body_error, compute, join_error, millis, prepare_error, read_json};
+use super::handling::{body_error, compute, join_error, millis, prepare_error, read_json};
 use super::AppState;
 use crate::index::answer::{rank_read, DocumentAnswers, DEFAULT_PASSAGES};
 use crate::index::{AskOptions, Index};
@@ -84,32 +84,15 @@ struct DocumentsBody {
     passages: usize,
 }
 
-/// `/info`'s description of the document index.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
-pub struct IndexInfo {
-    /// Files indexed.
-    pub files: usize,
-    /// Documents in them.
-    pub documents: u64,
-    /// Passages the documents are cut into.
-    pub passages: u64,
-    /// Passages read when a request gives no `passages`.
-    pub default_passages: usize,
-    /// Most `passages` a request may ask for.
-    pub max_passages: usize,
-}
-
-impl IndexInfo {
-    /// The description of `index`.
-    pub fn of(index: &Index) -> Self {
-        let stats = index.stats();
-        Self {
-            files: stats.files,
-            documents: stats.documents,
-            passages: stats.passages,
-            default_passages: DEFAULT_PASSAGES,
-            max_passages: MAX_PASSAGES,
-        }
+/// `/info`'s description of `index`.
+pub fn index_info(index: &Index) -> IndexInfo {
+    let stats = index.stats();
+    IndexInfo {
+        files: stats.files,
+        documents: stats.documents,
+        passages: stats.passages,
+        default_passages: DEFAULT_PASSAGES,
+        max_passages: MAX_PASSAGES,
     }
 }
 

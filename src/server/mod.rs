@@ -11,6 +11,7 @@ pub mod api;
 pub mod batcher;
 pub mod documents;
 pub mod error;
+mod handling;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// One permit per request being handled.
     pub permits: Arc<Semaphore>,
+    /// The OpenAPI document `GET /openapi.json` serves.
+    pub openapi: &'static str,
 }
 
 impl AppState {
@@ -102,6 +105,7 @@ impl AppState {
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
             config,
             ready: AtomicBool::new(false),
+            openapi: openapi::json(),
         }))
     }
 }

@@ -6,51 +6,9 @@ use std::sync::OnceLock;
 use utoipa::OpenApi;
 
 use super::api::{InputAnswers, QaResponse};
-use super::error::ErrorBody;
 use super::{documents, page, routes};
 use crate::decode::Answer;
 use crate::index::answer::{DocumentAnswer, DocumentAnswers, PassageText};
-
-/// The responses of the question-answering endpoints.
-#[derive(utoipa::IntoResponses)]
-pub enum AnswerResponses {
-    /// Answers, in the pipeline's shapes. Headers give the time spent queued, in model calls
-    /// and in total.
-    #[response(
-        status = 200,
-        headers(
-            ("x-queue-time" = f64, description = "Milliseconds before the first model call (longest over the inputs)."),
-            ("x-inference-time" = f64, description = "Milliseconds from the first model call to the last (longest over the inputs)."),
-            ("x-total-time" = f64, description = "Milliseconds from receiving the body to the response."),
-            ("x-request-id" = String, description = "The request's id (the client's own x-request-id when it is short and printable), as in the server's logs."),
-        ),
-        example = json!({"score": 0.32063043, "start": 11, "end": 40, "answer": "Wolfgang and I live in Berlin"})
-    )]
-    Answers(QaResponse),
-    /// The body is not JSON.
-    #[response(status = 400)]
-    InvalidJson(ErrorBody),
-    /// The body is over `--payload-limit` bytes.
-    #[response(status = 413)]
-    PayloadTooLarge(ErrorBody),
-    /// JSON of the wrong shape, an empty question or context, a context over
-    /// `--max-context-chars`, more inputs than `--max-client-batch-size`, or a parameter out of
-    /// range (including a `max_seq_len` over the model's or a question too long for the
-    /// window). The message starts with the field's path, e.g. `inputs[1].context`.
-    #[response(status = 422)]
-    Validation(ErrorBody),
-    /// `--max-concurrent-requests` requests are already being handled (answered at once, not
-    /// queued); retry later.
-    #[response(status = 429)]
-    Overloaded(ErrorBody),
-    /// The model failed on this input (the inputs batched with it are answered).
-    #[response(status = 500)]
-    Internal(ErrorBody),
-    /// `unavailable`: the model has stopped (the server is shutting down); `timeout`: the
-    /// request took longer than `--request-timeout` (its inputs are withdrawn).
-    #[response(status = 503)]
-    Unavailable(ErrorBody),
-}
 
 /// The API as OpenAPI 3.1.
 #[derive(OpenApi)]

@@ -4,26 +4,22 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::handler::Handler;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use serde_json::Value;
 
-use super::api::{self, Health, HealthStatus, Info, InputLimits, QaBody};
-use super::batcher::{BatchError, Computed};
+use super::api::{self, AnswerResponses, Health, HealthStatus, Info, InputLimits, QaBody};
 use super::error::{ApiError, ErrorBody, ErrorKind};
-use super::openapi::AnswerResponses;
+use super::handling::{body_error, compute, join_error, millis, prepare_error, read_json};
 use super::{documents, layers, page, AppState};
-use crate::engine::WindowLogits;
-use crate::error::Error;
 use crate::pipeline::{Prepared, QaRequest};
 
 /// One route: a method on a path, and what answers it.
@@ -122,74 +118,6 @@ async fn limit_concurrency(
     next.run(req).await
 }
 
-pub(super) fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "the body is over the server's limit of {limit} bytes (--payload-limit); \
-                 send fewer or shorter inputs"
-            ),
-        )
-    } else {
-        ApiError::new(ErrorKind::InvalidJson, rejection.body_text())
-    }
-}
-
-/// A library error about input `path` as a response.
-pub(super) fn prepare_error(error: Error, path: &str) -> ApiError {
-    match error {
-        Error::InvalidParameter { name, message } => {
-            ApiError::field(&format!("parameters.{name}"), message)
-        }
-        Error::InvalidInput(message) | Error::Tokenizer(message) => ApiError::field(path, message),
-        other => ApiError::new(ErrorKind::Internal, other.to_string()),
-    }
-}
-
-pub(super) fn batch_error(error: BatchError) -> ApiError {
-    match error {
-        BatchError::Stopped => ApiError::new(
-            ErrorKind::Unavailable,
-            "the model is not running (the server is stopping); retry on another instance",
-        ),
-        BatchError::Model(_) => ApiError::new(ErrorKind::Internal, error.to_string()),
-    }
-}
-
-pub(super) fn join_error(e: tokio::task::JoinError) -> ApiError {
-    ApiError::new(ErrorKind::Internal, format!("worker task failed: {e}"))
-}
-
-pub(super) fn millis(d: Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
-        .unwrap_or(HeaderValue::from_static("0"))
-}
-
-/// Bodies up to this size are parsed on the async runtime; larger ones on the blocking pool,
-/// so that a 2 MB body does not hold up the other connections of its runtime thread.
-const INLINE_PARSE_BYTES: usize = 64 * 1024;
-
-fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            ErrorKind::InvalidJson,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })
-}
-
-/// Parses a body as JSON (a large one on the blocking pool).
-pub(super) async fn read_json(bytes: Bytes) -> Result<Value, ApiError> {
-    if bytes.len() <= INLINE_PARSE_BYTES {
-        parse_json(&bytes)
-    } else {
-        tokio::task::spawn_blocking(move || parse_json(&bytes))
-            .await
-            .map_err(join_error)?
-    }
-}
-
 /// Parses and validates a body.
 async fn read_body(state: &AppState, bytes: Bytes) -> Result<QaBody, ApiError> {
     let value = read_json(bytes).await?;
@@ -225,43 +153,6 @@ async fn tokenize(state: &AppState, body: QaBody) -> Result<Vec<Arc<Prepared>>, 
         prepared.push(Arc::new(p));
     }
     Ok(prepared)
-}
-
-/// The logits of every input, with the longest queue and inference times among them.
-pub(super) struct Logits {
-    /// Per input, in the order given, its windows' logits.
-    pub per_input: Vec<Vec<WindowLogits>>,
-    /// The longest time an input waited before its first model call.
-    pub queue_time: Duration,
-    /// The longest time from an input's first model call to its last.
-    pub inference_time: Duration,
-}
-
-/// Queues every input, then waits for each; dropping this future withdraws what is left.
-pub(super) async fn compute(
-    state: &AppState,
-    prepared: &[Arc<Prepared>],
-) -> Result<Logits, ApiError> {
-    let receivers = prepared
-        .iter()
-        .map(|p| state.batcher.enqueue(p.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(batch_error)?;
-    let mut out = Logits {
-        per_input: Vec::with_capacity(receivers.len()),
-        queue_time: Duration::ZERO,
-        inference_time: Duration::ZERO,
-    };
-    for rx in receivers {
-        let computed: Computed = rx
-            .await
-            .unwrap_or(Err(BatchError::Stopped))
-            .map_err(batch_error)?;
-        out.queue_time = out.queue_time.max(computed.queue_time);
-        out.inference_time = out.inference_time.max(computed.inference_time);
-        out.per_input.push(computed.logits);
-    }
-    Ok(out)
 }
 
 /// Answers questions about passages
@@ -368,7 +259,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
         max_context_chars: c.max_context_chars,
         payload_limit: c.payload_limit,
         request_timeout_s: c.request_timeout.as_secs_f64(),
-        index: c.index.as_deref().map(documents::IndexInfo::of),
+        index: c.index.as_deref().map(documents::index_info),
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
 }
@@ -409,12 +300,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     tag = "operations",
     responses((status = 200, description = "The API as OpenAPI 3.1.", body = serde_json::Value))
 )]
-pub async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        super::openapi::json(),
-    )
-        .into_response()
+pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi).into_response()
 }
 
 async fn not_found() -> ApiError {
