@@ -84,6 +84,9 @@ time_ask() {
 # One offline round: questions/s of `ask --input` (load subtracted) and ms per answer alone.
 offline() {
   local round=$1 load all
+  # An untimed load first: a cold page cache would make the timed load longer than the one
+  # inside the real run, and subtracting it would overstate the rate.
+  time_ask "$WORK/empty.jsonl" >/dev/null
   load=$(time_ask "$WORK/empty.jsonl")
   all=$(time_ask "$WORK/questions.jsonl")
   python3 -c "
