@@ -82,6 +82,26 @@ pub fn print_human(question: &str, context: &str, answers: &[Answer]) {
     }
 }
 
+/// A progress bar on stderr (questions done, rate, ETA), hidden when stderr is not a terminal.
+pub fn progress_bar(questions: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(questions as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} questions  {rate}  ETA {eta}  [{elapsed}]",
+    ) {
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} q/s", state.per_sec());
+            },
+        ));
+    }
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,24 +143,4 @@ mod tests {
             "Café 😀 opened in [Zürich] in 1923 — naïve."
         );
     }
-}
-
-/// A progress bar on stderr (questions done, rate, ETA), hidden when stderr is not a terminal.
-pub fn progress_bar(questions: usize) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(questions as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} questions  {rate}  ETA {eta}  [{elapsed}]",
-    ) {
-        bar.set_style(style.with_key(
-            "rate",
-            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.1} q/s", state.per_sec());
-            },
-        ));
-    }
-    bar.enable_steady_tick(Duration::from_millis(500));
-    bar
 }
