@@ -83,8 +83,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// One permit per request being handled.
     pub permits: Arc<Semaphore>,
-    /// The OpenAPI document `GET /openapi.json` serves.
-    pub openapi: &'static str,
+    /// The OpenAPI document `GET /openapi.json` serves, built on its first request.
+    pub openapi: fn() -> &'static str,
 }
 
 impl AppState {
@@ -105,7 +105,7 @@ impl AppState {
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
             config,
             ready: AtomicBool::new(false),
-            openapi: openapi::json(),
+            openapi: openapi::json,
         }))
     }
 }

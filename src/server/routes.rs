@@ -301,7 +301,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "The API as OpenAPI 3.1.", body = serde_json::Value))
 )]
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], state.openapi).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        (state.openapi)(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
