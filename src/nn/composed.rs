@@ -119,7 +119,9 @@ mod tests {
     //! The composed ops against the CPU's single ops: same values, same gradients.
     use candle_core::{DType, Device, Tensor};
 
-    use super::super::test_tensors::{max_diff, var, weighted_sum_grads as grads};
+    use super::super::test_tensors::{
+        max_diff, padded_attention_inputs, var, weighted_sum_grads as grads,
+    };
     use super::super::{self as nn, train_ops};
     use super::*;
 
@@ -137,16 +139,7 @@ mod tests {
     #[test]
     fn attention_matches_the_single_op_with_dropout_and_padding() {
         let (b, h, s, d) = (2, 3, 7, 4);
-        let (q, k, v) = (
-            var(&[b, h, s, d], 1),
-            var(&[b, h, s, d], 2),
-            var(&[b, h, s, d], 3),
-        );
-        let attend: Vec<f32> = (0..b * s)
-            .map(|i| f32::from(i < s || i % s < s - 2))
-            .collect();
-        let attend = Tensor::from_vec(attend, (b, s), &Device::Cpu).unwrap();
-        let bias = nn::attention_bias(&attend, DType::F32).unwrap();
+        let (q, k, v, bias) = padded_attention_inputs(b, h, s, d);
         let single_mask = drawn_mask(b * h * s * s, 0.25, 5);
         let composed_mask = drawn_mask(b * h * s * s, 0.25, 5);
 

@@ -21,6 +21,27 @@ pub(super) fn var(shape: &[usize], seed: u64) -> Var {
     Var::from_tensor(&Tensor::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()).unwrap()
 }
 
+/// Queries, keys and values `[b, h, s, d]` (seeds 1, 2, 3) and the additive attention bias of
+/// `b` sequences of `s` tokens whose sequences after the first end in two padding positions.
+pub(super) fn padded_attention_inputs(
+    b: usize,
+    h: usize,
+    s: usize,
+    d: usize,
+) -> (Var, Var, Var, Tensor) {
+    let (q, k, v) = (
+        var(&[b, h, s, d], 1),
+        var(&[b, h, s, d], 2),
+        var(&[b, h, s, d], 3),
+    );
+    let attend: Vec<f32> = (0..b * s)
+        .map(|i| f32::from(i < s || i % s < s - 2))
+        .collect();
+    let attend = Tensor::from_vec(attend, (b, s), &Device::Cpu).unwrap();
+    let bias = super::attention_bias(&attend, DType::F32).unwrap();
+    (q, k, v, bias)
+}
+
 /// Gradients of `Σ y ⊙ w` for fixed pseudo-random weights `w`: a loss that weighs every
 /// element of `y` differently, so that a gradient sent to the wrong element shows.
 pub(super) fn weighted_sum_grads(y: &Tensor, seed: u64) -> GradStore {

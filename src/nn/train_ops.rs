@@ -642,9 +642,11 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor, Var, D};
+    use candle_core::{Device, Tensor, Var, D};
 
-    use super::super::test_tensors::{max_diff, values, var, weighted_sum_grads};
+    use super::super::test_tensors::{
+        max_diff, padded_attention_inputs, values, var, weighted_sum_grads,
+    };
     use super::*;
 
     /// Every third element dropped, the rest scaled by 1 / (1 - p).
@@ -668,17 +670,8 @@ mod tests {
     }
 
     fn check_attention(b: usize, h: usize, s: usize, d: usize) {
-        let (q, k, v) = (
-            var(&[b, h, s, d], 1),
-            var(&[b, h, s, d], 2),
-            var(&[b, h, s, d], 3),
-        );
         // Sequences after the first: last two positions are padding.
-        let attend: Vec<f32> = (0..b * s)
-            .map(|i| f32::from(i < s || i % s < s - 2))
-            .collect();
-        let attend = Tensor::from_vec(attend, (b, s), &Device::Cpu).unwrap();
-        let bias = crate::nn::attention_bias(&attend, DType::F32).unwrap();
+        let (q, k, v, bias) = padded_attention_inputs(b, h, s, d);
         let (dropout, dense) = mask(b * h * s * s, 0.25);
 
         let fused = attention(&q, &k, &v, &bias, Some(dropout)).unwrap();
