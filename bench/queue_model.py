@@ -80,7 +80,12 @@ def main():
     parser.add_argument("--batch", type=int, default=1, help="requests per model call")
     parser.add_argument("--questions", type=int, default=200)
     args = parser.parse_args()
+    for name in ("clients", "workers", "batch", "questions"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
     costs = window_costs(args.questions)
+    if not costs:
+        parser.error("no questions to simulate")
     p50, p99 = simulate(costs, args.clients, args.workers, args.batch)
     print(json.dumps({"clients": args.clients, "workers": args.workers, "batch": args.batch,
                       "questions": len(costs), "p50": round(p50, 3), "p99": round(p99, 3),

@@ -13,10 +13,16 @@ const ACCUMULATORS: usize = 16;
 const STEPS: u64 = 20_000_000;
 
 fn main() {
-    let threads = std::env::args()
-        .nth(1)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = match std::env::args().nth(1) {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(arg) => match arg.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("error: THREADS must be a positive integer, got {arg:?}");
+                std::process::exit(2);
+            }
+        },
+    };
     let Some((lanes, run)) = kernel() else {
         eprintln!("error: this CPU has neither AVX-512F nor AVX2 + FMA");
         std::process::exit(2);
