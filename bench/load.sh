@@ -58,12 +58,23 @@ with open(f"{work}/questions.jsonl", "w") as q, open(f"{work}/bodies.txt", "w") 
 PY
 : >"$WORK/empty.jsonl"
 
-# wrk cycles through the bodies, one question per request.
+# wrk cycles through the bodies, one question per request. Each wrk thread starts at its own
+# part of the list: started at the same place, the threads would walk it in step and the
+# requests in flight would be the same few questions (consecutive questions share a context),
+# a long context arriving several times at once; independent users do not ask in step.
 cat >"$WORK/post.lua" <<'LUA'
 local bodies = {}
 for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
-local i = 0
+local threads = 0
+function setup(thread)
+  thread:set("first", threads)
+  threads = threads + 1
+end
+local i
 request = function()
+  if i == nil then
+    i = math.floor((first or 0) * #bodies / tonumber(os.getenv("WRK_THREADS") or "1"))
+  end
   i = i % #bodies + 1
   return wrk.format("POST", "/question-answering", {["Content-Type"] = "application/json"}, bodies[i])
 end
@@ -113,7 +124,7 @@ stop_server() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID
 
 run_wrk() {  # concurrency seconds output
   local threads=$(( $1 < 4 ? $1 : 4 ))
-  BODIES="$WORK/bodies.txt" wrk -t "$threads" -c "$1" -d "$2s" --timeout 60s --latency \
+  BODIES="$WORK/bodies.txt" WRK_THREADS="$threads" wrk -t "$threads" -c "$1" -d "$2s" --timeout 60s --latency \
     -s "$WORK/post.lua" "http://127.0.0.1:$PORT" >"$3"
 }
 

@@ -10,7 +10,14 @@ request's compute time proportional to its window's cost (tokens, plus attention
 term at MiniLM's shape) — and prints the p50, p99 and their ratio it gives. Only the shape of
 the compute times matters for the ratio, not the machine's speed.
 
-    python bench/queue_model.py [--clients 8] [--workers 2] [--batch 1] [--questions 200]
+The clients are grouped as wrk groups its connections: `threads` threads (load.sh: up to 4),
+each walking the question list with a counter of its own, its connections taking turns. With
+`--start same` every thread starts at the top of the list (the threads then ask the same
+questions at about the same time, and consecutive questions share a context); with the default
+`--start spread`, as load.sh does, thread k starts k/threads of the way down.
+
+    python bench/queue_model.py [--clients 8] [--threads 4] [--start spread|same] [--workers 2]
+                                [--batch 1] [--questions 200]
 """
 
 import argparse
@@ -40,34 +47,42 @@ def window_costs(questions):
     return costs
 
 
-def simulate(costs, clients, workers, batch, answers=20000):
+def simulate(costs, clients, threads, start, workers, batch, answers=20000):
     """Latencies (in units of the mean compute time) of a closed loop of `clients`."""
     mean = sum(costs) / len(costs)
     service = [c / mean for c in costs]
-    sent = 0
-    queue = []  # (sent at, question)
-    for _ in range(clients):
-        queue.append((0.0, sent % len(service)))
-        sent += 1
-    running, idle, latencies = [], workers, []
+    threads = min(threads, clients)
+    # Thread t's counter, and the thread each client's connection belongs to (wrk deals the
+    # connections out evenly).
+    counters = [t * len(service) // threads if start == "spread" else 0 for t in range(threads)]
+    thread_of = [client * threads // clients for client in range(clients)]
+
+    def next_question(client):
+        t = thread_of[client]
+        question = counters[t]
+        counters[t] = (question + 1) % len(service)
+        return question
+
+    queue = [(0.0, client, next_question(client)) for client in range(clients)]  # (sent at, ...)
+    running, idle, latencies, calls = [], workers, [], 0
 
     def dispatch(now):
-        nonlocal idle
+        nonlocal idle, calls
         while idle and queue:
             call = queue[:batch]
             del queue[:batch]
             idle -= 1
-            heapq.heappush(running, (now + sum(service[q] for _, q in call), id(call), call))
+            calls += 1
+            heapq.heappush(running, (now + sum(service[q] for _, _, q in call), calls, call))
 
     dispatch(0.0)
     now = 0.0
     while len(latencies) < answers:
         now, _, call = heapq.heappop(running)
         idle += 1
-        for at, _ in call:
+        for at, client, _ in call:
             latencies.append(now - at)
-            queue.append((now, sent % len(service)))
-            sent += 1
+            queue.append((now, client, next_question(client)))
         dispatch(now)
     latencies.sort()
     return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
@@ -76,18 +91,22 @@ def simulate(costs, clients, workers, batch, answers=20000):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4, help="wrk threads (load.sh: up to 4)")
+    parser.add_argument("--start", choices=("spread", "same"), default="spread",
+                        help="where each wrk thread starts in the question list")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1, help="requests per model call")
     parser.add_argument("--questions", type=int, default=200)
     args = parser.parse_args()
-    for name in ("clients", "workers", "batch", "questions"):
+    for name in ("clients", "threads", "workers", "batch", "questions"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     costs = window_costs(args.questions)
     if not costs:
         parser.error("no questions to simulate")
-    p50, p99 = simulate(costs, args.clients, args.workers, args.batch)
-    print(json.dumps({"clients": args.clients, "workers": args.workers, "batch": args.batch,
+    p50, p99 = simulate(costs, args.clients, args.threads, args.start, args.workers, args.batch)
+    print(json.dumps({"clients": args.clients, "threads": min(args.threads, args.clients),
+                      "start": args.start, "workers": args.workers, "batch": args.batch,
                       "questions": len(costs), "p50": round(p50, 3), "p99": round(p99, 3),
                       "p99_over_p50": round(p99 / p50, 3)}))
 
