@@ -92,9 +92,23 @@ time_ask() {
   python3 -c "print($t1 - $t0)"
 }
 
+# The host's share of this machine's CPU time since `cpu_times` was read (virtual machines only:
+# the time the hypervisor gave to other guests while this one had work, /proc/stat's "steal").
+# Figures measured while it is high say little: re-run on a quieter host.
+cpu_times() { head -n 1 /proc/stat; }
+steal_since() {
+  python3 - "$1" "$(cpu_times)" <<'PY'
+import sys
+before, after = ([int(v) for v in line.split()[1:9]] for line in sys.argv[1:3])
+spent = [b - a for a, b in zip(before, after)]
+print(f"{100 * spent[7] / max(sum(spent), 1):.0f}%")
+PY
+}
+
 # One offline round: questions/s of `ask --input` (load subtracted) and ms per answer alone.
 offline() {
-  local round=$1 load all
+  local round=$1 load all since
+  since=$(cpu_times)
   # An untimed load first: a cold page cache would make the timed load longer than the one
   # inside the real run, and subtracting it would overstate the rate.
   time_ask "$WORK/empty.jsonl" >/dev/null
@@ -106,6 +120,8 @@ print(f'ask --input:   {n} questions in {t:.2f} s after a {$load:.2f} s load: {n
 open('$WORK/ask-$round', 'w').write(str(n / t))"
   RAYON_NUM_THREADS=${THREADS:-0} "$LATENCY_BIN" "$MODEL" "$WORK/questions.jsonl" 2 | tee "$WORK/latency-$round.out" |
     sed 's/^/answer_latency: /'
+  steal_since "$since" >"$WORK/steal-offline-$round"
+  echo "host steal: $(cat "$WORK/steal-offline-$round")"
 }
 
 start_server() {
@@ -136,13 +152,15 @@ echo "== bertqa serve, one question per request, ${DURATION}s per level"
 start_server
 run_wrk 8 2 "$WORK/warm-up.out"
 for c in 1 8 64; do
+  since=$(cpu_times)
   run_wrk "$c" "$DURATION" "$WORK/wrk-$c.out"
-  awk -v c="$c" '
+  steal_since "$since" >"$WORK/steal-$c"
+  awk -v c="$c" -v steal="$(cat "$WORK/steal-$c")" '
     /Requests\/sec/ { rps = $2 }
     $1 == "50%" { p50 = $2 }
     $1 == "99%" { p99 = $2 }
     /Non-2xx/ { errors = $NF }
-    END { printf "concurrency %3d: %8s req/s  p50 %9s  p99 %9s  non-2xx %s\n", c, rps, p50, p99, errors + 0 }
+    END { printf "concurrency %3d: %8s req/s  p50 %9s  p99 %9s  non-2xx %s  host steal %s\n", c, rps, p50, p99, errors + 0, steal }
   ' "$WORK/wrk-$c.out"
 done
 stop_server
@@ -173,13 +191,16 @@ alone = [float(re.search(r"median ([0-9.]+) ms", open(f"{work}/latency-{r}.out")
          for r in (1, 2)]
 offline, one = statistics.mean(ask), statistics.mean(alone)
 level = {c: wrk(c) for c in (1, 8, 64)}
+steal = {name: open(f"{work}/steal-{name}").read().strip()
+         for name in ("offline-1", "1", "8", "64", "offline-2")}
 print()
-print("| | requests/s | p50 | p99 | non-2xx |")
-print("|---|---|---|---|---|")
+print("| | requests/s | p50 | p99 | non-2xx | host steal |")
+print("|---|---|---|---|---|---|")
 for c, (rps, p50, p99, errors) in level.items():
-    print(f"| concurrency {c} | {rps:.1f} | {p50:.1f} ms | {p99:.1f} ms | {errors} |")
-print(f"| `ask --input`, same questions (before / after) | {ask[0]:.1f} / {ask[1]:.1f} q/s | | | |")
-print(f"| one question alone (before / after) | | {alone[0]:.1f} / {alone[1]:.1f} ms | | |")
+    print(f"| concurrency {c} | {rps:.1f} | {p50:.1f} ms | {p99:.1f} ms | {errors} | {steal[str(c)]} |")
+print(f"| `ask --input`, same questions (before / after) | {ask[0]:.1f} / {ask[1]:.1f} q/s | | | "
+      f"| {steal['offline-1']} / {steal['offline-2']} |")
+print(f"| one question alone (before / after) | | {alone[0]:.1f} / {alone[1]:.1f} ms | | | |")
 print()
 print("| ratio | measured | target | |")
 print("|---|---|---|---|")
