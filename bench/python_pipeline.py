@@ -17,7 +17,10 @@ character offsets; scores within 1e-4), as one JSON object on stdout.
 On a machine that other processes keep busy, run it with OMP_WAIT_POLICY=PASSIVE: PyTorch's
 OpenMP threads otherwise spin while they wait for each other, and with fewer free cores than
 threads that makes transformers several times slower than its fair share (bertqa's threads
-sleep when they wait). The policy in effect is printed with the results.
+sleep when they wait). The policy in effect is printed with the results. On a virtual machine it
+also prints, per engine, the share of the machine's CPU time the host took for other guests
+while that engine ran (/proc/stat's steal): a ratio measured while one engine lost more time
+than the other measures the host, so re-run it then.
 
 Needs torch, transformers and bertqa (`pip install ./python`) in the same environment.
 """
@@ -34,6 +37,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BERTQA_SHARED", REPO.parent / "shared"))
+
+
+def cpu_times():
+    """The machine's CPU time so far (clock ticks): (all of it, stolen by the host), or None
+    where /proc/stat is not there."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields), fields[7]
 
 
 def load_questions(path: Path, limit: int | None):
@@ -97,6 +111,7 @@ def main() -> int:
     parts = [rows[i:i + size] for i in range(0, len(rows), size)]
     seconds = {name: 0.0 for name in engines}
     cpu_seconds = {name: 0.0 for name in engines}
+    ticks = {name: [0, 0] for name in engines}  # (all, stolen) while each engine ran
     answers = {name: [] for name in engines}
     part_ratios = []
     for k, part in enumerate(parts):
@@ -104,9 +119,13 @@ def main() -> int:
         order = list(engines) if k % 2 == 0 else list(reversed(engines))
         took = {}
         for name in order:
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), cpu_times()
             result = engines[name](part)
             took[name] = time.perf_counter() - t0
+            s1 = cpu_times()
+            if s0 and s1:
+                ticks[name][0] += s1[0] - s0[0]
+                ticks[name][1] += s1[1] - s0[1]
             seconds[name] += took[name]
             cpu_seconds[name] += time.process_time() - c0
             answers[name].append(result)
@@ -142,6 +161,7 @@ def main() -> int:
         "transformers_questions_per_cpu_second": n / cpu_seconds["transformers"],
         "bertqa_questions_per_cpu_second": n / cpu_seconds["bertqa"],
         "cpu_ratio": cpu_seconds["transformers"] / cpu_seconds["bertqa"],
+        "host_steal": {name: stolen / total if total else None for name, (total, stolen) in ticks.items()},
         "load_average": os.getloadavg(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "identical_answers": identical,
@@ -153,7 +173,8 @@ def main() -> int:
         f"bertqa {result['bertqa_questions_per_second']:.1f} q/s vs transformers "
         f"{result['transformers_questions_per_second']:.1f} q/s: {result['ratio']:.2f}x "
         f"(parts {min(part_ratios):.2f}-{max(part_ratios):.2f}x; per CPU second {result['cpu_ratio']:.2f}x); "
-        f"{identical}/{n} answers identical; load average {os.getloadavg()[0]:.1f}",
+        f"{identical}/{n} answers identical; load average {os.getloadavg()[0]:.1f}; host steal "
+        + ", ".join(f"{name} {share:.0%}" for name, share in result["host_steal"].items() if share is not None),
         file=sys.stderr,
     )
     return 0
