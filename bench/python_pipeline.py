@@ -169,12 +169,14 @@ def main() -> int:
         "load_seconds": {"transformers": load_transformers, "bertqa": load_bertqa},
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))
+    steal = ", ".join(f"{name} {share:.0%}" for name, share in result["host_steal"].items()
+                      if share is not None)
     print(
         f"bertqa {result['bertqa_questions_per_second']:.1f} q/s vs transformers "
         f"{result['transformers_questions_per_second']:.1f} q/s: {result['ratio']:.2f}x "
         f"(parts {min(part_ratios):.2f}-{max(part_ratios):.2f}x; per CPU second {result['cpu_ratio']:.2f}x); "
-        f"{identical}/{n} answers identical; load average {os.getloadavg()[0]:.1f}; host steal "
-        + ", ".join(f"{name} {share:.0%}" for name, share in result["host_steal"].items() if share is not None),
+        f"{identical}/{n} answers identical; load average {os.getloadavg()[0]:.1f}"
+        + (f"; host steal {steal}" if steal else ""),
         file=sys.stderr,
     )
     return 0
