@@ -14,19 +14,21 @@ use super::{check_absolute_positions, check_heads, parse_as, Architecture, Model
 use super::{Encoder, ModelInput, ModelType};
 use crate::engine::Precision;
 use crate::error::Error;
-use crate::fast::{self, EmbeddingSpec, FastEncoder, FastLayer, LayerNames, LayerShape, PositionIds};
+use crate::fast::{
+    self, EmbeddingSpec, FastEncoder, FastLayer, LayerNames, LayerShape, PositionIds,
+};
 use crate::nn::{self, Activation, LayerNorm, Linear};
 use crate::sentencepiece::Converter;
 
 /// ALBERT in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
     model_types: &[ModelType {
-    name: "albert",
-    title: "ALBERT",
-    qa_class: "AlbertForQuestionAnswering",
-    tokenizer: "SentencePiece unigram",
-    example: "twmkn9/albert-base-v2-squad2",
-}],
+        name: "albert",
+        title: "ALBERT",
+        qa_class: "AlbertForQuestionAnswering",
+        tokenizer: "SentencePiece unigram",
+        example: "twmkn9/albert-base-v2-squad2",
+    }],
     weight_prefix: "albert",
     sentencepiece: Some(Converter::Albert),
     padding_tables: &["word_embeddings"],
@@ -223,7 +225,6 @@ impl AlbertModel {
             num_hidden_layers: cfg.num_hidden_layers,
         })
     }
-
 }
 
 impl Encoder for AlbertModel {
@@ -297,7 +298,11 @@ impl ModelConfig for Config {
             },
         )?;
         let encoder = root.pp("encoder");
-        let mapping = fast::dense_linear(e, self.hidden_size, encoder.pp("embedding_hidden_mapping_in"))?;
+        let mapping = fast::dense_linear(
+            e,
+            self.hidden_size,
+            encoder.pp("embedding_hidden_mapping_in"),
+        )?;
         let shape = LayerShape {
             hidden: self.hidden_size,
             heads: self.num_attention_heads,

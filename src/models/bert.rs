@@ -14,12 +14,12 @@ use crate::nn::{self, Activation, LayerNorm, Linear};
 /// BERT in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
     model_types: &[ModelType {
-    name: "bert",
-    title: "BERT",
-    qa_class: "BertForQuestionAnswering",
-    tokenizer: "WordPiece",
-    example: "bert-large-uncased-whole-word-masking-finetuned-squad",
-}],
+        name: "bert",
+        title: "BERT",
+        qa_class: "BertForQuestionAnswering",
+        tokenizer: "WordPiece",
+        example: "bert-large-uncased-whole-word-masking-finetuned-squad",
+    }],
     weight_prefix: "bert",
     sentencepiece: None,
     padding_tables: &["word_embeddings"],
@@ -373,7 +373,8 @@ impl ModelConfig for Config {
         root: &VarBuilder,
         precision: Precision,
     ) -> crate::error::Result<Option<FastEncoder>> {
-        let embeddings = self.fast_embeddings(root, self.hidden_size, PositionIds::FromZero, true)?;
+        let embeddings =
+            self.fast_embeddings(root, self.hidden_size, PositionIds::FromZero, true)?;
         self.fast_stack(root, embeddings, precision).map(Some)
     }
 }

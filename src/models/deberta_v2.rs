@@ -14,7 +14,9 @@ use serde::{Deserialize, Deserializer};
 use super::{parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
 use crate::engine::Precision;
 use crate::error::Error;
-use crate::fast::{self, EmbeddingSpec, FastEncoder, FastLayer, LayerNames, LayerShape, PositionIds};
+use crate::fast::{
+    self, EmbeddingSpec, FastEncoder, FastLayer, LayerNames, LayerShape, PositionIds,
+};
 use crate::fast::{RelativeAttention, RelativeSpec};
 use crate::nn::{self, Activation, LayerNorm, Linear};
 use crate::sentencepiece::Converter;
@@ -22,16 +24,17 @@ use crate::sentencepiece::Converter;
 /// DeBERTa-v2 and -v3 in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
     model_types: &[ModelType {
-    name: "deberta-v2",
-    title: "DeBERTa-v2 / v3",
-    qa_class: "DebertaV2ForQuestionAnswering",
-    tokenizer: "SentencePiece unigram",
-    example: "deepset/deberta-v3-base-squad2",
-}],
+        name: "deberta-v2",
+        title: "DeBERTa-v2 / v3",
+        qa_class: "DebertaV2ForQuestionAnswering",
+        tokenizer: "SentencePiece unigram",
+        example: "deepset/deberta-v3-base-squad2",
+    }],
     weight_prefix: "deberta",
     sentencepiece: Some(Converter::DebertaV2),
     padding_tables: &["word_embeddings"],
-    config_class: "https://huggingface.co/docs/transformers/model_doc/deberta-v2#transformers.DebertaV2Config",
+    config_class:
+        "https://huggingface.co/docs/transformers/model_doc/deberta-v2#transformers.DebertaV2Config",
     parse: parse_as::<Config>,
 };
 
@@ -644,7 +647,6 @@ impl DebertaV2Model {
             dtype: vb.dtype(),
         })
     }
-
 }
 
 impl Encoder for DebertaV2Model {
@@ -688,7 +690,9 @@ impl Encoder for DebertaV2Model {
 impl ModelConfig for Config {
     fn validate(&self) -> crate::error::Result<()> {
         let heads = self.num_attention_heads;
-        if heads == 0 || (self.attention_head_size.is_none() && !self.hidden_size.is_multiple_of(heads)) {
+        if heads == 0
+            || (self.attention_head_size.is_none() && !self.hidden_size.is_multiple_of(heads))
+        {
             return Err(Error::InvalidInput(format!(
                 "config.json: hidden size {} is not a multiple of {heads} attention heads \
                  (and no attention_head_size is given)",
@@ -764,7 +768,9 @@ impl ModelConfig for Config {
                 Ok(std::sync::Arc::new(layer))
             })
             .collect::<crate::error::Result<Vec<_>>>()?;
-        Ok(Some(FastEncoder::new(embeddings, layers, h).with_max_window(self.max_position_embeddings)))
+        Ok(Some(
+            FastEncoder::new(embeddings, layers, h).with_max_window(self.max_position_embeddings),
+        ))
     }
 }
 
@@ -787,7 +793,10 @@ impl Config {
         if !self.relative_attention {
             return Ok(None);
         }
-        let table = encoder.get((2 * self.att_span(), self.hidden_size), "rel_embeddings.weight")?;
+        let table = encoder.get(
+            (2 * self.att_span(), self.hidden_size),
+            "rel_embeddings.weight",
+        )?;
         let layer_norm = self
             .norm_rel_ebd
             .to_lowercase()
@@ -796,7 +805,11 @@ impl Config {
         if !layer_norm {
             return Ok(Some(table));
         }
-        let norm = LayerNorm::new(self.hidden_size, self.layer_norm_eps, encoder.pp("LayerNorm"))?;
+        let norm = LayerNorm::new(
+            self.hidden_size,
+            self.layer_norm_eps,
+            encoder.pp("LayerNorm"),
+        )?;
         Ok(Some(norm.forward(&table, false)?))
     }
 
@@ -828,8 +841,12 @@ impl Config {
         // transformers computes sqrt(head_size * factor) as a float32 tensor.
         let scale = 1.0 / ((self.head_size() * factor) as f32).sqrt();
         Ok(RelativeSpec {
-            keys: c2p.then(|| project("key_proj", "pos_key_proj")).transpose()?,
-            queries: p2c.then(|| project("query_proj", "pos_query_proj")).transpose()?,
+            keys: c2p
+                .then(|| project("key_proj", "pos_key_proj"))
+                .transpose()?,
+            queries: p2c
+                .then(|| project("query_proj", "pos_query_proj"))
+                .transpose()?,
             rows,
             index,
             offset,

@@ -194,7 +194,6 @@ impl DistilBertModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { embeddings, layers })
     }
-
 }
 
 impl super::Encoder for DistilBertModel {

@@ -17,12 +17,12 @@ use crate::nn::Linear;
 /// ELECTRA in the registry.
 pub const ARCHITECTURE: Architecture = Architecture {
     model_types: &[ModelType {
-    name: "electra",
-    title: "ELECTRA",
-    qa_class: "ElectraForQuestionAnswering",
-    tokenizer: "WordPiece",
-    example: "deepset/electra-base-squad2",
-}],
+        name: "electra",
+        title: "ELECTRA",
+        qa_class: "ElectraForQuestionAnswering",
+        tokenizer: "WordPiece",
+        example: "deepset/electra-base-squad2",
+    }],
     weight_prefix: "electra",
     sentencepiece: None,
     padding_tables: &["word_embeddings"],
@@ -73,7 +73,6 @@ impl ElectraModel {
             encoder: Encoder::new(&cfg.bert, vb.pp("encoder"))?,
         })
     }
-
 }
 
 impl EncoderModel for ElectraModel {

@@ -13,7 +13,9 @@ use serde::Deserialize;
 use super::{check_heads, parse_as, Architecture, Encoder, ModelConfig, ModelInput, ModelType};
 use crate::engine::Precision;
 use crate::error::Error;
-use crate::fast::{self, BottleneckNames, BottleneckShape, EmbeddingSpec, FastEncoder, PositionIds};
+use crate::fast::{
+    self, BottleneckNames, BottleneckShape, EmbeddingSpec, FastEncoder, PositionIds,
+};
 use crate::nn::{self, Activation, LayerNorm, Linear};
 
 /// MobileBERT in the registry.
@@ -493,7 +495,6 @@ impl MobileBertModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { embeddings, layers })
     }
-
 }
 
 impl Encoder for MobileBertModel {
@@ -548,9 +549,7 @@ impl ModelConfig for Config {
             activation: self.hidden_act,
             shared_query_key: self.key_query_shared_bottleneck,
         };
-        let norm = |eps: f64| {
-            move |size: usize, vb: VarBuilder| self.fast_norm(size, eps, vb)
-        };
+        let norm = |eps: f64| move |size: usize, vb: VarBuilder| self.fast_norm(size, eps, vb);
         let (inner, output) = (norm(self.layer_norm_eps), norm(TORCH_DEFAULT_EPS));
         let names = BottleneckNames {
             inner_norm: &inner,
@@ -559,7 +558,9 @@ impl ModelConfig for Config {
         let layers = (0..self.num_hidden_layers)
             .map(|i| -> Result<std::sync::Arc<dyn fast::FastLayer>> {
                 let vb = root.pp(format!("encoder.layer.{i}"));
-                Ok(std::sync::Arc::new(fast::BottleneckLayer::load(&vb, shape, &names, precision)?))
+                Ok(std::sync::Arc::new(fast::BottleneckLayer::load(
+                    &vb, shape, &names, precision,
+                )?))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(FastEncoder::new(embeddings, layers, self.hidden_size)))

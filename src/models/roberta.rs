@@ -88,7 +88,6 @@ impl RobertaModel {
             padding_idx: cfg.pad_token_id(),
         })
     }
-
 }
 
 impl EncoderModel for RobertaModel {
