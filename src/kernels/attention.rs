@@ -606,6 +606,7 @@ unsafe fn store_scaled<const P: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::not_run::not_run;
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -645,7 +646,19 @@ mod tests {
     #[test]
     fn matches_the_definition_on_uneven_windows() {
         if !available(16) {
+            not_run(
+                "matches_the_definition_on_uneven_windows",
+                "the whole test",
+                "AVX2/FMA",
+            );
             return;
+        }
+        if !PackedWeights::wide() {
+            not_run(
+                "matches_the_definition_on_uneven_windows",
+                "the AVX-512 kernel",
+                "AVX-512F",
+            );
         }
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         // Window lengths off the 6-row and 16-key tiles, one token, more than one task.

@@ -238,6 +238,12 @@ impl QuantizedLinear {
         }
     }
 
+    /// The largest quantized weight magnitude of the kernel this CPU runs: 127 with 8-bit
+    /// weights, 64 with the AVX2 kernel's 7-bit ones (whose rounding error is twice as large).
+    pub fn weight_levels() -> f32 {
+        Kernel::detect().weight_levels()
+    }
+
     /// Number of input features (columns of `x`).
     pub fn in_features(&self) -> usize {
         self.in_features
@@ -899,6 +905,7 @@ unsafe fn tile_vnni<const R: usize, const B: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::not_run::not_run;
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -912,7 +919,16 @@ mod tests {
         let mut all = vec![Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
         all.extend([Kernel::Avx2, Kernel::Avx512Vnni]);
-        all.into_iter().filter(|k| k.is_supported()).collect()
+        let (run, lacking): (Vec<Kernel>, Vec<Kernel>) =
+            all.into_iter().partition(|k| k.is_supported());
+        for kernel in lacking {
+            not_run(
+                "int8 tests",
+                &format!("the {kernel:?} kernel"),
+                "its instructions",
+            );
+        }
+        run
     }
 
     /// A layer whose weights every kernel of [`kernels`] sums exactly (the narrowest range
@@ -1040,7 +1056,11 @@ mod tests {
     fn scalar_and_simd_kernels_agree_bit_for_bit() {
         #[cfg(target_arch = "x86_64")]
         if !Kernel::Avx2.is_supported() {
-            eprintln!("no AVX2 on this CPU: only the scalar kernel can run");
+            not_run(
+                "scalar_and_simd_kernels_agree_bit_for_bit",
+                "every SIMD kernel",
+                "AVX2",
+            );
         }
         let kernels = kernels();
         let mut rng = ChaCha8Rng::seed_from_u64(7);

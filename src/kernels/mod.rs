@@ -15,6 +15,8 @@
 pub mod attention;
 pub mod int8;
 pub mod linear;
+#[cfg(test)]
+mod not_run;
 pub mod ops;
 pub mod sgemm;
 mod simd;

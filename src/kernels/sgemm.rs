@@ -739,6 +739,7 @@ unsafe fn kernel_avx512<const P: usize>(tile: Tile) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::not_run::not_run;
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -761,6 +762,8 @@ mod tests {
         let mut all = vec![false];
         if PackedWeights::wide() {
             all.push(true);
+        } else {
+            not_run("sgemm tests", "the AVX-512 kernel", "AVX-512F");
         }
         all
     }
@@ -785,6 +788,11 @@ mod tests {
     #[test]
     fn matches_the_product_on_edge_shapes() {
         if !PackedWeights::available() {
+            not_run(
+                "matches_the_product_on_edge_shapes",
+                "the whole test",
+                "AVX2/FMA",
+            );
             return;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -832,6 +840,11 @@ mod tests {
     #[test]
     fn fused_bias_and_activation_match_the_separate_passes_exactly() {
         if !PackedWeights::available() {
+            not_run(
+                "fused_bias_and_activation_match_the_separate_passes_exactly",
+                "the whole test",
+                "AVX2/FMA",
+            );
             return;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(11);

@@ -188,6 +188,7 @@ fn horizontal(v: __m256, f: impl Fn(f32, f32) -> f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::not_run::not_run;
     use super::super::ops::{exp_fused, gelu_fused, gelu_tanh_fused};
     use super::*;
 
@@ -233,6 +234,11 @@ mod tests {
     #[test]
     fn vector_functions_give_the_scalar_bits() {
         if !available() {
+            not_run(
+                "vector_functions_give_the_scalar_bits",
+                "the whole test",
+                "AVX2/FMA",
+            );
             return;
         }
         let xs = inputs();
@@ -250,6 +256,7 @@ mod tests {
     #[test]
     fn transpose8x8_transposes() {
         if !available() {
+            not_run("transpose8x8_transposes", "the whole test", "AVX2/FMA");
             return;
         }
         let m: Vec<f32> = (0..64).map(|i| i as f32).collect();
@@ -270,6 +277,11 @@ mod tests {
     #[test]
     fn exp_shifted_matches_the_definition() {
         if !available() {
+            not_run(
+                "exp_shifted_matches_the_definition",
+                "the whole test",
+                "AVX2/FMA",
+            );
             return;
         }
         for n in [1usize, 7, 8, 9, 16, 23, 169] {

@@ -53,22 +53,10 @@ fn relative_logit_error(arch: &str, dtype: DType) -> f32 {
     worst / largest
 }
 
-const ARCHS: [&str; 9] = [
-    "albert",
-    "bert-uncased",
-    "bert-uncased-pytorch-bin",
-    "deberta-v3",
-    "distilbert-cased",
-    "electra",
-    "mobilebert",
-    "roberta",
-    "xlm-roberta",
-];
-
 #[test]
 fn every_architecture_runs_in_bf16_within_its_precision() {
     let mut errors = Vec::new();
-    for arch in ARCHS {
+    for (arch, _) in &common::all_fixtures() {
         let e = relative_logit_error(arch, DType::BF16);
         eprintln!("{arch}: bf16 logits within {e:.2e} of the largest");
         // 8 significant bits: 2⁻⁸ ≈ 0.4% per rounding, a few roundings deep.
@@ -82,7 +70,7 @@ fn every_architecture_runs_in_bf16_within_its_precision() {
 #[test]
 fn every_architecture_runs_in_f16_within_its_precision() {
     let mut errors = Vec::new();
-    for arch in ARCHS {
+    for (arch, _) in &common::all_fixtures() {
         let e = relative_logit_error(arch, DType::F16);
         eprintln!("{arch}: f16 logits within {e:.2e} of the largest");
         // 11 significant bits: eight times finer than bf16.

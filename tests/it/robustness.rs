@@ -99,6 +99,21 @@ fn huge_max_answer_len_still_answers() {
     assert!(out.status.success(), "{}", stderr(&out));
     let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answers.as_array().map(Vec::len), Some(1), "{answers}");
+    // The context is shorter than the default limit of 15 tokens, so "no limit" must give the
+    // default's answer: the same span and score.
+    let default = bertqa(&[
+        "ask",
+        "--model",
+        &minilm(),
+        "-q",
+        "Who wrote it?",
+        "-c",
+        "Ann wrote it.",
+        "--json",
+    ]);
+    assert!(default.status.success(), "{}", stderr(&default));
+    let expected: serde_json::Value = serde_json::from_slice(&default.stdout).unwrap();
+    assert_eq!(answers, expected);
 }
 
 /// JSONL `params` must be an object (a list was read positionally); `null` means defaults, as

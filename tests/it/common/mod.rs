@@ -8,13 +8,60 @@ use serde::Deserialize;
 
 /// The read-only reference folder beside the repository (override with BERTQA_SHARED).
 pub fn shared() -> PathBuf {
-    std::env::var_os("BERTQA_SHARED")
+    let dir = std::env::var_os("BERTQA_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    assert!(
+        dir.is_dir(),
+        "the tests read the reference folder {} (fixtures, models, data), which is missing: \
+         put it beside the clone or point BERTQA_SHARED at it (README, \"The reference folder\")",
+        dir.display()
+    );
+    dir
 }
 
 pub fn fixture(arch: &str) -> PathBuf {
     shared().join("fixtures").join(arch)
+}
+
+/// Every fixture folder (one with a config.json), sorted by name, with its `model_type`.
+pub fn all_fixtures() -> Vec<(String, String)> {
+    let root = shared().join("fixtures");
+    let entries = std::fs::read_dir(&root).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the tests read ../shared; see the README)",
+            root.display()
+        )
+    });
+    let mut found: Vec<(String, String)> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let config = bertqa::checkpoint::read_json(&path.join("config.json")).ok()?;
+            let model_type = config["model_type"].as_str()?.to_string();
+            Some((path.file_name()?.to_str()?.to_string(), model_type))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// One fixture per architecture bertqa supports: for each `model_type` of the registry, the
+/// first fixture (by name) of that type. Fails when the registry names a type no fixture has,
+/// so that a new architecture cannot go untested.
+pub fn architecture_fixtures() -> Vec<String> {
+    let fixtures = all_fixtures();
+    bertqa::models::supported_model_types()
+        .into_iter()
+        .map(|model_type| {
+            fixtures
+                .iter()
+                .find(|(_, t)| t == model_type)
+                .map(|(name, _)| name.clone())
+                .unwrap_or_else(|| {
+                    panic!("no fixture in ../shared/fixtures has model_type {model_type}")
+                })
+        })
+        .collect()
 }
 
 /// A fresh scratch folder named after `name`, removed with everything in it when dropped, so
@@ -80,7 +127,19 @@ pub struct Feature {
 
 pub fn load_golden(path: &std::path::Path) -> Golden {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let golden: Golden =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // A golden file without cases, or a case without expected answers, would check nothing.
+    assert!(!golden.cases.is_empty(), "{}: no cases", path.display());
+    for case in &golden.cases {
+        assert!(
+            !case.expected.is_empty(),
+            "{}: case {} expects no answer",
+            path.display(),
+            case.id
+        );
+    }
+    golden
 }
 
 pub fn load_pipeline(dir: &std::path::Path) -> QaPipeline {
