@@ -16,24 +16,37 @@
 //! # Ok::<(), bertqa::Error>(())
 //! ```
 
-// Modules from the bottom layer up: each imports only those listed before it.
-pub mod checkpoint;
-pub mod decode;
+// Modules from the bottom layer up: each imports only modules of the layers above it in this
+// list. ARCHITECTURE.md draws the same map.
+
+// Errors and files.
+pub mod error;
+pub mod files;
+// Where the model runs; the engine interface; tokenizer conversion; SQuAD data and metric.
 pub mod device;
 pub mod engine;
-pub mod error;
-pub mod evaluate;
-pub mod fast;
-pub mod features;
-pub mod files;
-pub mod index;
-pub mod kernels;
-pub mod models;
-pub mod nn;
-pub mod pipeline;
 pub mod sentencepiece;
-pub mod server;
 pub mod squad;
+// Checkpoint files; the numeric kernels.
+pub mod checkpoint;
+pub mod kernels;
+// Training ops (candle).
+pub mod nn;
+// The fast inference engine.
+pub mod fast;
+// The architectures and their registry.
+pub mod models;
+// Question + context → windows.
+pub mod features;
+// Logits → answer spans.
+pub mod decode;
+// Windows → engine → answers.
+pub mod pipeline;
+// Over the pipeline: SQuAD evaluation, the document index.
+pub mod evaluate;
+pub mod index;
+// At the top: training and the HTTP server.
+pub mod server;
 pub mod train;
 
 pub use checkpoint::{HubOptions, DEFAULT_MODEL};

@@ -146,10 +146,12 @@ impl FastLayer for BottleneckLayer {
         let t = self.inner;
         let h = self.input.dense.in_features();
         let total = scratch.hidden.len() / h;
-        // The layer's input stays for the last residual; the stream narrows to `t`.
-        std::mem::swap(&mut scratch.hidden, &mut scratch.residual);
-        let x = &scratch.residual;
-        self.input.forward(x, total, None, &mut scratch.narrowed);
+        // The layer's input stays for the last residual (spare[0]); the stream narrows to `t`
+        // (spare[1]).
+        std::mem::swap(&mut scratch.hidden, &mut scratch.spare[0]);
+        let [input, narrowed] = &mut scratch.spare;
+        let x = &*input;
+        self.input.forward(x, total, None, narrowed);
         let query_key_in = match &self.query_key_input {
             Some(b) => {
                 b.forward(x, total, None, &mut scratch.hidden);
@@ -172,7 +174,7 @@ impl FastLayer for BottleneckLayer {
         let qkv = std::mem::take(&mut scratch.qkv);
         self_attention(&qkv, spans, t, self.heads, scratch);
         scratch.qkv = qkv;
-        let (residual, narrowed) = (&mut scratch.residual, &mut scratch.narrowed);
+        let [residual, narrowed] = &mut scratch.spare;
         let total = keep_rows(
             keep,
             h,
@@ -184,7 +186,7 @@ impl FastLayer for BottleneckLayer {
         self.attention_output.forward(
             &scratch.context,
             total,
-            Some(&scratch.narrowed),
+            Some(&scratch.spare[1]),
             &mut stream,
         );
         for ffn in &self.feedforward {
@@ -197,7 +199,7 @@ impl FastLayer for BottleneckLayer {
             std::mem::swap(&mut stream, &mut scratch.projected);
         }
         self.widen
-            .forward(&stream, total, Some(&scratch.residual), &mut scratch.hidden);
+            .forward(&stream, total, Some(&scratch.spare[0]), &mut scratch.hidden);
         scratch.projected = stream;
     }
 }

@@ -85,9 +85,9 @@ pub struct Scratch {
     context: Vec<f32>,
     projected: Vec<f32>,
     intermediate: Vec<f32>,
-    /// The input of a MobileBERT layer and its narrowed copy, kept for the residuals.
-    residual: Vec<f32>,
-    narrowed: Vec<f32>,
+    /// Two more buffers for layers that keep values across their own steps (the bottleneck
+    /// layer keeps its input and its narrowed stream for the residuals); others leave them.
+    spare: [Vec<f32>; 2],
 }
 
 /// Makes `buffer` hold `len` values. It is written before it is read, so growing it need not
