@@ -184,13 +184,22 @@ fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
     } else {
         Some(hub_api(model_id, &cache_dir)?.repo(repo))
     };
+    // Why the last download failed (no network, an unknown id, a gated model), so that the
+    // error can say it rather than guess.
+    let last_failure = std::cell::RefCell::new(None::<String>);
     // Cache first: a file already there never touches the network.
     let get = |file: &str| -> Option<PathBuf> {
-        cache
-            .get(file)
-            .or_else(|| api.as_ref().and_then(|a| a.get(file).ok()))
+        cache.get(file).or_else(|| {
+            let api = api.as_ref()?;
+            api.get(file)
+                .map_err(|e| *last_failure.borrow_mut() = Some(error_chain(&e)))
+                .ok()
+        })
     };
-    let not_found = |what: &str| hub_file_not_found(model_id, &cache_dir, offline, what);
+    let not_found = |what: &str| {
+        let cause = last_failure.borrow().clone();
+        hub_file_not_found(model_id, &cache_dir, offline, what, cause.as_deref())
+    };
     let config = get("config.json").ok_or_else(|| not_found("config.json"))?;
     let weights = if let Some(p) = get("model.safetensors") {
         WeightsFile::Safetensors(p)
@@ -214,9 +223,15 @@ fn from_hub(model_id: &str, hub: &HubOptions) -> Result<CheckpointFiles> {
     Ok(files)
 }
 
-/// The Hub client, caching into `cache_dir` and authenticated by `HF_TOKEN` when it is set.
+/// The Hub client, caching into `cache_dir`, authenticated by `HF_TOKEN` and pointed at
+/// `HF_ENDPOINT` when they are set.
 fn hub_api(model_id: &str, cache_dir: &Path) -> Result<hf_hub::api::sync::Api> {
-    hf_hub::api::sync::ApiBuilder::new()
+    let mut builder = hf_hub::api::sync::ApiBuilder::new();
+    // A mirror or a private Hub, as the Python client takes it.
+    if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()) {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    builder
         .with_cache_dir(cache_dir.to_path_buf())
         .with_progress(true)
         .with_token(std::env::var("HF_TOKEN").ok())
@@ -227,9 +242,31 @@ fn hub_api(model_id: &str, cache_dir: &Path) -> Result<hf_hub::api::sync::Api> {
         })
 }
 
+/// An error with its sources, outermost first: the Hub client's own message is often only
+/// "request error", with the cause (a host name that did not resolve) two levels down.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The error for a file (`what`) of `model_id` that is neither in the cache nor, when online,
-/// downloadable.
-fn hub_file_not_found(model_id: &str, cache_dir: &Path, offline: bool, what: &str) -> Error {
+/// downloadable; `cause` is why the last download failed.
+fn hub_file_not_found(
+    model_id: &str,
+    cache_dir: &Path,
+    offline: bool,
+    what: &str,
+    cause: Option<&str>,
+) -> Error {
     Error::ModelNotFound {
         model: model_id.into(),
         message: if offline {
@@ -240,9 +277,11 @@ fn hub_file_not_found(model_id: &str, cache_dir: &Path, offline: bool, what: &st
                 cache_dir.display()
             )
         } else {
+            let cause = cause.map(|c| format!(" ({c})")).unwrap_or_default();
             format!(
-                "{what} could not be found in the cache at {} nor downloaded from the Hub; \
-                 check the id, your network, or HF_TOKEN for gated models",
+                "{what} could not be found in the cache at {} nor downloaded from the \
+                 Hub{cause}; check the id, your network, or HF_TOKEN for gated models; \
+                 or pass a local directory",
                 cache_dir.display()
             )
         },

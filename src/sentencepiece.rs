@@ -172,13 +172,23 @@ impl Converter {
     /// from the registry). `None` when the tokenizer is of another kind.
     pub fn detect(tokenizer_class: Option<&str>, model_default: Option<Self>) -> Option<Self> {
         match tokenizer_class {
-            Some(class) => match class.trim_end_matches("Fast") {
-                "AlbertTokenizer" => Some(Self::Albert),
-                "XLMRobertaTokenizer" => Some(Self::XlmRoberta),
-                "DebertaV2Tokenizer" => Some(Self::DebertaV2),
-                _ => None,
-            },
+            Some(class) => {
+                let slow = class.trim_end_matches("Fast");
+                Self::ALL.into_iter().find(|c| c.tokenizer_class() == slow)
+            }
             None => model_default,
+        }
+    }
+
+    /// Every converter.
+    pub const ALL: [Self; 3] = [Self::Albert, Self::XlmRoberta, Self::DebertaV2];
+
+    /// The (slow) transformers tokenizer class it converts.
+    pub fn tokenizer_class(self) -> &'static str {
+        match self {
+            Self::Albert => "AlbertTokenizer",
+            Self::XlmRoberta => "XLMRobertaTokenizer",
+            Self::DebertaV2 => "DebertaV2Tokenizer",
         }
     }
 
@@ -279,14 +289,15 @@ fn converter_for(inputs: &ConversionInputs, bad: &dyn Fn(String) -> Error) -> Re
         .and_then(Value::as_str);
     Converter::detect(tokenizer_class, inputs.model_default).ok_or_else(|| {
         bad(format!(
-            "no tokenizer.json, and a SentencePiece tokenizer for {} is not supported (only ALBERT, \
-             XLM-RoBERTa and DeBERTa-v2/v3 are); save a tokenizer.json with transformers \
+            "no tokenizer.json, and a SentencePiece tokenizer for {} is not supported (only {} \
+             convert); save a tokenizer.json with transformers \
              (AutoTokenizer.from_pretrained(...).save_pretrained(...)) next to the model",
             match (tokenizer_class, inputs.model_type) {
                 (Some(class), _) => format!("tokenizer_class `{class}`"),
                 (None, Some(model_type)) => format!("model_type `{model_type}`"),
                 (None, None) => "an unknown model type".to_string(),
-            }
+            },
+            Converter::ALL.map(Converter::tokenizer_class).join(", ")
         ))
     })
 }

@@ -50,7 +50,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub revision: Option<String>,
     /// Worker threads for the model (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_thread_count)]
     pub threads: Option<usize>,
     /// Log more (-v: debug, -vv: trace); RUST_LOG also works.
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
@@ -78,8 +78,8 @@ impl CommonArgs {
 pub struct EngineArgs {
     /// Quantize the encoder's linear layers. `int8` is about 1.5–2× as fast as f32 on AVX2 CPUs
     /// and 2–2.5× with AVX-512 VNNI; answers may differ slightly from transformers', which f32
-    /// matches.
-    /// BERT, RoBERTa, XLM-R, ELECTRA and DistilBERT only.
+    /// matches. Every architecture runs it on the fast engine; a model variant the fast engine
+    /// does not cover is refused with a message.
     #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
     /// Run the reference models (the code that trains) instead of the fast engine.
@@ -138,6 +138,15 @@ impl EngineArgs {
             },
             ..options
         })
+    }
+}
+
+/// `--threads`: a whole number of at least 1.
+fn parse_thread_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (leave --threads out to use every core)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number of threads")),
     }
 }
 

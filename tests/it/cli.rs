@@ -400,6 +400,54 @@ fn offline_hub_id_missing_from_cache_says_what_to_do() {
 }
 
 #[test]
+fn zero_or_garbled_thread_counts_are_refused() {
+    for bad in ["0", "-1", "two"] {
+        let out = bertqa(&[
+            "ask",
+            "--model",
+            &bert_dir(),
+            &format!("--threads={bad}"),
+            "-q",
+            "Who?",
+            "-c",
+            "Marie Curie.",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--threads {bad}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn hub_download_failure_names_its_cause() {
+    // Nothing listens on the discard port of the loopback address: the download is refused, and
+    // the error must say so rather than only "not found".
+    let dir = temp_dir("unreachablehub");
+    let out = Command::new(env!("CARGO_BIN_EXE_bertqa"))
+        .args([
+            "ask",
+            "--model",
+            "acme/not-downloaded",
+            "-q",
+            "Who?",
+            "-c",
+            "Marie Curie.",
+        ])
+        .env("HF_HUB_CACHE", &dir)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    assert_user_error(&out, "acme/not-downloaded");
+    assert_user_error(&out, "127.0.0.1:9");
+    assert_user_error(&out, "refused");
+}
+
+#[test]
 fn reference_engine_flag_gives_the_golden_answers_too() {
     ask_seed_case_json(&["--reference-engine"]);
 }
