@@ -26,6 +26,7 @@ pub mod evaluate;
 pub mod fast;
 pub mod features;
 pub mod files;
+pub mod fpenv;
 pub mod index;
 pub mod kernels;
 pub mod models;
