@@ -109,7 +109,20 @@ for size in $sizes; do
 done
 
 # 4. Training step: MiniLM-L6 base + new QA head, batch 16 x 384 tokens, fp32, AdamW; bertqa's
-#    per-step times come from its -v log (forward_s, backward_s, optimizer_s).
+#    per-step times come from its -v log (forward_s, backward_s, optimizer_s). The CPU is named
+#    with the figures: a fresh head's backward pass makes subnormal floats, which cost Intel
+#    cores far more than AMD ones where they are not flushed (bench/subnormals.sh measures it).
+if [ -r /proc/cpuinfo ]; then
+  CPU=$(awk -F': ' '/^vendor_id/ {v=$2} /^cpu family/ {f=$2} /^model\t/ {m=$2} /^model name/ {n=$2}
+    END {printf "%s family %s model %s (%s)", v, f, m, n; exit}' /proc/cpuinfo)
+else
+  CPU="unknown (no /proc/cpuinfo)"
+fi
+case "${BERTQA_KEEP_SUBNORMALS:-}" in
+  "" | 0) FLUSH="subnormals flushed" ;;
+  *) FLUSH="subnormals kept (BERTQA_KEEP_SUBNORMALS=$BERTQA_KEEP_SUBNORMALS)" ;;
+esac
+echo "$CPU; bertqa: $FLUSH" > "$WORK/train_cpu.txt"
 step "training step: PyTorch"
 THREADS=$THREADS "$PY" bench/reference.py train "$BASE" --batch-size "$TRAIN_BATCH" --max-seq-len "$TRAIN_SEQ" \
   --warmup "$TRAIN_WARMUP" --steps "$TRAIN_STEPS" > "$WORK/torch_train.json"
@@ -123,5 +136,7 @@ rm -rf "$WORK/bertqa-train-out"
 
 echo
 "$PY" bench/summary.py "$WORK"
+echo
+echo "training step CPU: $(cat "$WORK/train_cpu.txt")"
 echo
 echo "raw results: $WORK" >&2

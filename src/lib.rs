@@ -19,9 +19,10 @@
 // Modules from the bottom layer up: each imports only modules of the layers above it in this
 // list. ARCHITECTURE.md draws the same map.
 
-// Errors and files.
+// Errors, files, the floating-point environment of model threads.
 pub mod error;
 pub mod files;
+pub mod fpenv;
 // Where the model runs; the engine interface; tokenizer conversion; SQuAD data and metric.
 pub mod device;
 pub mod engine;

@@ -463,6 +463,7 @@ impl QaPipeline {
     /// end an answer (those of each window's `p_mask`, which decoding masks before reading
     /// them) may be left uncomputed, as NaN (see [`Engine::answer_logits`]).
     pub fn answer_logits(&self, windows: &[&Window]) -> Result<Vec<WindowLogits>> {
+        let _flush = crate::fpenv::FlushGuard::new();
         let masks: Vec<&[bool]> = windows.iter().map(|w| &w.p_mask[..]).collect();
         self.engine.answer_logits(&tokens_of(windows), &masks)
     }
@@ -480,6 +481,7 @@ impl QaPipeline {
                 w.token_type_ids.len()
             )));
         }
+        let _flush = crate::fpenv::FlushGuard::new();
         self.engine.logits(windows)
     }
 

@@ -111,7 +111,7 @@ impl Pipeline {
             None => None,
             Some(0) => return Err(PyValueError::new_err("threads must be at least 1")),
             Some(n) => Some(
-                rayon::ThreadPoolBuilder::new()
+                bertqa::fpenv::pool_builder()
                     .num_threads(n)
                     .thread_name(|i| format!("bertqa-{i}"))
                     .build()
@@ -244,10 +244,15 @@ impl Pipeline {
 }
 
 /// Runs `work` inside `pool` (or on the global pool), a panic becoming a Python exception.
+/// Subnormals are flushed meanwhile; the calling Python thread gets its MXCSR back on return.
 fn on_pool<T: Send>(
     pool: Option<&rayon::ThreadPool>,
     work: impl FnOnce() -> bertqa::Result<T> + Send,
 ) -> PyResult<T> {
+    if pool.is_none() {
+        bertqa::fpenv::ensure_global_pool();
+    }
+    let _flush = bertqa::fpenv::FlushGuard::new();
     let run = AssertUnwindSafe(|| match pool {
         Some(pool) => pool.install(work),
         None => work(),

@@ -150,14 +150,16 @@ fn parse_thread_count(text: &str) -> Result<usize, String> {
     }
 }
 
-/// Sets the size of the compute thread pool (candle/gemm use rayon).
+/// Starts the compute thread pool (candle/gemm use rayon), of `threads` threads (default: one
+/// per core), whose threads flush subnormal floats (see `bertqa::fpenv`).
 pub fn set_threads(threads: Option<usize>) {
-    if let Some(n) = threads.filter(|&n| n > 0) {
+    let threads = threads.filter(|&n| n > 0);
+    if let Some(n) = threads {
         // Read by candle's kernels; set before any worker thread starts.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+    }
+    if let Err(e) = bertqa::fpenv::init_global_pool(threads) {
+        tracing::debug!(error = %e, "compute thread pool already running");
     }
 }
 

@@ -277,7 +277,10 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 /// Runs a training job to the end (or until `observer` stops it) and saves the model.
+/// Subnormal floats are flushed meanwhile (see [`crate::fpenv`]); the calling thread gets its
+/// floating-point settings back on return.
 pub fn train(options: &TrainOptions, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
+    let _flush = crate::fpenv::FlushGuard::new();
     Trainer::set_up(options)?.run(observer)
 }
 

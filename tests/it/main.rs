@@ -5,6 +5,7 @@ mod common;
 mod cli;
 mod eval_cli;
 mod fast_engine;
+mod fpenv;
 mod golden_arch_a;
 mod golden_arch_b;
 mod golden_bert;

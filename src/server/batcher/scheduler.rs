@@ -69,7 +69,7 @@ impl Scheduler {
         let narrow = if options.workers > 1 {
             (0..options.workers)
                 .map(|i| {
-                    rayon::ThreadPoolBuilder::new()
+                    crate::fpenv::pool_builder()
                         .num_threads(1)
                         .thread_name(move |_| format!("bertqa-model-{i}"))
                         .build()
