@@ -7,6 +7,7 @@ that code written for transformers runs unchanged; the answers come from the Rus
 
 from __future__ import annotations
 
+import numbers
 import os
 import types
 import warnings
@@ -40,6 +41,22 @@ ANSWER_PARAMETERS = (
 #: Keyword arguments transformers takes that do not change answers here: bertqa never pads
 #: windows and batches them by itself (``batch_size`` of ``pipeline()`` sets windows per call).
 ACCEPTED_AND_IGNORED = ("padding", "batch_size", "num_workers")
+
+#: Keyword arguments that carry the inputs of a call.
+INPUT_KEYWORDS = ("question", "context", "X", "data")
+
+#: Keyword arguments of ``transformers.pipeline()`` that mean nothing to bertqa's engine (it
+#: reads the model's own files, runs no remote code, has no processors): accepted, ignored.
+PIPELINE_IGNORED = (
+    "trust_remote_code",
+    "feature_extractor",
+    "image_processor",
+    "processor",
+    "binary_output",
+    "modelcard",
+    "args_parser",
+    "use_auth_token",
+)
 
 #: Questions taken from a generator per model round (answers are yielded as rounds finish).
 GENERATOR_ROUND = 64
@@ -81,7 +98,7 @@ class QuestionAnsweringPipeline:
 
     def __init__(self, native: _native.Pipeline, defaults: Optional[Mapping[str, Any]] = None):
         self._native = native
-        self._defaults: Dict[str, Any] = dict(_answer_params(defaults or {}, where="pipeline()"))
+        self._defaults: Dict[str, Any] = dict(_answer_params(defaults or {}, where="pipeline()", stacklevel=4))
 
     @property
     def model(self) -> str:
@@ -120,19 +137,28 @@ class QuestionAnsweringPipeline:
         default min(model maximum, 384)), ``max_question_len`` (accepted; fast tokenizers ignore
         it in transformers too), ``handle_impossible_answer`` (also offer the empty answer,
         default False), ``align_to_words`` (widen spans to whole words, default True).
-        ``padding``, ``batch_size`` and ``num_workers`` are accepted and change nothing.
+        ``padding``, ``batch_size`` and ``num_workers`` are accepted and change nothing; other
+        keywords are ignored, as transformers ignores them, with a warning naming them.
 
         Returns, as transformers: per input, a dict when it has exactly one answer, else a list
-        of dicts (best first; fewer than ``top_k`` when the context has fewer distinct answers);
+        of dicts (best first; when the context has fewer scored spans than asked for, spans of
+        score 0.0 fill the list, as transformers' ``decode_spans`` does, and it is shorter than
+        ``top_k`` only when the context has fewer distinct answers);
         a list of those when several inputs were given (one input in a list counts as one).
 
+        Inputs may also be ``SquadExample`` objects (anything with ``question_text`` and
+        ``context_text``), in a list or as several positional arguments.
+
         Raises ``ValueError`` for bad inputs or parameters (a ``KeyError`` too when a dict lacks
-        a key), ``TypeError`` for an unknown keyword argument or a value of the wrong type.
+        a key; ``Unknown arguments`` when no input is given), ``TypeError`` for a value of the
+        wrong type.
         """
-        params = dict(self._defaults)
-        call_params = {k: v for k, v in kwargs.items() if k not in ("question", "context", "X", "data")}
-        params.update(_answer_params(call_params, where="the call"))
+        # As transformers: the inputs are read first (``qa(Y=None)`` is a ValueError about the
+        # inputs), then the parameters; keywords the pipeline does not know are ignored.
         inputs = _parse_inputs(args, kwargs)
+        params = dict(self._defaults)
+        call_params = {k: v for k, v in kwargs.items() if k not in INPUT_KEYWORDS}
+        params.update(_answer_params(call_params, where="the call", stacklevel=3))
         if isinstance(inputs, types.GeneratorType):
             return self._answer_stream(inputs, params)
         answers = self._answer(inputs, params)
@@ -152,7 +178,7 @@ class QuestionAnsweringPipeline:
         if len(questions) != len(contexts):
             raise ValueError("Questions and contexts don't have the same lengths")
         params = dict(self._defaults)
-        params.update(_answer_params(kwargs, where="answer_batch()"))
+        params.update(_answer_params(kwargs, where="answer_batch()", stacklevel=3))
         pairs = [_normalize({"question": q, "context": c}) for q, c in zip(questions, contexts)]
         return self._answer(pairs, params)
 
@@ -187,6 +213,15 @@ def pipeline(
     max_context_chars: int = _native.DEFAULT_MAX_CONTEXT_CHARS,
     tokenizer: Optional[str] = None,
     device: Union[int, str, None] = None,
+    framework: Optional[str] = None,
+    config: Optional[str] = None,
+    use_fast: bool = True,
+    token: Union[str, bool, None] = None,
+    device_map: Optional[str] = None,
+    dtype: Any = "auto",
+    torch_dtype: Any = None,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+    pipeline_class: Any = None,
     **defaults: Any,
 ) -> QuestionAnsweringPipeline:
     """Loads a question-answering pipeline, as ``transformers.pipeline`` does.
@@ -208,9 +243,20 @@ def pipeline(
         tokenizer: accepted for compatibility: only the model's own tokenizer (``None`` or the
             same value as ``model``).
         device: accepted for compatibility: bertqa runs on the CPU (``None``, ``-1`` or
-            ``"cpu"``).
+            ``"cpu"``; ``device_map`` likewise ``None``, ``"cpu"`` or ``"auto"``).
+        framework: ``None``, ``"pt"`` or ``"tf"``: accepted, the answers are PyTorch's.
+        config: ``None`` (or the same value as ``model``): config.json is read from the model.
+        use_fast: ``True``: bertqa runs the fast (Rust) tokenizer only.
+        token: accepted; the Hub token is read from ``HF_TOKEN`` (a warning says so when
+            a string is given).
+        dtype, torch_dtype: ``"auto"``, ``None`` or float32: bertqa computes in f32 (see
+            ``quantize`` for int8).
+        model_kwargs: accepted and ignored (a warning names them when not empty).
         **defaults: default call arguments (``top_k``, ``max_answer_len``, ...), as
-            transformers allows.
+            transformers allows; other keywords transformers takes here (``trust_remote_code``,
+            ``num_workers``, ``binary_output``, ...) are ignored, as are keywords it does not
+            know (``max_seq_length`` is not ``max_seq_len``: transformers ignores it too), with a
+            warning naming those.
 
     Raises:
         ValueError: an unsupported task, model type or option.
@@ -233,6 +279,36 @@ def pipeline(
         )
     if device not in (None, -1, "cpu"):
         raise ValueError(f"bertqa runs on the CPU; device={device!r} is not supported (use None, -1 or 'cpu')")
+    if device_map not in (None, "cpu", "auto"):
+        raise ValueError(
+            f"bertqa runs on the CPU; device_map={device_map!r} is not supported (use None, 'cpu' or 'auto')"
+        )
+    if framework not in (None, "pt", "tf"):
+        raise ValueError(f"framework={framework!r} is not one of transformers' frameworks (None, 'pt', 'tf')")
+    if config is not None and config != model:
+        raise ValueError("bertqa reads config.json from the model; leave config= unset (or equal to model=)")
+    if not use_fast:
+        raise ValueError(
+            "bertqa runs the fast tokenizer only (use_fast=False would make transformers answer "
+            "through its slow tokenizer); leave use_fast=True"
+        )
+    for name, value in (("dtype", dtype), ("torch_dtype", torch_dtype)):
+        if value not in (None, "auto", "float32") and str(value) != "torch.float32":
+            raise ValueError(
+                f"{name}={value!r} is not supported: bertqa computes in float32 (or int8 linear "
+                "layers with quantize='int8')"
+            )
+    if pipeline_class is not None:
+        raise ValueError("pipeline_class is not supported: bertqa has one pipeline class")
+    if isinstance(token, str):
+        warnings.warn("token= is not used: bertqa reads the Hub token from HF_TOKEN", UserWarning, stacklevel=2)
+    if model_kwargs:
+        warnings.warn(
+            f"model_kwargs {sorted(model_kwargs)} ignored: bertqa loads the checkpoint itself",
+            UserWarning,
+            stacklevel=2,
+        )
+    defaults = {k: v for k, v in defaults.items() if k not in PIPELINE_IGNORED}
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a whole number of at least 1, got {threads!r}")
     for name, value in (("batch_size", batch_size), ("max_context_chars", max_context_chars)):
@@ -250,21 +326,35 @@ def pipeline(
     return QuestionAnsweringPipeline(native, defaults)
 
 
-def _answer_params(kwargs: Mapping[str, Any], where: str) -> Dict[str, Any]:
-    """The answer parameters among ``kwargs``; an unknown keyword is a ``TypeError``."""
+def _answer_params(kwargs: Mapping[str, Any], where: str, stacklevel: int = 3) -> Dict[str, Any]:
+    """The answer parameters among ``kwargs``, checked as transformers' ``_sanitize_parameters``
+    checks them (``top_k`` and ``max_answer_len`` of at least 1; ``True`` is 1, as in Python).
+
+    transformers ignores keyword arguments it does not know; so does bertqa, with a warning that
+    names them (a misspelt parameter otherwise changes nothing, silently).
+    """
     params: Dict[str, Any] = {}
+    unknown = []
     for key, value in kwargs.items():
         if key in ANSWER_PARAMETERS:
             params[key] = value
         elif key == "topk":
-            warnings.warn("topk parameter is deprecated, use top_k instead", UserWarning, stacklevel=3)
-            if kwargs.get("top_k") is None:
+            if value is not None and kwargs.get("top_k") is None:
+                warnings.warn("topk parameter is deprecated, use top_k instead", UserWarning, stacklevel=stacklevel)
                 params["top_k"] = value
-        elif key not in ACCEPTED_AND_IGNORED:
-            raise TypeError(
-                f"{where} got an unexpected keyword argument {key!r}; the pipeline takes "
-                f"{', '.join(ANSWER_PARAMETERS)}"
-            )
+        elif key not in ACCEPTED_AND_IGNORED and key not in INPUT_KEYWORDS:
+            unknown.append(key)
+    for name in ("top_k", "max_answer_len"):
+        value = params.get(name)
+        if isinstance(value, numbers.Integral) and value < 1:
+            raise ValueError(f"{name} parameter should be >= 1 (got {value})")
+    if unknown:
+        warnings.warn(
+            f"{where}: keyword argument(s) {', '.join(map(repr, unknown))} ignored, as transformers "
+            f"ignores them; the pipeline's parameters are {', '.join(ANSWER_PARAMETERS)}",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
     return params
 
 
@@ -302,10 +392,9 @@ def _parse_inputs(args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
                 "questions with one context, or two lists of the same length"
             )
     else:
-        given = sorted(k for k in kwargs if k not in ANSWER_PARAMETERS)
         raise ValueError(
-            f"no input: give question= and context=, or {{'question', 'context'}} dicts "
-            f"(keyword arguments given: {given})"
+            f"Unknown arguments {sorted(kwargs)}: no input; give question= and context=, or "
+            "{'question', 'context'} dicts"
         )
 
     if isinstance(inputs, types.GeneratorType):
@@ -314,36 +403,43 @@ def _parse_inputs(args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         inputs = [inputs]
     elif isinstance(inputs, str) or not isinstance(inputs, Iterable):
         raise ValueError(
-            f"cannot read a question and a context from {type(inputs).__name__}: give "
-            "question= and context=, a {'question', 'context'} dict or a list of them"
+            f"Invalid arguments: cannot read a question and a context from {type(inputs).__name__}: "
+            "give question= and context=, a {'question', 'context'} dict or a list of them"
         )
     return [_normalize(item) for item in inputs]
 
 
 def _normalize(item: Any) -> Tuple[str, str]:
-    """One input as (question, context), checked as transformers checks it."""
+    """One input as (question, context), checked as transformers checks it: a dict with
+    ``question`` and ``context``, or a ``SquadExample`` (any object with ``question_text`` and
+    ``context_text``)."""
     if not isinstance(item, Mapping):
+        if hasattr(item, "question_text") and hasattr(item, "context_text"):
+            return _text(item.question_text, "question_text"), _text(item.context_text, "context_text")
         raise ValueError(
-            f"{_short(item)} argument needs to be of type dict with the keys 'question' and 'context'"
+            f"{_short(item)} argument needs to be of type (SquadExample, dict): a dict with the keys "
+            "'question' and 'context'"
         )
-    pair = []
     for key in ("question", "context"):
         if key not in item:
             raise MissingInputKeyError(
                 "You need to provide a dictionary with keys {question:..., context:...}"
             )
-        value = item[key]
-        if value is None:
-            raise ValueError(f"`{key}` cannot be None")
-        if not isinstance(value, str):
-            raise ValueError(f"`{key}` must be a string, not {type(value).__name__}")
-        if not value:
-            raise ValueError(f"`{key}` cannot be empty")
-        pair.append(value)
+    pair = (_text(item["question"], "question"), _text(item["context"], "context"))
     extra = sorted(str(k) for k in item if k not in ("question", "context"))
     if extra:
         raise TypeError(f"unexpected input keys {extra}; an input has 'question' and 'context' only")
-    return pair[0], pair[1]
+    return pair
+
+
+def _text(value: Any, key: str) -> str:
+    if value is None:
+        raise ValueError(f"`{key}` cannot be None")
+    if not isinstance(value, str):
+        raise ValueError(f"`{key}` must be a string, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"`{key}` cannot be empty")
+    return value
 
 
 def _shape(answers: List[Answer]) -> Union[Answer, List[Answer]]:

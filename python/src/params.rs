@@ -50,10 +50,7 @@ pub fn from_dict(params: Option<&Bound<'_, PyDict>>) -> PyResult<QaParams> {
 /// A whole number of at least `min`, for the parameter `name`.
 fn count(name: &'static str, value: &Bound<'_, PyAny>, min: usize) -> PyResult<usize> {
     let invalid = |message: String| errors::to_py(Error::InvalidParameter { name, message });
-    // bool is an int in Python, but `top_k=True` is a mistake, not 1.
-    if value.is_instance_of::<pyo3::types::PyBool>() {
-        return Err(invalid(format!("must be a whole number, got {value}")));
-    }
+    // bool is an int in Python: `top_k=True` is 1, as transformers takes it.
     let number: i64 = match value.extract() {
         Ok(n) => n,
         Err(e) if e.is_instance_of::<PyOverflowError>(value.py()) => {

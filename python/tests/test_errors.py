@@ -1,4 +1,4 @@
-"""Bad inputs raise ValueError (or TypeError for a wrong type or keyword), missing or broken
+"""Bad inputs raise ValueError (or TypeError for a wrong type), missing or broken
 files OSError, each with a message that says what is wrong; nothing crashes the interpreter,
 and the pipeline keeps answering afterwards."""
 
@@ -26,11 +26,12 @@ Q = "What does Transformers provide?"
         (dict(question=[Q, None], context=SEED_CONTEXT), "`question` cannot be None"),
         (dict(question=[Q, 3], context=SEED_CONTEXT), "`question` must be a string"),
         (dict(question=Q, context=None), "Arguments can't be understood"),
-        (dict(question=Q, context=SEED_CONTEXT, top_k=0), "`top_k`: must be at least 1"),
-        (dict(question=Q, context=SEED_CONTEXT, top_k=-2), "`top_k`: must be at least 1"),
-        (dict(question=Q, context=SEED_CONTEXT, top_k=-(10**30)), "`top_k`: must be at least 1"),
-        (dict(question=Q, context=SEED_CONTEXT, top_k=True), "`top_k`: must be a whole number"),
-        (dict(question=Q, context=SEED_CONTEXT, max_answer_len=0), "`max_answer_len`: must be at least 1"),
+        (dict(question=Q, context=SEED_CONTEXT, top_k=0), "top_k parameter should be >= 1 (got 0)"),
+        (dict(question=Q, context=SEED_CONTEXT, top_k=-2), "top_k parameter should be >= 1 (got -2)"),
+        (dict(question=Q, context=SEED_CONTEXT, top_k=-(10**30)), "top_k parameter should be >= 1"),
+        # bool is an int: False is 0 (and True is 1, see test_arguments).
+        (dict(question=Q, context=SEED_CONTEXT, top_k=False), "top_k parameter should be >= 1 (got False)"),
+        (dict(question=Q, context=SEED_CONTEXT, max_answer_len=0), "max_answer_len parameter should be >= 1"),
         (dict(question=Q, context=SEED_CONTEXT, doc_stride=-1), "`doc_stride`: must be at least 0"),
         (dict(question=Q, context=SEED_CONTEXT, max_seq_len=64, doc_stride=65), "`doc_stride`"),
         (dict(question=Q, context=SEED_CONTEXT, max_seq_len=10**6), "`max_seq_len`"),
@@ -68,19 +69,28 @@ def test_no_inputs_at_all(tiny_bert):
         tiny_bert(top_k=2)
     with pytest.raises(ValueError):
         tiny_bert(question=Q)
+    # As transformers' argument handler: a keyword that carries no input is "Unknown arguments",
+    # a ValueError (not Python's TypeError for an unexpected keyword).
+    with pytest.raises(ValueError, match=r"Unknown arguments \['Y'\]"):
+        tiny_bert(Y=None)
 
 
-def test_wrong_types_and_unknown_keywords_raise_type_error(tiny_bert):
-    with pytest.raises(TypeError, match="unexpected keyword argument 'top_kk'"):
-        tiny_bert(question=Q, context=SEED_CONTEXT, top_kk=2)
+def test_unknown_keywords_are_ignored_with_a_warning(tiny_bert):
+    one = tiny_bert(question=Q, context=SEED_CONTEXT)
+    with pytest.warns(UserWarning, match="'top_kk' ignored"):
+        assert tiny_bert(question=Q, context=SEED_CONTEXT, top_kk=2) == one
+    with pytest.warns(UserWarning, match="'bogus' ignored"):
+        qa = bertqa.pipeline("question-answering", model=str(FIXTURES / "bert-uncased"), bogus=1)
+    assert qa(question=Q, context=SEED_CONTEXT) == one
+
+
+def test_wrong_types_raise_type_error(tiny_bert):
     with pytest.raises(TypeError, match="`top_k`: must be an int, got str"):
         tiny_bert(question=Q, context=SEED_CONTEXT, top_k="2")
     with pytest.raises(TypeError, match="`max_seq_len`: must be an int, got float"):
         tiny_bert(question=Q, context=SEED_CONTEXT, max_seq_len=128.0)
     with pytest.raises(TypeError, match="unexpected input keys"):
         tiny_bert({"question": Q, "context": SEED_CONTEXT, "answers": []})
-    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
-        bertqa.pipeline("question-answering", model=str(FIXTURES / "bert-uncased"), bogus=1)
 
 
 def test_text_that_is_not_unicode_raises_value_error(tiny_bert):
