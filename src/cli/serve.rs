@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bertqa::server::{self, CorsOrigins, ServerConfig};
+use bertqa::server::{self, AllowedHosts, CorsOrigins, ServerConfig};
 use bertqa::{LoadOptions, QaPipeline};
 use clap::Args;
 
@@ -39,6 +39,26 @@ pub struct ServeArgs {
     /// Longest a request may take (e.g. 60s, 500ms, 2m); longer ones are answered 503.
     #[arg(long, default_value = "60s", value_parser = parse_timeout)]
     request_timeout: std::time::Duration,
+    /// Most windows (model inputs of max_seq_len tokens) the inputs of one request may make;
+    /// more are answered 413 before any model work.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_WINDOWS_PER_REQUEST)]
+    max_windows_per_request: usize,
+    /// Longest a connection may take to send a request's head, from its opening or from the
+    /// previous response: slow or silent clients, and idle keep-alive connections, are closed
+    /// after it.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    header_read_timeout: std::time::Duration,
+    /// Connections open at once; further ones wait (in the listen backlog) until one closes.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Also answer requests whose Host header names this host (a name or IP address, any
+    /// port); repeat for several, or `*` for any. By default the server answers `localhost` and
+    /// loopback addresses, and when bound to another address than loopback, any IP address.
+    #[arg(long = "allowed-hosts", value_name = "HOST", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// Name the model in /info by the path it was loaded from, not by its folder's name alone.
+    #[arg(long)]
+    show_paths: bool,
     /// Let pages of this origin call the API from a browser (CORS), e.g.
     /// https://example.com; repeat for several, or `*` for any.
     #[arg(long = "cors-allow-origin", value_name = "ORIGIN")]
@@ -93,7 +113,18 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// How long memory that model calls freed stays mapped before the server returns it to the OS,
+/// in ms: calls under load reuse it long before, and an idle server shrinks back after a large
+/// request. (`main` keeps freed memory for good, which suits `ask` and `train`.)
+const PURGE_DELAY_MS: std::ffi::c_long = 2000;
+
 pub fn run(args: ServeArgs) -> CliResult {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: `mi_option_set` stores an integer in mimalloc's option table; it is not
+        // thread-safe, and this runs before the server starts any thread (logging, the thread
+        // pools and the runtime are all set up below).
+        unsafe { libmimalloc_sys::mi_option_set(crate::MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
+    }
     super::init_logging(args.common.verbose, "bertqa=info,warn", args.json_logs);
     // A panic inside a request (a worker thread or a model call) is caught there and answered
     // 500 for that request alone; it is logged here, once, as a log line.
@@ -106,6 +137,8 @@ pub fn run(args: ServeArgs) -> CliResult {
         ("--max-batch-tokens", args.max_batch_tokens),
         ("--max-client-batch-size", args.max_client_batch_size),
         ("--max-context-chars", args.max_context_chars),
+        ("--max-windows-per-request", args.max_windows_per_request),
+        ("--max-connections", args.max_connections),
     ] {
         if value == 0 {
             return Err(CliError::usage(format!("{name} must be at least 1")));
@@ -119,6 +152,10 @@ pub fn run(args: ServeArgs) -> CliResult {
         .map(Arc::new);
     let cors_allow_origins = CorsOrigins::parse(&args.cors_allow_origins)
         .map_err(|e| CliError::usage(format!("--cors-allow-origin: {e}")))?;
+    // Checked before the model loads; the defaults depend on the address bound, below.
+    let unspecified = std::net::Ipv4Addr::UNSPECIFIED.into();
+    AllowedHosts::new(unspecified, &args.allowed_hosts)
+        .map_err(|e| CliError::usage(format!("--allowed-hosts: {e}")))?;
     let options = LoadOptions {
         hub: args.common.hub(),
         max_context_chars: args.max_context_chars,
@@ -136,6 +173,11 @@ pub fn run(args: ServeArgs) -> CliResult {
         index,
         request_timeout: args.request_timeout,
         cors_allow_origins,
+        max_windows_per_request: args.max_windows_per_request,
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections,
+        allowed_hosts: AllowedHosts::loopback(),
+        show_paths: args.show_paths,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -144,7 +186,8 @@ pub fn run(args: ServeArgs) -> CliResult {
             message: format!("cannot start the async runtime: {e}"),
             code: 1,
         })?;
-    runtime.block_on(async {
+    runtime.block_on(async move {
+        let mut config = config;
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .map_err(|e| {
@@ -153,9 +196,13 @@ pub fn run(args: ServeArgs) -> CliResult {
                     args.host, args.port
                 ))
             })?;
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "listening on http://{addr}");
-        }
+        let addr = listener.local_addr().map_err(|e| CliError {
+            message: format!("cannot read the address listened on: {e}"),
+            code: 1,
+        })?;
+        config.allowed_hosts = AllowedHosts::new(addr.ip(), &args.allowed_hosts)
+            .map_err(|e| CliError::usage(format!("--allowed-hosts: {e}")))?;
+        tracing::info!(%addr, "listening on http://{addr}");
         server::serve(Arc::new(qa), listener, config, server::shutdown_signal())
             .await
             .map_err(|e| CliError {

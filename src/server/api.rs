@@ -343,9 +343,17 @@ pub enum AnswerResponses {
     /// The body is not JSON.
     #[response(status = 400)]
     InvalidJson(ErrorBody),
-    /// The body is over `--payload-limit` bytes.
+    /// The body is over `--payload-limit` bytes, or its inputs make more windows than
+    /// `--max-windows-per-request` (refused before any model call).
     #[response(status = 413)]
     PayloadTooLarge(ErrorBody),
+    /// The body is not sent as `content-type: application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// `host_not_allowed`: the `Host` header names a host the server does not answer for
+    /// (`--allowed-hosts`).
+    #[response(status = 421)]
+    HostNotAllowed(ErrorBody),
     /// JSON of the wrong shape, an empty question or context, a context over
     /// `--max-context-chars`, more inputs than `--max-client-batch-size`, or a parameter out of
     /// range (including a `max_seq_len` over the model's or a question too long for the
@@ -368,7 +376,8 @@ pub enum AnswerResponses {
 /// `GET /info`: the model and the server's limits.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Info {
-    /// The model's directory or Hub id.
+    /// The model's Hub id, or its folder's name (the path it was loaded from with
+    /// `--show-paths`).
     pub model_id: String,
     /// `model_type` of its config.json (`bert`, `roberta`, ...).
     pub model_type: String,
@@ -388,6 +397,14 @@ pub struct Info {
     pub payload_limit: usize,
     /// `--request-timeout`: longest a request may take, in seconds.
     pub request_timeout_s: f64,
+    /// `--max-windows-per-request`: most windows the inputs of a request may make; more are
+    /// answered 413.
+    pub max_windows_per_request: usize,
+    /// `--header-read-timeout`: longest a connection may take to send a request's head (or
+    /// sit idle between requests), in seconds.
+    pub header_read_timeout_s: f64,
+    /// `--max-connections`: connections open at once.
+    pub max_connections: usize,
     /// `--index`: the document index `POST /documents/question-answering` answers over;
     /// null when the server has none (that endpoint then answers 404).
     pub index: Option<IndexInfo>,

@@ -14,8 +14,13 @@ pub enum ErrorKind {
     NotFound,
     /// 405: the endpoint does not take this method.
     MethodNotAllowed,
-    /// 413: the body is over the payload limit.
+    /// 413: the body is over the payload limit, or its inputs make more windows than a
+    /// request may.
     PayloadTooLarge,
+    /// 415: a POST body that is not `application/json`.
+    UnsupportedMediaType,
+    /// 421: a `Host` the server does not answer (`--allowed-hosts`).
+    HostNotAllowed,
     /// 422: JSON of the wrong shape or values out of range.
     Validation,
     /// 429: too many concurrent requests.
@@ -36,6 +41,8 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable | ErrorKind::Timeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -50,6 +57,8 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::HostNotAllowed => "host_not_allowed",
             ErrorKind::Validation => "validation",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unavailable => "unavailable",
@@ -120,6 +129,8 @@ mod tests {
             NotFound,
             MethodNotAllowed,
             PayloadTooLarge,
+            UnsupportedMediaType,
+            HostNotAllowed,
             Validation,
             Overloaded,
             Unavailable,

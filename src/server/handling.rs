@@ -99,10 +99,23 @@ pub(super) struct Logits {
 }
 
 /// Queues every input, then waits for each; dropping this future withdraws what is left.
+/// Inputs that make more windows than `--max-windows-per-request` are refused first.
 pub(super) async fn compute(
     state: &AppState,
     prepared: &[Arc<Prepared>],
 ) -> Result<Logits, ApiError> {
+    let windows: usize = prepared.iter().map(|p| p.windows.len()).sum();
+    let limit = state.config.max_windows_per_request;
+    if windows > limit {
+        return Err(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the inputs make {windows} windows for the model, over the server's limit of \
+                 {limit} per request (--max-windows-per-request); send shorter contexts or \
+                 fewer inputs"
+            ),
+        ));
+    }
     let receivers = prepared
         .iter()
         .map(|p| state.batcher.enqueue(p.clone()))

@@ -1,6 +1,7 @@
-//! The middleware around every route: request ids, request logs, metrics, compression,
-//! timeouts and CORS, from tower-http; what is the server's own is the rules (which client ids
-//! are kept, which requests are logged at info, the JSON body of a timeout).
+//! The middleware around every route: request ids, request logs, metrics, the `Host`
+//! allow-list, compression, timeouts and CORS, from tower-http; what is the server's own is the
+//! rules (which client ids are kept, which requests are logged at info, which hosts are
+//! answered, the JSON body of a timeout), and the check that question bodies are JSON.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,7 +26,7 @@ use super::error::{ApiError, ErrorKind};
 use super::AppState;
 
 /// Wraps `router` in the server's middleware, outermost first: request id, request log,
-/// metrics, compression, timeout, CORS (when configured).
+/// metrics, `Host` allow-list, compression, timeout, CORS (when configured).
 pub fn around(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let config = &state.config;
     let router = match cors_layer(&config.cors_allow_origins) {
@@ -48,6 +49,7 @@ pub fn around(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router<Ar
                     .on_failure(()),
             )
             .layer(middleware::from_fn_with_state(state.clone(), count))
+            .layer(middleware::from_fn_with_state(state.clone(), check_host))
             .layer(CompressionLayer::new())
             .layer(middleware::map_response_with_state(
                 config.request_timeout,
@@ -173,6 +175,62 @@ async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         response.extensions_mut().insert(AnsweredQuestions);
     }
     response
+}
+
+/// Answers 421 to a request whose `Host` is not allowed (a page of another site whose name
+/// resolves to this server, see [`super::hosts`]). Requests without a `Host` (HTTP/1.0) come
+/// from no browser and are answered.
+async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}"))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    match host {
+        Some(host) if !state.config.allowed_hosts.allows(host) => {
+            let shown: String = host.chars().take(100).collect();
+            ApiError::new(
+                ErrorKind::HostNotAllowed,
+                format!(
+                    "this server does not answer for host `{shown}`; reach it by an allowed \
+                     name, or start it with --allowed-hosts {} (or `*` for any)",
+                    shown
+                        .rsplit_once(':')
+                        .map_or(shown.as_str(), |(name, _)| name)
+                ),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Answers 415 to a body not sent as `application/json`, before it is read: browsers send
+/// `text/plain` and form bodies to any site without asking it first (no CORS preflight), JSON
+/// only after the server has agreed.
+pub async fn require_json(req: Request, next: Next) -> Response {
+    let content_type = req.headers().get(header::CONTENT_TYPE);
+    let json = content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        return next.run(req).await;
+    }
+    let given = content_type.map_or("none".to_string(), |v| {
+        format!(
+            "`{}`",
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect::<String>()
+        )
+    });
+    ApiError::new(
+        ErrorKind::UnsupportedMediaType,
+        format!("the body must be sent with content-type: application/json (it was {given})"),
+    )
+    .into_response()
 }
 
 /// Gives the timeout layer's bare 503 the JSON error body every other error has. (Every 503

@@ -4,14 +4,17 @@
 //! windows queued for a scheduler that packs windows of many requests into model calls and runs
 //! one call per core at a time ([`batcher`]). The endpoints ([`routes`]) answer in the shapes of
 //! transformers' `question-answering` pipeline; errors are JSON `{"error", "error_type"}`
-//! ([`error`]). Around them: request ids, logs, metrics ([`metrics`]), compression, timeouts and
-//! CORS ([`layers`]); [`openapi`] derives the API's document from the handlers and types.
+//! ([`error`]). Around them: request ids, logs, metrics ([`metrics`]), the `Host` allow-list
+//! ([`hosts`]), compression, timeouts and CORS ([`layers`]); [`openapi`] derives the API's
+//! document from the handlers and types. Connections are hyper's, with a header-read timeout
+//! and a cap on how many are open at once ([`serve`]).
 
 pub mod api;
 pub mod batcher;
 pub mod documents;
 pub mod error;
 mod handling;
+pub mod hosts;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -28,6 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::pipeline::{QaPipeline, QaRequest};
 use batcher::{BatchCost, BatchOptions, Batcher, Runner};
+pub use hosts::AllowedHosts;
 pub use layers::CorsOrigins;
 use metrics::Metrics;
 
@@ -52,6 +56,19 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Origins whose pages may call the API (CORS).
     pub cors_allow_origins: CorsOrigins,
+    /// Most windows the inputs of one request may make; more are answered 413 before any
+    /// model call.
+    pub max_windows_per_request: usize,
+    /// Longest a connection may take to send a request's head, counted from its opening or
+    /// from the previous response (so also how long an idle keep-alive connection stays open).
+    pub header_read_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// `Host` headers answered; others get 421.
+    pub allowed_hosts: AllowedHosts,
+    /// Whether `/info` names the model by the path it was loaded from (else by its folder's
+    /// name alone, so that the host's paths are not shown).
+    pub show_paths: bool,
 }
 
 impl Default for ServerConfig {
@@ -65,9 +82,17 @@ impl Default for ServerConfig {
             index: None,
             request_timeout: Duration::from_secs(60),
             cors_allow_origins: CorsOrigins::SameOrigin,
+            max_windows_per_request: DEFAULT_MAX_WINDOWS_PER_REQUEST,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            allowed_hosts: AllowedHosts::loopback(),
+            show_paths: false,
         }
     }
 }
+
+/// Default `--max-windows-per-request`: about 100,000 tokens of context at 384-token windows.
+pub const DEFAULT_MAX_WINDOWS_PER_REQUEST: usize = 256;
 
 /// What the handlers share.
 pub struct AppState {
@@ -145,37 +170,99 @@ async fn warm_up(state: Arc<AppState>) {
     }
 }
 
-/// Folds histogram samples into buckets every few seconds, whether or not anyone scrapes.
+/// Folds histogram samples into buckets every few seconds, whether or not anyone scrapes, and
+/// lets the allocator return the memory that large model calls freed and no call has reused
+/// since (with the purge delay `bertqa serve` sets), so that an idle server shrinks back.
 async fn metrics_upkeep(metrics: Arc<Metrics>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
         metrics.run_upkeep();
+        // SAFETY: `mi_collect` takes no pointers; it tidies the calling thread's mimalloc heap
+        // and purges the process's freed pages whose purge delay has passed. It is safe from any
+        // thread, and harmless where mimalloc is not the global allocator (its heaps are then
+        // empty).
+        unsafe { libmimalloc_sys::mi_collect(false) };
     }
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting connections and returns
 /// once the requests in flight are answered.
+///
+/// Each connection is hyper's HTTP/1.1 with `header_read_timeout` (a client that sends its
+/// request head slowly, or none, or sits idle between requests, is closed), and at most
+/// `max_connections` are open at once: the next one is accepted when one closes.
 pub async fn serve(
     pipeline: Arc<QaPipeline>,
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let state = AppState::new(pipeline, config)?;
     tokio::spawn(warm_up(state.clone()));
     tokio::spawn(metrics_upkeep(state.metrics.clone()));
     let app = routes::router(state.clone());
-    let stopping = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.ready.store(false, Ordering::Release);
-            tracing::info!("shutting down: finishing requests in flight");
-        })
-        .await?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .keep_alive(true);
+    let connections = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Header-read timeouts, resets and malformed requests: the client's doing.
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    state.ready.store(false, Ordering::Release);
+    tracing::info!("shutting down: finishing requests in flight");
+    graceful.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits after a failed `accept`: errors of one connection (reset before it was accepted) are
+/// retried at once; others (out of file descriptors) after a second, instead of spinning.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

@@ -19,7 +19,9 @@ use crate::index::answer::{DocumentAnswer, DocumentAnswers, PassageText};
             and character offsets equal those of transformers' question-answering pipeline; the \
             windows of concurrent requests share model calls. Every error is JSON \
             {\"error\", \"error_type\"}; unknown paths answer 404 `not_found`, known paths with \
-            another method 405 `method_not_allowed`.",
+            another method 405 `method_not_allowed`; a `Host` the server does not answer for \
+            (`--allowed-hosts`) 421 `host_not_allowed`, and POST bodies not sent as \
+            `application/json` 415 `unsupported_media_type`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     paths(
@@ -199,7 +201,7 @@ mod tests {
             ] {
                 assert!(ok["headers"][h]["description"].is_string(), "{path}: {h}");
             }
-            for status in ["400", "413", "422", "429", "500", "503"] {
+            for status in ["400", "413", "415", "421", "422", "429", "500", "503"] {
                 let error = &op["responses"][status];
                 assert!(error["description"].is_string(), "{path} {status}");
                 assert_eq!(schema_ref(error), "#/components/schemas/ErrorBody");
@@ -235,6 +237,8 @@ mod tests {
             ErrorKind::NotFound,
             ErrorKind::MethodNotAllowed,
             ErrorKind::PayloadTooLarge,
+            ErrorKind::UnsupportedMediaType,
+            ErrorKind::HostNotAllowed,
             ErrorKind::Validation,
             ErrorKind::Overloaded,
             ErrorKind::Unavailable,

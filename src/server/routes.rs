@@ -48,11 +48,15 @@ where
 /// Every route the server answers. The router is built from this list, and a test checks
 /// that the OpenAPI document describes each of them.
 pub fn endpoints(state: &Arc<AppState>) -> Vec<Endpoint> {
+    // Questions: JSON bodies only (checked first, before a permit is taken), a permit each.
     let limited = |mut e: Endpoint| {
-        e.handler = e.handler.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_concurrency,
-        ));
+        e.handler = e
+            .handler
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                limit_concurrency,
+            ))
+            .route_layer(middleware::from_fn(layers::require_json));
         e
     };
     vec![
@@ -249,7 +253,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
     let qa = &state.pipeline;
     let c = &state.config;
     Json(Info {
-        model_id: qa.files().name.clone(),
+        model_id: model_name(&qa.files().name, c.show_paths),
         model_type: qa.spec().model_type().to_string(),
         max_position_embeddings: qa.spec().max_input_len(),
         default_max_seq_len: qa.default_max_seq_len(),
@@ -259,9 +263,32 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<Info> {
         max_context_chars: c.max_context_chars,
         payload_limit: c.payload_limit,
         request_timeout_s: c.request_timeout.as_secs_f64(),
+        max_windows_per_request: c.max_windows_per_request,
+        header_read_timeout_s: c.header_read_timeout.as_secs_f64(),
+        max_connections: c.max_connections,
         index: c.index.as_deref().map(documents::index_info),
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
+}
+
+/// How `/info` names the model: a Hub id as it is; a local folder by its name alone (the
+/// host's paths are nobody's business), or as given with `--show-paths`.
+fn model_name(name: &str, show_paths: bool) -> String {
+    let path = std::path::Path::new(name);
+    if show_paths || !path.exists() {
+        return name.to_string();
+    }
+    let folder = match path.file_name() {
+        Some(folder) => Some(folder.to_owned()),
+        // `.`, `..` or `/`: the name of the folder they are.
+        None => std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|f| f.to_owned())),
+    };
+    folder.map_or_else(
+        || "local model".to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    )
 }
 
 /// Prometheus metrics

@@ -601,6 +601,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let client = std::thread::spawn(move || {
         let reply = agent
             .post(&format!("{base}/question-answering"))
+            .set("content-type", "application/json")
             .send_string(&body.to_string());
         let done = Instant::now();
         (reply.map(|r| r.into_string().expect("body")), done)
@@ -657,7 +658,15 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 #[test]
 fn inputs_of_a_client_that_left_are_dropped_before_compute() {
     // Ten 48-token windows per model call: a long input needs many calls.
-    let server = Server::start(&minilm(), &["--max-batch-tokens", "480"]);
+    let server = Server::start(
+        &minilm(),
+        &[
+            "--max-batch-tokens",
+            "480",
+            "--max-windows-per-request",
+            "5000",
+        ],
+    );
     let input = long_input(12_000);
     let body = json!({"inputs": [input, input, input], "parameters": {"max_seq_len": 48, "doc_stride": 8}});
     let batches_before = server.metric("bertqa_batches_total").expect("batches");
@@ -1069,6 +1078,8 @@ fn a_request_over_the_timeout_gets_503_and_its_inputs_are_withdrawn() {
             "480",
             "--threads",
             "1",
+            "--max-windows-per-request",
+            "5000",
         ],
     );
     let input = long_input(30_000);
@@ -1210,4 +1221,366 @@ fn documents_endpoint_answers_over_the_index() {
         plain.request("GET", "/info", None).json()["index"],
         Value::Null
     );
+}
+
+/// The address (`127.0.0.1:port`) of a server.
+fn address(server: &Server) -> String {
+    server.base.trim_start_matches("http://").to_string()
+}
+
+/// Sends `head` (a request line and headers, without the blank line) and `body` on a new
+/// connection asking to close it after, and reads the answer: status and body.
+fn raw(server: &Server, head: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address(server)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "{head}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn error_type_of(body: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (
+        v["error_type"].as_str().unwrap_or_default().to_string(),
+        v["error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A page of another site cannot post a question as a "simple" cross-site request (no CORS
+/// preflight): those bodies are text/plain or forms, and only JSON is read.
+#[test]
+fn question_bodies_must_be_sent_as_json() {
+    let server = Server::start(&common::fixture("bert-uncased"), &[]);
+    let body = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
+    let send = |content_type: Option<&str>, path: &str| {
+        let mut req = server.agent.post(&format!("{}{path}", server.base));
+        if let Some(t) = content_type {
+            req = req.set("content-type", t);
+        }
+        let response = match req.send_string(&body.to_string()) {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        (response.status(), response.into_string().expect("body"))
+    };
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/jsonx"),
+        None,
+    ] {
+        for path in ["/question-answering", "/"] {
+            let (status, text) = send(content_type, path);
+            assert_eq!(status, 415, "{content_type:?} {path}: {text}");
+            let (kind, message) = error_type_of(&text);
+            assert_eq!(kind, "unsupported_media_type");
+            assert!(message.contains("application/json"), "{message}");
+        }
+    }
+    for content_type in ["application/json", "Application/JSON; charset=utf-8"] {
+        let (status, text) = send(Some(content_type), "/question-answering");
+        assert_eq!(status, 200, "{content_type}: {text}");
+        assert!(text.contains("\"answer\""), "{text}");
+    }
+    // Refused before the model: only the two answered questions reached it.
+    assert_eq!(
+        server.metric("bertqa_requests_total{endpoint=\"/question-answering\",status=\"415\"}"),
+        Some(6.0)
+    );
+}
+
+/// A page whose name an attacker re-resolves to 127.0.0.1 (DNS rebinding) sends its own name
+/// as Host; the server answers loopback names only, unless told more.
+#[test]
+fn hosts_other_than_loopback_names_are_refused_unless_allowed() {
+    let server = Server::start(
+        &common::fixture("bert-uncased"),
+        &["--allowed-hosts", "qa.example.com"],
+    );
+    let port = address(&server)
+        .rsplit_once(':')
+        .expect("port")
+        .1
+        .to_string();
+    let question =
+        json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}}).to_string();
+    for host in [
+        "attacker.example",
+        &format!("attacker.example:{port}"),
+        "10.1.2.3",
+    ] {
+        for (head, body) in [
+            (format!("GET /info HTTP/1.1\r\nhost: {host}"), ""),
+            (format!("GET / HTTP/1.1\r\nhost: {host}"), ""),
+            (
+                format!(
+                    "POST /question-answering HTTP/1.1\r\nhost: {host}\r\n\
+                     content-type: application/json"
+                ),
+                question.as_str(),
+            ),
+        ] {
+            let (status, text) = raw(&server, &head, body);
+            assert_eq!(status, 421, "{head}: {text}");
+            let (kind, message) = error_type_of(&text);
+            assert_eq!(kind, "host_not_allowed");
+            assert!(message.contains("--allowed-hosts"), "{message}");
+        }
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "[::1]".to_string(),
+        "QA.example.com".to_string(),
+    ] {
+        let (status, text) = raw(&server, &format!("GET /info HTTP/1.1\r\nhost: {host}"), "");
+        assert_eq!(status, 200, "{host}: {text}");
+        let (status, text) = raw(
+            &server,
+            &format!(
+                "POST /question-answering HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json"
+            ),
+            &question,
+        );
+        assert_eq!(status, 200, "{host}: {text}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_bertqa"))
+        .args([
+            "serve",
+            "--model",
+            "nowhere",
+            "--allowed-hosts",
+            "http://x.example",
+        ])
+        .output()
+        .expect("run bertqa");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--allowed-hosts"));
+}
+
+/// A client that sends its request head byte by byte, half a head, nothing at all, or nothing
+/// more after an answer, is closed after --header-read-timeout.
+#[test]
+fn slow_silent_and_idle_connections_are_closed() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let server = Server::start(
+        &common::fixture("bert-uncased"),
+        &["--header-read-timeout", "1s"],
+    );
+    let addr = address(&server);
+    let open = || {
+        let s = TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("read timeout");
+        s
+    };
+    let started = Instant::now();
+    let silent = open();
+    let mut half = open();
+    half.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        .expect("send half a head");
+    let mut idle = open();
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .expect("send a request");
+    let slow = open();
+    let mut writer = slow.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        // One byte every 100 ms: a 1,000-byte head would take 100 s.
+        for b in std::iter::repeat_n(b'x', 1000) {
+            std::thread::sleep(Duration::from_millis(100));
+            if writer.write_all(&[b]).is_err() {
+                return;
+            }
+        }
+    });
+    for (name, mut stream) in [
+        ("silent", silent),
+        ("half a head", half),
+        ("idle", idle),
+        ("slow", slow),
+    ] {
+        // Everything the server sends (the answer of `idle`) up to its close.
+        let mut got = Vec::new();
+        let result = stream.read_to_end(&mut got);
+        let waited = started.elapsed();
+        assert!(
+            result.is_ok()
+                || result
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{name}: not closed after {waited:?}: {result:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "{name}: closed after {waited:?}"
+        );
+        let text = String::from_utf8_lossy(&got);
+        if name == "idle" {
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        } else {
+            assert!(text.is_empty(), "{name}: {text}");
+        }
+    }
+    trickle.join().expect("trickle");
+    assert_eq!(server.request("GET", "/health", None).status, 200);
+}
+
+/// Past --max-connections, the next connection waits (unanswered) until one closes.
+#[test]
+fn connections_over_the_cap_wait_for_one_to_close() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let server = Server::start(
+        &common::fixture("bert-uncased"),
+        &["--max-connections", "2", "--header-read-timeout", "60s"],
+    );
+    // Server::start's readiness checks leave no connection open (ureq's pool aside: use a
+    // fresh agent's connections only through raw sockets from here).
+    let addr = address(&server);
+    let holders: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&addr).expect("the kernel still accepts");
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    third
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .expect("read timeout");
+    let mut buf = [0u8; 64];
+    let early = third.read(&mut buf);
+    assert!(
+        early.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "answered beyond the cap: {early:?} {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(holders);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    third
+        .read_to_end(&mut answer)
+        .expect("answered once one closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Inputs that make more windows than --max-windows-per-request are refused before the model
+/// sees any of them.
+#[test]
+fn a_request_over_the_window_limit_is_refused_before_any_model_call() {
+    let server = Server::start(&minilm(), &["--max-windows-per-request", "20"]);
+    let input = long_input(5_000);
+    let params = json!({"max_seq_len": 48, "doc_stride": 8});
+    let batches = server.metric("bertqa_batches_total");
+    for body in [
+        json!({"inputs": input, "parameters": params}),
+        // Many short inputs count together.
+        json!({"inputs": vec![long_input(400); 20], "parameters": params}),
+    ] {
+        let reply = server.post(&body);
+        assert_error(
+            &reply,
+            413,
+            "payload_too_large",
+            "limit of 20 per request (--max-windows-per-request)",
+        );
+    }
+    assert_eq!(server.metric("bertqa_batches_total"), batches);
+    let info = server.request("GET", "/info", None).json();
+    assert_eq!(info["max_windows_per_request"], 20);
+    let short = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."}});
+    assert_eq!(server.post(&short).status, 200);
+}
+
+/// A small request sent while a large one is being answered shares the next model calls
+/// with it, instead of waiting for all of the large one's windows.
+#[test]
+fn a_small_request_is_not_held_up_behind_a_large_one() {
+    // One thread and ten 48-token windows per call: the large request takes many calls.
+    let server = Arc::new(Server::start(
+        &minilm(),
+        &[
+            "--max-batch-tokens",
+            "480",
+            "--threads",
+            "1",
+            "--max-windows-per-request",
+            "5000",
+        ],
+    ));
+    let params = json!({"max_seq_len": 48, "doc_stride": 8});
+    let large = json!({"inputs": [long_input(12_000), long_input(12_000)], "parameters": params});
+    let client = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let reply = server.post(&large);
+            (reply.status, started.elapsed(), Instant::now())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric("bertqa_queue_size") != Some(2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the large request was never queued"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let small = json!({"inputs": {"question": "Who wrote it?", "context": "Ann wrote it."},
+        "parameters": params});
+    let started = Instant::now();
+    let reply = server.post(&small);
+    let small_took = started.elapsed();
+    let small_done = Instant::now();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let (status, large_took, large_done) = client.join().expect("large client");
+    assert_eq!(status, 200);
+    assert!(
+        small_done < large_done && small_took * 4 < large_took,
+        "the small request took {small_took:?}, the large one {large_took:?}"
+    );
+}
+
+/// /info names a local model by its folder, not by the host's path to it, unless asked to.
+#[test]
+fn info_shows_no_host_paths_unless_asked() {
+    let model = std::fs::canonicalize(common::fixture("bert-uncased")).expect("fixture");
+    let server = Server::start(&model, &[]);
+    let info = server.request("GET", "/info", None).json();
+    assert_eq!(info["model_id"], "bert-uncased", "{info}");
+    assert!(!info
+        .to_string()
+        .contains(model.to_str().expect("utf-8 path")));
+    drop(server);
+    let server = Server::start(&model, &["--show-paths"]);
+    let info = server.request("GET", "/info", None).json();
+    assert_eq!(info["model_id"], model.to_str().expect("utf-8 path"));
 }

@@ -1,8 +1,12 @@
 //! Dynamic batching: windows of many requests share model calls, and several calls run at once.
 //!
 //! Handlers tokenize on worker threads and [`Batcher::enqueue`] the result. A scheduler thread
-//! ([`scheduler`]) keeps the queue: it packs windows in arrival order into model calls and hands
-//! each call to a model worker ([`worker`]), up to one call per worker at a time. Each worker
+//! ([`scheduler`]) keeps the queue: it packs windows into model calls in turns over the inputs
+//! (the first window of each input in arrival order, then the second of each, ...), at most an
+//! eighth of `max_batch_tokens` of each input per call, so that a long input shares each call
+//! with those that came after it rather than holding them up for all of its windows (or for
+//! one outsized call), and hands each call to a model worker ([`worker`]), up to one call per
+//! worker at a time. Each worker
 //! has a one-thread pool of its own, so a call runs on one core while the others are busy with
 //! calls of their own (the way `ask --input` runs its batches) and calls never wait on each
 //! other. When nothing runs and one input is all that waits, its call runs alone on the whole

@@ -16,6 +16,9 @@ use super::worker::{Item, WindowResult, Worker};
 use super::{windows_that_fit, BatchError, BatchOptions, Computed, Job, Lane, Message};
 use crate::engine::WindowLogits;
 
+/// A call holds at most this share of `max_batch_tokens` from one input.
+const SLICES: usize = 8;
+
 /// An input in the queue.
 struct Active {
     /// Names the input in the results of model calls (positions in the queue shift).
@@ -287,14 +290,66 @@ impl Scheduler {
             })
     }
 
-    /// Takes the next windows, in queue order, for a call costing at most `limit`.
+    /// The windows not yet handed to a call, in turns: the next window of each waiting input
+    /// in queue order, then the one after of each, and so on; an input of many windows shares
+    /// each call with the inputs queued after it instead of making them wait for all of its
+    /// windows. Of each input, the windows come in order, and at most a slice of
+    /// `max_batch_tokens / SLICES` tokens of them (one window at least): a call is never all one
+    /// long input, so that an input queued behind it waits for one short call at most.
+    fn pending_in_turns(&self) -> impl Iterator<Item = ((usize, usize), usize)> + '_ {
+        let slice = self.options.max_batch_tokens.div_ceil(SLICES);
+        let waiting: Vec<(usize, usize)> = (0..self.active.len())
+            .filter_map(|i| {
+                let a = &self.active[i];
+                if a.failed.is_some() || a.next >= a.windows() {
+                    return None;
+                }
+                let mut tokens = 0;
+                let take = a.job.prepared.windows[a.next..]
+                    .iter()
+                    .take_while(|w| {
+                        tokens += w.len();
+                        tokens <= slice
+                    })
+                    .count();
+                Some((i, a.next + take.max(1)))
+            })
+            .collect();
+        let (mut turn, mut k, mut taken_this_turn) = (0, 0, false);
+        std::iter::from_fn(move || loop {
+            if k == waiting.len() {
+                if !taken_this_turn {
+                    return None;
+                }
+                (turn, k, taken_this_turn) = (turn + 1, 0, false);
+            }
+            let (i, end) = waiting[k];
+            k += 1;
+            let a = &self.active[i];
+            let w = a.next + turn;
+            if w < end {
+                taken_this_turn = true;
+                return Some(((i, w), a.job.prepared.windows[w].len()));
+            }
+        })
+    }
+
+    /// Takes the next windows, in turns over the inputs (see
+    /// [`Scheduler::pending_in_turns`]), for a call costing at most `limit`; the call holds
+    /// them grouped by input.
     fn next_batch(&mut self, limit: usize) -> Vec<Item> {
         let count = windows_that_fit(
-            self.pending().map(|(_, len)| len),
+            self.pending_in_turns().map(|(_, len)| len),
             limit,
             self.worker.cost.as_ref(),
         );
-        let picks: Vec<(usize, usize)> = self.pending().take(count).map(|(p, _)| p).collect();
+        let mut picks: Vec<(usize, usize)> = self
+            .pending_in_turns()
+            .take(count)
+            .map(|(p, _)| p)
+            .collect();
+        // An input's windows adjacent and in order (a failed call is retried input by input).
+        picks.sort_unstable();
         let now = Instant::now();
         picks
             .into_iter()

@@ -441,3 +441,63 @@ fn dropping_the_batcher_finishes_what_is_queued() {
         assert!(computed.logits.len() > 2);
     }
 }
+
+/// An input queued behind a long one goes into the next call, beside the long one's next
+/// windows, instead of waiting for all of them; each input's windows still come in order.
+#[test]
+fn a_short_input_shares_the_next_call_with_a_long_one() {
+    let qa = Arc::new(pipeline());
+    let mut request = QaRequest::new(
+        "Who founded the company?",
+        "The company was founded in 1998 by two students. ".repeat(12),
+    );
+    request.params.max_seq_len = Some(24);
+    request.params.doc_stride = Some(8);
+    let long = Arc::new(qa.prepare(&request).unwrap());
+    let short = one_window(&qa);
+    let short_len = short.windows[0].len();
+    assert!(long.windows.len() >= 6, "the test needs a long input");
+    assert!(long.windows.iter().all(|w| w.len() < short_len));
+    let gate = Arc::new(Gate::default());
+    let calls = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
+    let (runner_gate, runner_calls) = (gate.clone(), calls.clone());
+    let runner: Runner = Arc::new(move |w: &[&Window]| {
+        let first = {
+            let mut calls = runner_calls.lock().unwrap();
+            calls.push(w.iter().map(|w| w.len()).collect());
+            calls.len() == 1
+        };
+        if first {
+            runner_gate.wait();
+        }
+        zeros(w)
+    });
+    let metrics = Arc::new(Metrics::default());
+    // Two windows per call, one call at a time.
+    let batcher =
+        Batcher::start(runner, Arc::new(per_window), one_worker(2), metrics.clone()).unwrap();
+    let rx_long = batcher.enqueue(long.clone()).unwrap();
+    while calls.lock().unwrap().is_empty() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rx_short = batcher.enqueue(short).unwrap();
+    gate.open();
+    let computed = rx_long.blocking_recv().unwrap().unwrap();
+    for (w, (start, _)) in long.windows.iter().zip(&computed.logits) {
+        assert_eq!(
+            start.len(),
+            w.len(),
+            "the long input's windows out of order"
+        );
+    }
+    assert_eq!(rx_short.blocking_recv().unwrap().unwrap().logits.len(), 1);
+    let calls = calls.lock().unwrap();
+    // A call takes a slice of an input (an eighth of max_batch_tokens, one window at least).
+    assert_eq!(calls[0].len(), 1, "{calls:?}");
+    assert!(calls[1].contains(&short_len), "{calls:?}");
+    assert_eq!(
+        calls.iter().map(Vec::len).sum::<usize>(),
+        long.windows.len() + 1
+    );
+    assert_eq!(metrics.queue_size.get(), 0);
+}
