@@ -449,6 +449,9 @@ impl Index {
                 }
             }
         }
+        // A path named directly and found in a folder walked is reported once.
+        let mut reported = BTreeSet::new();
+        found.skipped.retain(|s| reported.insert(s.path.clone()));
         Ok(found)
     }
 }

@@ -109,11 +109,10 @@ pub fn readable_part(text: &str) -> &str {
 /// `None` when `slice` is within the passage bounds; otherwise the byte offset (never 0) at
 /// which to cut it: its last whitespace within the bounds, or the bounds themselves.
 fn over_bounds_at(slice: &str) -> Option<usize> {
-    let mut chars = 0;
     let mut pieces = 0;
     let mut in_word = false;
     let mut last_space = None;
-    for (i, c) in slice.char_indices() {
+    for (chars, (i, c)) in slice.char_indices().enumerate() {
         let alphanumeric = c.is_alphanumeric();
         let new_piece = if alphanumeric {
             !in_word
@@ -126,7 +125,6 @@ fn over_bounds_at(slice: &str) -> Option<usize> {
                 _ => i,
             });
         }
-        chars += 1;
         pieces += usize::from(new_piece);
         in_word = alphanumeric;
         if c.is_whitespace() {

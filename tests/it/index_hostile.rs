@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use bertqa::index::{AskOptions, Hit, Index, IndexSettings, Passage, Retrieval};
-use bertqa::{Error, QaPipeline};
+use bertqa::Error;
 use serde_json::Value;
 
 fn model_dir() -> PathBuf {
