@@ -253,7 +253,9 @@ impl Index {
                 Err(e) => Err(Error::io(dir, e)),
             }
         };
-        if others(dir)? && !dir.join("meta.json").is_file() {
+        // (A folder with the lock file may be another run's index in the making: it is
+        // looked at again under the lock.)
+        if others(dir)? && !dir.join(WRITE_LOCK_FILE).exists() && !dir.join("meta.json").is_file() {
             return Err(not_empty());
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -286,6 +288,9 @@ impl Index {
     pub fn open_or_create(dir: impl AsRef<Path>, settings: &IndexSettings) -> Result<Self> {
         let dir = dir.as_ref();
         if dir.join("meta.json").is_file() {
+            // A run creating it writes meta.json before its first commit (with the
+            // manifest): wait for that run, and any other writing it, to finish.
+            drop(WriteLock::acquire(dir)?);
             Self::open(dir)
         } else {
             Self::create(dir, settings)
