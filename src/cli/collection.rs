@@ -31,10 +31,17 @@ pub struct CollectionArgs {
     /// across passages (0: reader alone).
     #[arg(long, requires = "index", default_value_t = DEFAULT_RETRIEVAL_WEIGHT)]
     pub retrieval_weight: f32,
+    /// Name each answer's file by its absolute path (by default, relative to the folder given
+    /// to `bertqa index`, starting with that folder's name).
+    #[arg(long, requires = "index")]
+    pub absolute_paths: bool,
 }
 
 impl CollectionArgs {
     fn options(&self, params: QaParams) -> CliResult<AskOptions> {
+        if params.top_k == Some(0) {
+            return Err(CliError::usage("--top-k must be at least 1"));
+        }
         if self.passages == 0 || self.passages > MAX_PASSAGES {
             return Err(CliError::usage(format!(
                 "--passages must be from 1 to {MAX_PASSAGES}"
@@ -81,6 +88,8 @@ struct OutputLine<'a> {
     answers: &'a [DocumentAnswer],
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
 }
 
 /// Questions answered per round of `--input`: enough to batch windows well, few enough to
@@ -100,9 +109,16 @@ fn load_model(
     Ok(QaPipeline::load(&common.model, &engine.apply(options)?)?)
 }
 
-/// Opens the index and refuses an empty one before the model loads.
+/// Opens the index and refuses an empty one before the model loads; answers name files
+/// relative to the indexed folders.
 pub fn open_index(dir: &Path) -> CliResult<Index> {
-    let index = Index::open(dir)?;
+    open_index_with(dir, false)
+}
+
+/// [`open_index`], naming files by their absolute paths when `absolute_paths`.
+fn open_index_with(dir: &Path, absolute_paths: bool) -> CliResult<Index> {
+    let mut index = Index::open(dir)?;
+    index.set_absolute_paths(absolute_paths);
     if index.stats().passages == 0 {
         return Err(CliError::usage(format!(
             "the index {} holds no passages; add documents with `bertqa index --index {} PATH...`",
@@ -123,7 +139,10 @@ pub fn ask(args: &CollectionArgs, inputs: AskInputs) -> CliResult {
     if inputs.input.is_none() && inputs.questions.iter().any(|q| q.trim().is_empty()) {
         return Err(CliError::usage("a --question is empty"));
     }
-    let index = open_index(dir)?;
+    let index = open_index_with(dir, args.absolute_paths)?;
+    for question in inputs.questions {
+        index.analyzer().question_terms(question)?;
+    }
     let qa = load_model(inputs.common, inputs.engine, inputs.batch_size)?;
     if let Some(input) = inputs.input {
         return ask_jsonl(&qa, &index, &options, input);
@@ -131,6 +150,9 @@ pub fn ask(args: &CollectionArgs, inputs: AskInputs) -> CliResult {
     let found = qa.answer_over(&index, inputs.questions, &options)?;
     let mut out = std::io::stdout().lock();
     for (question, found) in inputs.questions.iter().zip(&found) {
+        for warning in &found.warnings {
+            eprintln!("warning: {}", printable(warning));
+        }
         if inputs.json {
             if let Some(reason) = &found.reason {
                 eprintln!("note: {question:?}: no answer: {reason}");
@@ -158,7 +180,7 @@ fn print_human(
     question: &str,
     found: &DocumentAnswers,
 ) -> std::io::Result<()> {
-    writeln!(out, "Q: {question}")?;
+    writeln!(out, "Q: {}", printable(question))?;
     if let Some(reason) = &found.reason {
         writeln!(out, "  (no answer: {reason})")?;
     }
@@ -174,11 +196,16 @@ fn print_human(
             k + 1,
             a.answer,
             a.score,
-            title,
+            printable(title),
             a.start,
             a.end
         )?;
-        writeln!(out, "     {}  ({})", passage_excerpt(a), a.path)?;
+        writeln!(
+            out,
+            "     {}  ({})",
+            printable(&passage_excerpt(a)),
+            printable(&a.path)
+        )?;
     }
     Ok(())
 }
@@ -212,6 +239,7 @@ fn ask_jsonl(qa: &QaPipeline, index: &Index, options: &AskOptions, path: &Path) 
                     id,
                     answers: &found.answers,
                     reason: found.reason.as_deref(),
+                    warnings: &found.warnings,
                 })
                 .map_err(|e| CliError::usage(e.to_string()))?;
                 writeln!(out, "{line}").map_err(write_err)?;
@@ -224,6 +252,15 @@ fn ask_jsonl(qa: &QaPipeline, index: &Index, options: &AskOptions, path: &Path) 
         if parsed.question.trim().is_empty() {
             return Err(CliError::usage(format!(
                 "{}:{lineno}: the question is empty",
+                path.display()
+            )));
+        }
+        if let Err(e) = index.analyzer().question_terms(&parsed.question) {
+            return Err(CliError::usage(format!("{}:{lineno}: {e}", path.display())));
+        }
+        if parsed.params.top_k == Some(0) {
+            return Err(CliError::usage(format!(
+                "{}:{lineno}: params.top_k must be at least 1",
                 path.display()
             )));
         }
@@ -259,6 +296,8 @@ pub struct EvalInputs<'a> {
     pub predictions: Option<&'a Path>,
     pub batch_size: usize,
     pub json: bool,
+    /// Window length and stride (`top_k` is refused: the first answer is the prediction).
+    pub params: QaParams,
 }
 
 /// Questions answered per round of `eval --index` (progress and memory).
@@ -272,7 +311,7 @@ pub fn eval(args: &CollectionArgs, inputs: EvalInputs) -> CliResult {
     let Some(dir) = &args.index else {
         return Err(CliError::usage("give the index with --index DIR"));
     };
-    let options = args.options(QaParams::default())?;
+    let options = args.options(inputs.params.clone())?;
     let dataset = SquadDataset::from_file(inputs.data)?;
     if dataset.is_empty() {
         return Err(CliError::usage(format!(
@@ -283,7 +322,7 @@ pub fn eval(args: &CollectionArgs, inputs: EvalInputs) -> CliResult {
     if let Some(out) = inputs.predictions {
         check_writable(out)?;
     }
-    let index = open_index(dir)?;
+    let index = open_index_with(dir, args.absolute_paths)?;
     let qa = load_model(inputs.common, inputs.engine, inputs.batch_size)?;
 
     let started = Instant::now();
@@ -323,11 +362,24 @@ fn answer_dataset(
     let mut found_own = 0usize;
     for round in dataset.examples.chunks(EVAL_ROUND) {
         let questions: Vec<&str> = round.iter().map(|e| e.question.as_str()).collect();
-        let retrievals = questions
-            .iter()
-            .map(|q| index.search(q, options.passages))
-            .collect::<bertqa::Result<Vec<_>>>()?;
+        let mut retrievals = Vec::with_capacity(questions.len());
+        for (example, question) in round.iter().zip(&questions) {
+            retrievals.push(match index.search(question, options.passages) {
+                Ok(retrieval) => retrieval,
+                // A question the index refuses (over the bounds) is answered with nothing;
+                // the run goes on.
+                Err(e @ bertqa::Error::InvalidInput(_)) => {
+                    progress
+                        .suspend(|| eprintln!("warning: question {}: {e}", printable(&example.id)));
+                    bertqa::index::Retrieval::default()
+                }
+                Err(e) => return Err(e.into()),
+            });
+        }
         let found = qa.answer_retrieved(&questions, &retrievals, options)?;
+        for warning in found.iter().flat_map(|f| &f.warnings) {
+            progress.suspend(|| eprintln!("warning: {}", printable(warning)));
+        }
         for ((example, found), retrieval) in round.iter().zip(&found).zip(&retrievals) {
             predictions.push(
                 found
@@ -405,4 +457,36 @@ fn own_paragraph_read(example: &SquadExample, hits: &[Hit]) -> bool {
             .get(p.start..p.end)
             .is_some_and(|c| c.iter().copied().eq(p.text.chars()))
     })
+}
+
+/// `text` for a terminal: control characters (escape sequences, carriage returns, newlines)
+/// written as Rust escapes, so that a file name or title cannot drive the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain é"), "plain é");
+        assert_eq!(
+            printable("a\u{1b}]0;pwned\u{7}\r\nb\u{9b}"),
+            "a\\u{1b}]0;pwned\\u{7}\\r\\nb\\u{9b}"
+        );
+    }
 }

@@ -59,6 +59,12 @@ pub fn run(args: EvalArgs) -> CliResult {
                 "--na-probs has no meaning with --index (every question gets an answer)",
             ));
         }
+        if args.top_k != 1 {
+            return Err(CliError::usage(
+                "--top-k has no effect with --index (answers are ranked across passages and \
+                 the first is the prediction); leave it out",
+            ));
+        }
         let inputs = super::collection::EvalInputs {
             common: &args.common,
             engine: &args.engine,
@@ -66,6 +72,11 @@ pub fn run(args: EvalArgs) -> CliResult {
             predictions: args.predictions.as_deref(),
             batch_size: args.batch_size,
             json: args.json,
+            params: QaParams {
+                max_seq_len: args.max_seq_len,
+                doc_stride: args.doc_stride,
+                ..QaParams::default()
+            },
         };
         return super::collection::eval(&args.collection, inputs);
     }

@@ -8,6 +8,7 @@ use bertqa::index::{AddProgress, Analyzer, Index, IndexSettings};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::collection::printable;
 use super::{CliError, CliResult};
 
 #[derive(Args, Debug)]
@@ -56,7 +57,7 @@ pub fn run(args: IndexArgs) -> CliResult {
                  passages",
                 report.files,
                 report.passages,
-                args.index.display(),
+                printable(&args.index.display().to_string()),
                 stats.files,
                 stats.documents,
                 stats.passages
@@ -85,7 +86,18 @@ pub fn run(args: IndexArgs) -> CliResult {
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     for skipped in &report.skipped {
-        eprintln!("warning: skipped {}: {}", skipped.path, skipped.reason);
+        eprintln!(
+            "warning: skipped {}: {}",
+            printable(&skipped.path),
+            printable(&skipped.reason)
+        );
+    }
+    for warning in &report.warnings {
+        eprintln!(
+            "warning: {}: {}",
+            printable(&warning.path),
+            printable(&warning.reason)
+        );
     }
     let stats = index.stats();
     if args.json {
@@ -96,7 +108,7 @@ pub fn run(args: IndexArgs) -> CliResult {
     println!(
         "{}: {} files added, {} updated, {} unchanged, {} removed, {} skipped, {} ignored \
          (other extensions)",
-        args.index.display(),
+        printable(&args.index.display().to_string()),
         report.added,
         report.updated,
         report.unchanged,
@@ -104,6 +116,12 @@ pub fn run(args: IndexArgs) -> CliResult {
         report.skipped.len(),
         report.ignored
     );
+    if report.passages_cut > 0 {
+        println!(
+            "  {} passages cut to stay within the passage bounds (see the warnings)",
+            report.passages_cut
+        );
+    }
     println!(
         "  {} passages added from {:.1} MB read in {:.1} s ({:.1} MB/s)",
         report.passages,

@@ -10,8 +10,8 @@ use tantivy::{doc, IndexWriter, Term};
 
 use super::documents::{read_documents, Document, FileKind};
 use super::manifest::FileEntry;
-use super::passages::split_passages;
-use super::{index_error, write_error, Index};
+use super::passages::{split_passages_counted, MAX_PASSAGE_CHARS, MAX_PASSAGE_PIECES};
+use super::{index_error, write_error, Index, WriteLock};
 use crate::error::{Error, Result};
 
 /// Input read between two commits: an interrupted run loses at most this much work.
@@ -38,7 +38,8 @@ pub struct AddProgress {
     pub passages: u64,
 }
 
-/// A file that was not indexed, and why.
+/// A file that was not indexed, and why (or, in [`AddReport::warnings`], one indexed with a
+/// warning).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
     /// The file.
@@ -60,8 +61,14 @@ pub struct AddReport {
     pub removed: usize,
     /// Files in the folders given with an extension that is not indexed.
     pub ignored: usize,
-    /// Files refused, with the reasons.
+    /// Files and folders refused (binary, not UTF-8, malformed, unreadable, too large, not a
+    /// regular file, a symbolic link in a folder, a path that is not UTF-8), with the reasons.
     pub skipped: Vec<Skipped>,
+    /// Passages cut to stay within the passage bounds ([`super::passages::MAX_PASSAGE_CHARS`],
+    /// [`super::passages::MAX_PASSAGE_PIECES`]): text without spaces or sentence ends.
+    pub passages_cut: u64,
+    /// Files indexed with a warning (passages cut), with the warning.
+    pub warnings: Vec<Skipped>,
     /// Passages added (of added and updated files).
     pub passages: u64,
     /// Bytes of the files read.
@@ -93,6 +100,8 @@ struct Found {
     files: Vec<Candidate>,
     /// Folders walked (their indexed files that were not found are removed).
     folders: Vec<String>,
+    /// The folders and files given (absolute), recorded as the index's roots.
+    roots: Vec<String>,
     ignored: usize,
     skipped: Vec<Skipped>,
 }
@@ -119,7 +128,12 @@ impl Index {
         on_progress: impl Fn(&AddProgress),
     ) -> Result<AddReport> {
         let found = self.find_files(paths)?;
-        let mut writer = writer(&self.dir, &self.index)?;
+        // From here to the last commit, no other run writes the index, and the file list
+        // is the last commit's.
+        let _lock = WriteLock::acquire(&self.dir)?;
+        let index = self.open_for_writing()?;
+        self.manifest.roots.extend(found.roots.iter().cloned());
+        let mut writer = writer(&self.dir, &index)?;
         let mut report = AddReport {
             ignored: found.ignored,
             skipped: found.skipped,
@@ -147,7 +161,9 @@ impl Index {
         }
         let mut uncommitted = 0u64;
         for file in &found.files {
-            self.add_file(&writer, file, &mut report)?;
+            if let Err(e) = self.add_file(&writer, file, &mut report) {
+                return Err(self.writer_failure(&mut writer, e));
+            }
             progress.files_done += 1;
             progress.bytes_done += file.size;
             progress.passages = report.passages;
@@ -164,9 +180,21 @@ impl Index {
         Ok(report)
     }
 
+    /// The error to report when adding a document failed: when the writer's threads died,
+    /// tantivy says only that; their own error (a full disk...) comes from joining them.
+    fn writer_failure(&self, writer: &mut IndexWriter, e: Error) -> Error {
+        match writer.prepare_commit() {
+            Err(cause) => write_error(&self.dir, cause),
+            // Nothing to learn: the prepared commit is dropped unapplied.
+            Ok(_) => e,
+        }
+    }
+
     /// Removes the indexed files at `paths` (a file, or every file under a folder), whether
     /// they still exist or not. A path with nothing indexed is an error naming it.
     pub fn remove<P: AsRef<Path>>(&mut self, paths: &[P]) -> Result<RemoveReport> {
+        let _lock = WriteLock::acquire(&self.dir)?;
+        let index = self.open_for_writing()?;
         let mut keys = Vec::new();
         for path in paths {
             let path = path.as_ref();
@@ -180,7 +208,7 @@ impl Index {
             }
             keys.extend(under);
         }
-        let mut writer = writer(&self.dir, &self.index)?;
+        let mut writer = writer(&self.dir, &index)?;
         let mut report = RemoveReport::default();
         for key in keys {
             if let Some(entry) = self.manifest.files.remove(&key) {
@@ -225,7 +253,7 @@ impl Index {
                 reason,
             });
         };
-        let bytes = match std::fs::read(&file.path) {
+        let bytes = match read_regular(&file.path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Unreadable now: what was indexed from it stays.
@@ -268,8 +296,18 @@ impl Index {
         } else {
             report.added += 1;
         }
-        let passages = self.write_passages(writer, &file.key, &documents)?;
+        let (passages, cut) = self.write_passages(writer, &file.key, &documents)?;
         report.passages += passages;
+        if cut > 0 {
+            report.passages_cut += cut;
+            report.warnings.push(Skipped {
+                path: file.key.clone(),
+                reason: format!(
+                    "{cut} passages cut to stay within {MAX_PASSAGE_CHARS} characters and \
+                     {MAX_PASSAGE_PIECES} words or signs (text without spaces or sentence ends)"
+                ),
+            });
+        }
         self.manifest.files.insert(
             file.key.clone(),
             FileEntry {
@@ -283,17 +321,21 @@ impl Index {
         Ok(())
     }
 
-    /// Adds the passages of `documents` (from the file `source`) to the index; returns how many.
+    /// Adds the passages of `documents` (from the file `source`) to the index; returns how
+    /// many, and how many cuts kept them within the passage bounds.
     fn write_passages(
         &self,
         writer: &IndexWriter,
         source: &str,
         documents: &[Document],
-    ) -> Result<u64> {
+    ) -> Result<(u64, u64)> {
         let f = self.fields;
         let mut passages = 0u64;
+        let mut cut = 0u64;
         for document in documents {
-            for span in split_passages(&document.text) {
+            let (spans, cuts) = split_passages_counted(&document.text);
+            cut += cuts as u64;
+            for span in spans {
                 writer
                     .add_document(doc!(
                         f.source => source,
@@ -307,7 +349,7 @@ impl Index {
                 passages += 1;
             }
         }
-        Ok(passages)
+        Ok((passages, cut))
     }
 
     /// The files at `paths`, folders walked in name order.
@@ -326,15 +368,38 @@ impl Index {
             let root = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
             if meta.is_file() {
                 let kind = FileKind::from_extension(&root).unwrap_or(FileKind::Text);
+                if let Some(key) = root.to_str() {
+                    found.roots.push(key.to_string());
+                }
                 found.push(root, kind, &mut keys);
                 continue;
             }
+            if !meta.is_dir() {
+                found.skipped.push(Skipped {
+                    path: root.display().to_string(),
+                    reason: not_regular(&meta.file_type()),
+                });
+                continue;
+            }
             if root.starts_with(&index_dir) {
+                found.skipped.push(Skipped {
+                    path: root.display().to_string(),
+                    reason: "is the index folder or inside it".into(),
+                });
                 continue;
             }
             match root.to_str() {
-                Some(key) => found.folders.push(key.to_string()),
-                None => continue,
+                Some(key) => {
+                    found.folders.push(key.to_string());
+                    found.roots.push(key.to_string());
+                }
+                None => {
+                    found.skipped.push(Skipped {
+                        path: root.display().to_string(),
+                        reason: "its path is not UTF-8; rename it".into(),
+                    });
+                    continue;
+                }
             }
             let walk = walkdir::WalkDir::new(&root)
                 .sort_by_file_name()
@@ -358,7 +423,24 @@ impl Index {
                         continue;
                     }
                 };
-                if !entry.file_type().is_file() {
+                let file_type = entry.file_type();
+                if file_type.is_dir() {
+                    continue;
+                }
+                if file_type.is_symlink() {
+                    found.skipped.push(Skipped {
+                        path: entry.path().display().to_string(),
+                        reason: "is a symbolic link; links in folders are not followed (give \
+                                 its target to index it)"
+                            .into(),
+                    });
+                    continue;
+                }
+                if !file_type.is_file() {
+                    found.skipped.push(Skipped {
+                        path: entry.path().display().to_string(),
+                        reason: not_regular(&file_type),
+                    });
                     continue;
                 }
                 match FileKind::from_extension(entry.path()) {
@@ -367,6 +449,9 @@ impl Index {
                 }
             }
         }
+        // A path named directly and found in a folder walked is reported once.
+        let mut reported = BTreeSet::new();
+        found.skipped.retain(|s| reported.insert(s.path.clone()));
         Ok(found)
     }
 }
@@ -377,7 +462,7 @@ impl Found {
         let Some(key) = path.to_str().map(str::to_string) else {
             self.skipped.push(Skipped {
                 path: path.display().to_string(),
-                reason: "its path is not UTF-8".into(),
+                reason: "its path is not UTF-8; rename it".into(),
             });
             return;
         };
@@ -418,6 +503,41 @@ impl Found {
             modified_ns,
         });
     }
+}
+
+/// Why a file of this type is not read.
+fn not_regular(file_type: &std::fs::FileType) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if file_type.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else {
+        "not a file or folder"
+    };
+    format!("is {what}, not a regular file; only files and folders are indexed")
+}
+
+/// The bytes of a regular file (at most [`MAX_FILE_BYTES`] + 1 of them): a path that became
+/// something else since the walk (a pipe, a device) is refused rather than read forever.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(not_regular(&meta.file_type())));
+    }
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "grew over the {} MB a file may have",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The absolute form of `path` as the index stores it: canonical when it exists, otherwise

@@ -7,11 +7,22 @@
 //! table); stop words are not removed, BM25's inverse document frequency already gives them
 //! little weight.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer,
     TokenizerManager,
 };
+
+use crate::error::{Error, Result};
+
+/// Most characters a question over an index may have (the reader reads at most 64 tokens of a
+/// question anyway).
+pub const MAX_QUESTION_CHARS: usize = 2_000;
+
+/// Most distinct terms a question over an index may have: each is a term of the BM25 query.
+pub const MAX_QUESTION_TERMS: usize = 256;
 
 /// The way text is cut into terms; fixed when an index is created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,17 +65,40 @@ impl Analyzer {
         }
     }
 
-    /// The distinct terms of `text`, in order of first appearance.
+    /// The distinct terms of `text`, in order of first appearance (linear in its length).
     pub fn terms(self, text: &str) -> Vec<String> {
         let mut analyzer = self.build();
         let mut stream = analyzer.token_stream(text);
+        let mut seen: HashSet<String> = HashSet::new();
         let mut terms: Vec<String> = Vec::new();
         while let Some(token) = stream.next() {
-            if !terms.contains(&token.text) {
+            if seen.insert(token.text.clone()) {
                 terms.push(token.text.clone());
             }
         }
         terms
+    }
+
+    /// The distinct terms of a question, refused ([`Error::InvalidInput`], naming the limit)
+    /// when it has over [`MAX_QUESTION_CHARS`] characters or [`MAX_QUESTION_TERMS`] distinct
+    /// terms.
+    pub fn question_terms(self, question: &str) -> Result<Vec<String>> {
+        let chars = question.chars().count();
+        if chars > MAX_QUESTION_CHARS {
+            return Err(Error::InvalidInput(format!(
+                "the question has {chars} characters, over the {MAX_QUESTION_CHARS} a question \
+                 over an index may have; shorten it"
+            )));
+        }
+        let terms = self.terms(question);
+        if terms.len() > MAX_QUESTION_TERMS {
+            return Err(Error::InvalidInput(format!(
+                "the question has {} distinct words, over the {MAX_QUESTION_TERMS} a question \
+                 over an index may have; shorten it",
+                terms.len()
+            )));
+        }
+        Ok(terms)
     }
 }
 
@@ -83,5 +117,40 @@ mod tests {
             ["zürich", "s", "école", "1903"]
         );
         assert!(Analyzer::English.terms("?? — !!").is_empty());
+    }
+
+    #[test]
+    fn questions_are_bounded_by_characters_and_terms() {
+        let words: Vec<String> = (0..MAX_QUESTION_TERMS + 1)
+            .map(|i| format!("w{i}"))
+            .collect();
+        let many = words.join(" ");
+        assert!(many.chars().count() <= MAX_QUESTION_CHARS);
+        match Analyzer::Plain.question_terms(&many) {
+            Err(Error::InvalidInput(m)) => {
+                assert!(m.contains("257 distinct words, over the 256"), "{m}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let long = "a".repeat(MAX_QUESTION_CHARS + 1);
+        match Analyzer::English.question_terms(&long) {
+            Err(Error::InvalidInput(m)) => assert!(m.contains("over the 2000"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Repeated words count once.
+        let repeated = vec!["river"; 300].join(" ");
+        assert_eq!(
+            Analyzer::English.question_terms(&repeated).unwrap(),
+            ["river"]
+        );
+    }
+
+    #[test]
+    fn distinct_terms_of_a_long_text_take_linear_time() {
+        // 200k distinct words: quadratic deduplication takes minutes, a set milliseconds.
+        let text: String = (0..200_000).map(|i| format!("w{i} ")).collect();
+        let started = std::time::Instant::now();
+        assert_eq!(Analyzer::Plain.terms(&text).len(), 200_000);
+        assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
     }
 }

@@ -26,6 +26,7 @@ use std::borrow::Borrow;
 
 use rayon::prelude::*;
 
+use super::passages::readable_part;
 use super::{Hit, Index, Retrieval};
 use crate::decode::{best_spans, char_span};
 use crate::engine::WindowLogits;
@@ -112,6 +113,10 @@ pub struct DocumentAnswers {
     /// Why there is no answer, when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What was not read as it is: a passage over the passage bounds (from an index written
+    /// before passages were bounded) is read up to them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A span the reader proposes in one passage.
@@ -176,6 +181,12 @@ impl QaPipeline {
         retrievals: &[Retrieval],
         options: &AskOptions,
     ) -> Result<Vec<DocumentAnswers>> {
+        if options.params.top_k == Some(0) {
+            return Err(Error::InvalidParameter {
+                name: "top_k",
+                message: "must be at least 1".into(),
+            });
+        }
         let hits: Vec<&[Hit]> = retrievals.iter().map(|r| r.hits.as_slice()).collect();
         let questions: Vec<&str> = questions.iter().map(AsRef::as_ref).collect();
         let (prepared, counts) = self.prepare_all(&questions, &hits, &options.params)?;
@@ -228,7 +239,8 @@ impl QaPipeline {
             .map(|hit| {
                 self.prepare(&QaRequest {
                     question: question.to_string(),
-                    context: hit.passage.text.clone(),
+                    // A passage is never refused for its size: see `readable_part`.
+                    context: readable_part(&hit.passage.text).to_string(),
                     params: reading.clone(),
                 })
             })
@@ -288,10 +300,29 @@ pub fn rank_read<P: Borrow<Prepared>>(
     } else {
         None
     };
+    let warnings = retrieval
+        .hits
+        .iter()
+        .filter_map(|hit| {
+            let p = &hit.passage;
+            let read = readable_part(&p.text);
+            (read.len() < p.text.len()).then(|| {
+                format!(
+                    "the passage at characters {}..{} of {} is over the passage bounds; only \
+                     its first {} characters were read (index the file again to cut it)",
+                    p.start,
+                    p.end,
+                    p.path,
+                    read.chars().count()
+                )
+            })
+        })
+        .collect();
     DocumentAnswers {
         answers,
         passages_read: retrieval.hits.len(),
         reason: reason.map(str::to_string),
+        warnings,
     }
 }
 

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// One document read from a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -124,9 +125,11 @@ fn markdown_title(text: &str) -> Option<String> {
 }
 
 #[derive(Deserialize)]
-struct JsonlRecord {
-    #[serde(default)]
-    id: Option<serde_json::Value>,
+struct JsonlRecord<'a> {
+    /// As written, so that a number is its own text (a number past 2^64 read as a float
+    /// would lose digits, and two ids would become one).
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
     #[serde(default)]
     title: Option<String>,
     text: String,
@@ -145,10 +148,13 @@ fn read_jsonl(path: &str, text: &str) -> Result<Vec<Document>, Refusal> {
                 "line {lineno}: {e} (each line must be {{\"id\"?, \"title\"?, \"text\"}})"
             ))
         })?;
-        let id = match record.id {
-            None | Some(serde_json::Value::Null) => format!("{path}:{lineno}"),
-            Some(serde_json::Value::String(s)) => s,
-            Some(serde_json::Value::Number(n)) => n.to_string(),
+        let id = match record.id.map(RawValue::get) {
+            None | Some("null") => format!("{path}:{lineno}"),
+            Some(raw) if raw.starts_with('"') => serde_json::from_str::<String>(raw)
+                .map_err(|e| Refusal::Malformed(format!("line {lineno}: `id`: {e}")))?,
+            Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                raw.to_string()
+            }
             Some(other) => {
                 return Err(Refusal::Malformed(format!(
                     "line {lineno}: `id` must be a string or a number, found {other}"
@@ -269,6 +275,20 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         let twice = "{\"id\": \"a\", \"text\": \"x\"}\n{\"id\": \"a\", \"text\": \"y\"}\n";
+        // Integers past 2^64 are ids as written: they neither lose digits nor collide.
+        let big = "{\"id\": 18446744073709551617, \"text\": \"x\"}\n\
+                   {\"id\": 18446744073709551618, \"text\": \"y\"}\n\
+                   {\"id\": -3, \"text\": \"z\"}\n{\"id\": \"s\\u00e9\", \"text\": \"w\"}\n";
+        let docs = read_documents("f.jsonl", FileKind::Jsonl, big.as_bytes()).unwrap();
+        let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["18446744073709551617", "18446744073709551618", "-3", "sé"]
+        );
+        assert!(matches!(
+            read_documents("f.jsonl", FileKind::Jsonl, b"{\"id\": [1], \"text\": \"x\"}"),
+            Err(Refusal::Malformed(m)) if m.contains("must be a string or a number")
+        ));
         assert!(matches!(
             read_documents("f.jsonl", FileKind::Jsonl, twice.as_bytes()),
             Err(Refusal::Malformed(m)) if m.contains("used twice")

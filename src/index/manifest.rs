@@ -4,7 +4,7 @@
 //! the passages it describes: after an interrupted run, the index and its manifest are both
 //! those of the last commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,10 @@ pub struct Manifest {
     pub analyzer: Analyzer,
     /// Every indexed file by its absolute path.
     pub files: BTreeMap<String, FileEntry>,
+    /// The folders and files given to `bertqa index` (absolute): answers name files relative
+    /// to them. Absent from indexes written before it was recorded.
+    #[serde(default)]
+    pub roots: BTreeSet<String>,
 }
 
 /// What was indexed from one file, and how to tell whether it changed.
@@ -46,6 +50,7 @@ impl Manifest {
             format: FORMAT,
             analyzer,
             files: BTreeMap::new(),
+            roots: BTreeSet::new(),
         }
     }
 
@@ -72,6 +77,26 @@ impl Manifest {
         self.files
             .values()
             .fold((0, 0), |(d, p), f| (d + f.documents, p + f.passages))
+    }
+
+    /// `key` (an indexed file) relative to the parent of the longest root that holds it, so
+    /// that it starts with the root's own name (`docs/guide/a.md`); a file under no recorded
+    /// root is named by its file name.
+    pub fn relative_path(&self, key: &str) -> String {
+        let root = self
+            .roots
+            .iter()
+            .filter(|r| {
+                let r = r.trim_end_matches('/');
+                key == r || key.starts_with(&format!("{r}/"))
+            })
+            .max_by_key(|r| r.len());
+        let path = std::path::Path::new(key);
+        let shown = root
+            .and_then(|r| std::path::Path::new(r).parent())
+            .and_then(|parent| path.strip_prefix(parent).ok())
+            .or_else(|| path.file_name().map(std::path::Path::new));
+        shown.map_or_else(|| key.to_string(), |p| p.to_string_lossy().into_owned())
     }
 
     /// Indexed files at `path` or under it (when it is a folder).
@@ -122,5 +147,21 @@ mod tests {
         }
         assert_eq!(m.files_under("/d/"), ["/d", "/d/a.txt", "/d/sub/b.md"]);
         assert_eq!(m.files_under("/d/a.txt"), ["/d/a.txt"]);
+    }
+
+    #[test]
+    fn paths_are_shown_relative_to_their_root() {
+        let mut m = Manifest::new(Analyzer::English);
+        m.roots.insert("/home/u/docs".into());
+        m.roots.insert("/home/u/docs/sub".into());
+        m.roots.insert("/srv/one.txt".into());
+        assert_eq!(m.relative_path("/home/u/docs/a.txt"), "docs/a.txt");
+        assert_eq!(m.relative_path("/home/u/docs/sub/b.md"), "sub/b.md");
+        assert_eq!(m.relative_path("/srv/one.txt"), "one.txt");
+        assert_eq!(m.relative_path("/elsewhere/c.txt"), "c.txt");
+        assert_eq!(m.relative_path("/home/u/docsx/c.txt"), "c.txt");
+        // Manifests written before roots were recorded still read.
+        let old = r#"{"format":1,"analyzer":"english","files":{}}"#;
+        assert!(Manifest::from_payload(old).unwrap().roots.is_empty());
     }
 }

@@ -8,6 +8,13 @@
 //! one is cut at sentence ends into pieces of at most [`PASSAGE_WORDS`] words (a sentence
 //! longer than that at word boundaries).
 //!
+//! Whatever the text, no passage is over [`MAX_PASSAGE_CHARS`] characters or
+//! [`MAX_PASSAGE_PIECES`] pieces (runs of letters and digits, and every other non-space
+//! character: the reader's tokenizers make at least one token of each): a longer passage (a
+//! "word" of a million letters, a line of commas) is cut at the last whitespace within the
+//! bounds, or at the bounds when there is none, and the cut is counted
+//! ([`split_passages_counted`]) so that indexing warns about it.
+//!
 //! The sizes follow the reader: a window of 384 tokens holds about 280 English words next to
 //! a question, so a passage of 200 words is read in one window, and a whole paragraph of up to
 //! 400 in two.
@@ -21,6 +28,13 @@ pub const PASSAGE_WORDS: usize = 200;
 /// A paragraph of up to this many words is one passage (or part of one), never cut.
 pub const PARAGRAPH_WORDS: usize = 400;
 
+/// Most characters in a passage (the longest XQuAD paragraph has about 2,100).
+pub const MAX_PASSAGE_CHARS: usize = 3_000;
+
+/// Most pieces in a passage (see the module docs; the XQuAD paragraphs have up to about 410):
+/// about as many tokens as a 400-word paragraph, read in two or three windows.
+pub const MAX_PASSAGE_PIECES: usize = 600;
+
 /// Where a passage lies in its document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassageSpan {
@@ -32,6 +46,12 @@ pub struct PassageSpan {
 
 /// Cuts `text` into passages (see the module docs). Whitespace-only text has none.
 pub fn split_passages(text: &str) -> Vec<PassageSpan> {
+    split_passages_counted(text).0
+}
+
+/// [`split_passages`], with the number of cuts made to keep passages within
+/// [`MAX_PASSAGE_CHARS`] and [`MAX_PASSAGE_PIECES`].
+pub fn split_passages_counted(text: &str) -> (Vec<PassageSpan>, usize) {
     let mut pieces: Vec<(Range<usize>, usize)> = Vec::new();
     for paragraph in paragraphs(text) {
         let words = count_words(&text[paragraph.clone()]);
@@ -55,7 +75,63 @@ pub fn split_passages(text: &str) -> Vec<PassageSpan> {
             }
         }
     }
-    with_char_offsets(text, merged)
+    let mut bounded = Vec::with_capacity(merged.len());
+    let mut cuts = 0;
+    for range in merged {
+        cuts += bound(text, range, &mut bounded);
+    }
+    (with_char_offsets(text, bounded), cuts)
+}
+
+/// Cuts `range` into pieces within the passage bounds, pushed onto `out`; returns the number
+/// of cuts.
+fn bound(text: &str, range: Range<usize>, out: &mut Vec<Range<usize>>) -> usize {
+    let mut cuts = 0;
+    let mut start = range.start;
+    while let Some(end) = over_bounds_at(&text[start..range.end]) {
+        out.extend(trimmed(text, start..start + end));
+        cuts += 1;
+        start += end;
+    }
+    out.extend(trimmed(text, start..range.end));
+    cuts
+}
+
+/// The part of a passage that is read: all of it, or for a passage over the bounds (from an
+/// index written before passages were bounded) its beginning within them.
+pub fn readable_part(text: &str) -> &str {
+    match over_bounds_at(text) {
+        Some(end) => text[..end].trim_end(),
+        None => text,
+    }
+}
+
+/// `None` when `slice` is within the passage bounds; otherwise the byte offset (never 0) at
+/// which to cut it: its last whitespace within the bounds, or the bounds themselves.
+fn over_bounds_at(slice: &str) -> Option<usize> {
+    let mut pieces = 0;
+    let mut in_word = false;
+    let mut last_space = None;
+    for (chars, (i, c)) in slice.char_indices().enumerate() {
+        let alphanumeric = c.is_alphanumeric();
+        let new_piece = if alphanumeric {
+            !in_word
+        } else {
+            !c.is_whitespace()
+        };
+        if chars == MAX_PASSAGE_CHARS || (new_piece && pieces == MAX_PASSAGE_PIECES) {
+            return Some(match last_space {
+                Some(s) if s > 0 => s,
+                _ => i,
+            });
+        }
+        pieces += usize::from(new_piece);
+        in_word = alphanumeric;
+        if c.is_whitespace() {
+            last_space = Some(i);
+        }
+    }
+    None
 }
 
 fn count_words(text: &str) -> usize {
@@ -267,6 +343,38 @@ mod tests {
         // Nothing is lost between pieces.
         let total: usize = words.iter().sum();
         assert_eq!(total, 450);
+    }
+
+    #[test]
+    fn text_without_spaces_or_sentence_ends_is_cut_within_the_bounds() {
+        // A "word" of 1.2 million letters, a line of commas, long words between spaces.
+        let word = "é".repeat(1_200_000);
+        let commas = ",".repeat(300_000);
+        let long_words = vec!["x".repeat(90); 150].join(" ");
+        for text in [word.as_str(), commas.as_str(), long_words.as_str()] {
+            let (spans, cuts) = split_passages_counted(text);
+            assert!(cuts > 0);
+            assert_eq!(cuts + 1, spans.len());
+            check_offsets(text, &spans);
+            for t in texts(text, &spans) {
+                assert!(t.chars().count() <= MAX_PASSAGE_CHARS);
+                assert!(over_bounds_at(t).is_none());
+            }
+            // Nothing is lost but the whitespace between pieces.
+            let kept: String = texts(text, &spans).concat();
+            assert_eq!(
+                kept.split_whitespace().collect::<String>(),
+                text.split_whitespace().collect::<String>()
+            );
+        }
+        assert_eq!(split_passages_counted(&commas).0.len(), 500);
+        // Long words are cut at spaces, not inside a word.
+        for t in texts(&long_words, &split_passages(&long_words)) {
+            assert!(t.split(' ').all(|w| w.len() == 90));
+        }
+        // Ordinary text is not cut.
+        let prose = vec!["Some words, here."; 100].join(" ");
+        assert_eq!(split_passages_counted(&prose).1, 0);
     }
 
     #[test]

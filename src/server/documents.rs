@@ -38,9 +38,11 @@ pub const PARAMS: &[&str] = &["top_k", "passages"];
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentsInput {
-    /// The question; not empty or whitespace only.
+    /// The question; not empty or whitespace only, at most 2000 characters and 256 distinct
+    /// words.
     #[schema(
         min_length = 1,
+        max_length = 2000,
         example = "How many points did the Panthers defense give up?"
     )]
     pub question: String,
@@ -261,7 +263,11 @@ pub async fn question_answering(
     let (retrieval, prepared) = tokio::task::spawn_blocking(move || {
         let retrieval = index
             .search(&body.question, body.passages)
-            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| match e {
+                // Over the question bounds: the message names the limit.
+                crate::Error::InvalidInput(m) => ApiError::field("inputs.question", m),
+                other => ApiError::new(ErrorKind::Internal, other.to_string()),
+            })?;
         let prepared = qa
             .prepare_hits(&body.question, &retrieval.hits, &reading)
             .map_err(|e| prepare_error(e, "inputs.question"))?;

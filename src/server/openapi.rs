@@ -353,7 +353,7 @@ mod tests {
         );
         assert_eq!(
             properties(&doc, "DocumentAnswers"),
-            ["answers", "passages_read", "reason"]
+            ["answers", "passages_read", "reason", "warnings"]
                 .map(String::from)
                 .into()
         );

@@ -12,6 +12,7 @@ mod golden_bert;
 mod golden_deberta;
 mod golden_minilm;
 mod index;
+mod index_hostile;
 mod int8;
 mod properties;
 mod reduced_precision;
