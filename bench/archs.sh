@@ -29,7 +29,14 @@ cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
 QUESTIONS=${QUESTIONS:-40}
 PARTS=${PARTS:-2}
-ARCHS=${ARCHS:-bert-uncased distilbert-cased roberta xlm-roberta electra albert deberta-v3 mobilebert}
+# Default: every fixture with a golden.json (one per architecture), less the .bin copy of BERT.
+default_archs() {
+  for golden in "${BERTQA_SHARED:-../shared}"/fixtures/*/golden.json; do
+    name=$(basename "$(dirname "$golden")")
+    [[ $name == *-pytorch-bin ]] || printf '%s ' "$name"
+  done
+}
+ARCHS=${ARCHS:-$(default_archs)}
 SHARED=${BERTQA_SHARED:-../shared}
 DATA=${DATA:-$SHARED/data/xquad-en-train.json}
 WORK=${WORK:-bench/out/archs}

@@ -6,6 +6,8 @@ __all__ = ["DEFAULT_MAX_CONTEXT_CHARS", "Pipeline", "__version__"]
 
 __version__: str
 DEFAULT_MAX_CONTEXT_CHARS: int
+#: config.json `model_type`s bertqa runs, sorted.
+SUPPORTED_MODEL_TYPES: list[str]
 
 @final
 class Pipeline:

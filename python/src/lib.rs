@@ -46,5 +46,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_MAX_CONTEXT_CHARS",
         bertqa::pipeline::DEFAULT_MAX_CONTEXT_CHARS,
     )?;
+    m.add(
+        "SUPPORTED_MODEL_TYPES",
+        bertqa::models::supported_model_types(),
+    )?;
     Ok(())
 }

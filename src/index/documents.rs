@@ -10,6 +10,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::squad::SquadFile;
+
 /// One document read from a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Document {
@@ -175,25 +177,10 @@ fn read_jsonl(path: &str, text: &str) -> Result<Vec<Document>, Refusal> {
     Ok(documents)
 }
 
-#[derive(Deserialize)]
-struct SquadFile {
-    data: Vec<SquadArticle>,
-}
-
-#[derive(Deserialize)]
-struct SquadArticle {
-    #[serde(default)]
-    title: String,
-    paragraphs: Vec<SquadParagraph>,
-}
-
-#[derive(Deserialize)]
-struct SquadParagraph {
-    context: String,
-}
-
+/// A SQuAD file's paragraphs, read by the same reader as `eval`'s data ([`SquadFile`]; the
+/// questions may be left out).
 fn read_squad(text: &str) -> Result<Vec<Document>, Refusal> {
-    let file: SquadFile = serde_json::from_str(text).map_err(|e| {
+    let file = SquadFile::from_json_str(text, "the file").map_err(|e| {
         Refusal::Malformed(format!(
             "not a SQuAD file ({e}); .json files are read as SQuAD \
              (`data[].paragraphs[].context`), give other JSON as .jsonl lines"
