@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the README's examples as written and checks what they print.
 
-    python3 tests/readme/run.py BERTQA_BINARY [--python PYTHON]
+    python3 tests/readme/run.py BERTQA_BINARY [--python PYTHON [--python-only]]
 
 Every ```console block is run command by command (`$ ` lines, with their `\\` continuations) in a
 scratch folder laid out like a fresh clone (`examples/` of this repository, `../shared` beside it),
@@ -217,6 +217,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("binary", type=pathlib.Path)
     parser.add_argument("--python", help="interpreter that imports bertqa, for ```python blocks")
+    parser.add_argument("--python-only", action="store_true",
+                        help="run the ```python blocks alone (with --python)")
     args = parser.parse_args()
     if not args.binary.is_file():
         print(f"error: {args.binary}: no such binary (build it first)", file=sys.stderr)
@@ -225,9 +227,9 @@ def main() -> int:
     try:
         readme = (REPO / "README.md").read_text(encoding="utf-8")
         for lang, start, body in blocks(readme):
-            if lang == "console":
+            if lang == "console" and not args.python_only:
                 runner.console(start, body)
-            elif lang == "sh":
+            elif lang == "sh" and not args.python_only:
                 runner.sh(start, body)
             elif lang == "python":
                 runner.python_block(start, body)
