@@ -22,7 +22,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for article in data:
         title = article["title"]
-        paragraphs = [p["context"].strip() for p in article["paragraphs"]]
+        paragraphs = [p["context"] for p in article["paragraphs"]]
         text = f"# {title.replace('_', ' ')}\n\n" + "\n\n".join(paragraphs) + "\n"
         (out / f"{title.replace('/', '_')}.md").write_text(text, encoding="utf-8")
     print(f"{out}: {len(data)} articles written")
