@@ -378,23 +378,30 @@ fn hub_id_resolves_from_the_cache_offline() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// `ask` with the Hub id `acme/not-downloaded`, an empty cache and `env` set.
+fn ask_missing_hub_id(cache: &str, env: &[(&str, &str)]) -> Output {
+    let dir = temp_dir(cache);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bertqa"));
+    cmd.args([
+        "ask",
+        "--model",
+        "acme/not-downloaded",
+        "-q",
+        "Who?",
+        "-c",
+        "Marie Curie.",
+    ])
+    .env("HF_HUB_CACHE", &dir)
+    .env_remove("HF_HUB_OFFLINE");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn offline_hub_id_missing_from_cache_says_what_to_do() {
-    let dir = temp_dir("emptycache");
-    let out = Command::new(env!("CARGO_BIN_EXE_bertqa"))
-        .args([
-            "ask",
-            "--model",
-            "acme/not-downloaded",
-            "-q",
-            "Who?",
-            "-c",
-            "Marie Curie.",
-        ])
-        .env("HF_HUB_CACHE", &dir)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let out = ask_missing_hub_id("emptycache", &[("HF_HUB_OFFLINE", "1")]);
     assert_user_error(&out, "offline");
     assert_user_error(&out, "acme/not-downloaded");
 }
@@ -426,22 +433,7 @@ fn zero_or_garbled_thread_counts_are_refused() {
 fn hub_download_failure_names_its_cause() {
     // Nothing listens on the discard port of the loopback address: the download is refused, and
     // the error must say so rather than only "not found".
-    let dir = temp_dir("unreachablehub");
-    let out = Command::new(env!("CARGO_BIN_EXE_bertqa"))
-        .args([
-            "ask",
-            "--model",
-            "acme/not-downloaded",
-            "-q",
-            "Who?",
-            "-c",
-            "Marie Curie.",
-        ])
-        .env("HF_HUB_CACHE", &dir)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("HF_HUB_OFFLINE")
-        .output()
-        .unwrap();
+    let out = ask_missing_hub_id("unreachablehub", &[("HF_ENDPOINT", "http://127.0.0.1:9")]);
     assert_user_error(&out, "acme/not-downloaded");
     assert_user_error(&out, "127.0.0.1:9");
     assert_user_error(&out, "refused");
