@@ -23,7 +23,9 @@ const STEPS: u64 = 10_000_000;
 struct Loop {
     accumulators: usize,
     lanes: u64,
-    run: fn() -> f32,
+    /// Built only by [`f32_loops`] and [`vnni_loops`], after the CPU was found to have the
+    /// instructions it uses: that is what makes calling it sound.
+    run: unsafe fn() -> f32,
 }
 
 fn main() {
@@ -66,7 +68,14 @@ fn main() {
 fn rate(l: &Loop, threads: usize) -> (usize, f64) {
     let started = Instant::now();
     let finite = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(l.run)).collect();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    // SAFETY: `run` uses only instructions detected when its Loop was built.
+                    unsafe { (l.run)() }
+                })
+            })
+            .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or(f32::NAN))
@@ -100,28 +109,28 @@ fn f32_loops() -> Vec<Loop> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
-            // SAFETY (each closure): AVX-512F is present (checked on the line above).
+            // Checked on the line above: AVX-512F.
             return vec![
-                timed_loop(8, 16, || unsafe { fma_avx512::<8>() }),
-                timed_loop(12, 16, || unsafe { fma_avx512::<12>() }),
-                timed_loop(16, 16, || unsafe { fma_avx512::<16>() }),
-                timed_loop(24, 16, || unsafe { fma_avx512::<24>() }),
+                timed_loop(8, 16, fma_avx512::<8>),
+                timed_loop(12, 16, fma_avx512::<12>),
+                timed_loop(16, 16, fma_avx512::<16>),
+                timed_loop(24, 16, fma_avx512::<24>),
             ];
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY (each closure): AVX2 and FMA are present (checked on the line above).
+            // Checked on the line above: AVX2 and FMA.
             // 16 vector registers: 12 accumulators and the two constants fit, 24 would spill.
             return vec![
-                timed_loop(8, 8, || unsafe { fma_avx2::<8>() }),
-                timed_loop(10, 8, || unsafe { fma_avx2::<10>() }),
-                timed_loop(12, 8, || unsafe { fma_avx2::<12>() }),
+                timed_loop(8, 8, fma_avx2::<8>),
+                timed_loop(10, 8, fma_avx2::<10>),
+                timed_loop(12, 8, fma_avx2::<12>),
             ];
         }
     }
     Vec::new()
 }
 
-fn timed_loop(accumulators: usize, lanes: u64, run: fn() -> f32) -> Loop {
+fn timed_loop(accumulators: usize, lanes: u64, run: unsafe fn() -> f32) -> Loop {
     Loop {
         accumulators,
         lanes,
@@ -135,12 +144,12 @@ fn vnni_loops() -> Vec<Loop> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
-            // SAFETY (each closure): AVX-512F and AVX-512 VNNI are present (checked above).
+            // Checked on the line above: AVX-512F and AVX-512 VNNI.
             return vec![
-                timed_loop(8, 64, || unsafe { dpbusd_avx512::<8>() }),
-                timed_loop(12, 64, || unsafe { dpbusd_avx512::<12>() }),
-                timed_loop(16, 64, || unsafe { dpbusd_avx512::<16>() }),
-                timed_loop(24, 64, || unsafe { dpbusd_avx512::<24>() }),
+                timed_loop(8, 64, dpbusd_avx512::<8>),
+                timed_loop(12, 64, dpbusd_avx512::<12>),
+                timed_loop(16, 64, dpbusd_avx512::<16>),
+                timed_loop(24, 64, dpbusd_avx512::<24>),
             ];
         }
     }
@@ -179,7 +188,8 @@ unsafe fn fma_avx2<const N: usize>() -> f32 {
     let mut lanes = [0f32; 8];
     acc.iter()
         .map(|&v| {
-            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            // SAFETY: `lanes` holds the 8 floats the store writes.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
             lanes.iter().sum::<f32>()
         })
         .sum()

@@ -526,7 +526,7 @@ unsafe fn any_strip(
     ldc: usize,
     scale: [f32; MR],
 ) {
-    // SAFETY (both): the operands are the caller's (as `strip` requires); `strip_avx512` runs
+    // SAFETY: for both calls, the operands are the caller's (as `strip` requires); `strip_avx512` runs
     // only with `wide`, which the caller sets only where the CPU has AVX-512F.
     unsafe {
         if wide {

@@ -743,12 +743,15 @@ unsafe fn tile_avx2(
     assert!((1..=MR).contains(&rows) && k_groups > 0);
     assert!(a.len() >= (k_groups - 1) * GROUP_STEP + (rows - 1) * KG + KG);
     assert!(weights.len() >= k_groups * GROUP_BYTES);
-    // SAFETY (all four): AVX2 is enabled on this function; bounds were asserted above.
-    match rows {
-        1 => unsafe { tile_avx2_rows::<1>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
-        2 => unsafe { tile_avx2_rows::<2>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
-        3 => unsafe { tile_avx2_rows::<3>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
-        _ => unsafe { tile_avx2_rows::<4>(a.as_ptr(), weights.as_ptr(), k_groups, acc) },
+    let (a, w) = (a.as_ptr(), weights.as_ptr());
+    // SAFETY: AVX2 is enabled on this function; bounds were asserted above.
+    unsafe {
+        match rows {
+            1 => tile_avx2_rows::<1>(a, w, k_groups, acc),
+            2 => tile_avx2_rows::<2>(a, w, k_groups, acc),
+            3 => tile_avx2_rows::<3>(a, w, k_groups, acc),
+            _ => tile_avx2_rows::<4>(a, w, k_groups, acc),
+        }
     }
 }
 
@@ -830,12 +833,13 @@ unsafe fn tile_avx512_vnni(
     let (a, w) = (a.as_ptr(), weights.as_ptr());
     macro_rules! by_blocks {
         ($r:literal) => {
-            // SAFETY (all three): AVX-512F/VNNI are enabled on this function; bounds were
-            // asserted above.
-            match blocks {
-                1 => unsafe { tile_vnni::<$r, 1>(a, tile_len, w, k_groups, acc) },
-                2 => unsafe { tile_vnni::<$r, 2>(a, tile_len, w, k_groups, acc) },
-                _ => unsafe { tile_vnni::<$r, 3>(a, tile_len, w, k_groups, acc) },
+            // SAFETY: AVX-512F/VNNI are enabled on this function; bounds were asserted above.
+            unsafe {
+                match blocks {
+                    1 => tile_vnni::<$r, 1>(a, tile_len, w, k_groups, acc),
+                    2 => tile_vnni::<$r, 2>(a, tile_len, w, k_groups, acc),
+                    _ => tile_vnni::<$r, 3>(a, tile_len, w, k_groups, acc),
+                }
             }
         };
     }

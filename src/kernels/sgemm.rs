@@ -250,7 +250,7 @@ impl PackedWeights {
         bias: Option<&[f32]>,
         act: Option<Act>,
     ) {
-        // SAFETY (all four): the caller guarantees AVX2/FMA/AVX-512F, which `kernel_avx512`
+        // SAFETY: for all four widths, the caller guarantees AVX2/FMA/AVX-512F, which `kernel_avx512`
         // needs; `row_block` calls the closure only with tiles that meet the rest of its
         // contract, and `tile.panels` picks the matching `P`.
         unsafe {
@@ -467,8 +467,8 @@ unsafe fn pack_tile(src: [&[f32]; MR], dst: &mut [f32]) {
     let body = kc - kc % 8;
     for kk0 in (0..body).step_by(8) {
         let zero = _mm256_setzero_ps();
-        // SAFETY: kk0 + 8 ≤ kc, so each row has 8 values from kk0.
         let block = std::array::from_fn(|r| match src.get(r) {
+            // SAFETY: kk0 + 8 ≤ kc, so each row has 8 values from kk0.
             Some(row) => unsafe { _mm256_loadu_ps(row[kk0..kk0 + 8].as_ptr()) },
             None => zero,
         });
@@ -628,8 +628,7 @@ unsafe fn kernel(tile: Tile) {
     }
     if let Some(act) = act {
         for v in sums.iter_mut().flatten() {
-            // SAFETY: AVX2/FMA are enabled here.
-            *v = unsafe { activate8(act, *v) };
+            *v = activate8(act, *v);
         }
     }
     for (r, sums) in sums.iter().enumerate() {

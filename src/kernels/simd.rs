@@ -19,11 +19,10 @@ pub(crate) const LANES: usize = 8;
 
 /// `e^x` per lane: [`super::ops::exp`]'s algorithm with fused multiply-adds.
 ///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
+/// Callable without `unsafe` from code compiled for AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+pub(crate) fn exp8(x: __m256) -> __m256 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -48,11 +47,10 @@ pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
 
 /// The error function per lane: [`super::ops::erf`]'s algorithm with fused multiply-adds.
 ///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
+/// Callable without `unsafe` from code compiled for AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-pub(crate) unsafe fn erf8(x: __m256) -> __m256 {
+pub(crate) fn erf8(x: __m256) -> __m256 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -79,11 +77,10 @@ pub(crate) unsafe fn erf8(x: __m256) -> __m256 {
 
 /// `act` per lane, as [`super::ops`]'s fused scalar forms compute it.
 ///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
+/// Callable without `unsafe` from code compiled for AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-pub(crate) unsafe fn activate8(act: Act, x: __m256) -> __m256 {
+pub(crate) fn activate8(act: Act, x: __m256) -> __m256 {
     let set = |v: f32| _mm256_set1_ps(v);
     let one = set(1.0);
     match act {
@@ -134,8 +131,7 @@ pub(crate) unsafe fn exp_shifted(row: &mut [f32]) -> f32 {
     }
     let mut total = horizontal(sum, |a, b| a + b);
     for v in tail {
-        // SAFETY: AVX2/FMA are enabled here.
-        *v = _mm256_cvtss_f32(unsafe { exp8(_mm256_set1_ps(*v - m)) });
+        *v = _mm256_cvtss_f32(exp8(_mm256_set1_ps(*v - m)));
         total += *v;
     }
     total
@@ -242,13 +238,16 @@ mod tests {
             return;
         }
         let xs = inputs();
-        // SAFETY (all four): AVX2 and FMA were checked above.
+        // SAFETY: AVX2 and FMA were checked above.
         let exp = lanes(|v| unsafe { exp8(v) }, &xs);
         assert_same_bits("exp", &exp, &xs, exp_fused);
+        // SAFETY: as above.
         let gelu = lanes(|v| unsafe { activate8(Act::Gelu, v) }, &xs);
         assert_same_bits("gelu", &gelu, &xs, gelu_fused);
+        // SAFETY: as above.
         let tanh = lanes(|v| unsafe { activate8(Act::GeluTanh, v) }, &xs);
         assert_same_bits("gelu_tanh", &tanh, &xs, gelu_tanh_fused);
+        // SAFETY: as above.
         let relu = lanes(|v| unsafe { activate8(Act::Relu, v) }, &xs);
         assert_same_bits("relu", &relu, &xs, |x| x.max(0.0));
     }
