@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::pipeline::{Prepared, QaParams, QaPipeline, QaRequest};
+use crate::params::QaParams;
+use crate::pipeline::{Prepared, QaPipeline, QaRequest};
 use crate::squad::{self, SquadDataset, SquadExample, SquadMetrics, SquadVersion};
 
 /// Questions tokenized and answered per round: enough windows to batch well, few enough to keep

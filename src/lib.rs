@@ -39,8 +39,9 @@ pub mod fast;
 pub mod models;
 // Question + context → windows.
 pub mod features;
-// Logits → answer spans.
+// Logits → answer spans; the per-question parameters.
 pub mod decode;
+pub mod params;
 // Windows → engine → answers.
 pub mod pipeline;
 // Over the pipeline: SQuAD evaluation, the document index.
@@ -55,4 +56,5 @@ pub use decode::{Answer, DecodeParams, Decoded};
 pub use device::{DeviceChoice, FloatType};
 pub use engine::{Engine, EngineKind, Precision, Tokens, WindowLogits};
 pub use error::{Error, Result};
-pub use pipeline::{EngineChoice, LoadOptions, QaParams, QaPipeline, QaRequest};
+pub use params::QaParams;
+pub use pipeline::{EngineChoice, LoadOptions, QaPipeline, QaRequest};

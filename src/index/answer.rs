@@ -31,7 +31,8 @@ use super::{Hit, Index, Retrieval};
 use crate::decode::{best_spans, char_span};
 use crate::engine::WindowLogits;
 use crate::error::{Error, Result};
-use crate::pipeline::{Prepared, QaParams, QaPipeline, QaRequest};
+use crate::params::QaParams;
+use crate::pipeline::{Prepared, QaPipeline, QaRequest};
 
 /// Passages read per question by default.
 pub const DEFAULT_PASSAGES: usize = 3;

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::error::{ApiError, ErrorBody};
 use crate::decode::Answer;
-use crate::pipeline::QaParams;
+use crate::params::QaParams;
 
 /// The server's limits on what one request may ask.
 #[derive(Clone, Debug)]

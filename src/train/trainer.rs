@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::evaluate;
 use crate::features::QaTokenizer;
 use crate::models::ModelSpec;
-use crate::pipeline::{LoadOptions, QaParams, QaPipeline};
+use crate::params::QaParams;
+use crate::pipeline::{LoadOptions, QaPipeline};
 use crate::squad::SquadDataset;
 
 /// Where a run stands.
