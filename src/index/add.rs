@@ -304,7 +304,7 @@ impl Index {
                 path: file.key.clone(),
                 reason: format!(
                     "{cut} passages cut to stay within {MAX_PASSAGE_CHARS} characters and \
-                     {MAX_PASSAGE_PIECES} words or signs (text without spaces or sentence ends)"
+                     {MAX_PASSAGE_PIECES} pieces (text without spaces or sentence ends)"
                 ),
             });
         }

@@ -241,11 +241,56 @@ impl QaPipeline {
                 self.prepare(&QaRequest {
                     question: question.to_string(),
                     // A passage is never refused for its size: see `readable_part`.
-                    context: readable_part(&hit.passage.text).to_string(),
+                    context: self
+                        .one_window_of(question, readable_part(&hit.passage.text), params)?
+                        .to_string(),
                     params: reading.clone(),
                 })
             })
             .collect()
+    }
+
+    /// The beginning of `passage` that one window holds beside `question`: all of a passage
+    /// within the index's bounds in the text those bounds are made for; the first tokens of
+    /// one whose text this model cuts into more tokens (figures, long words, scripts its
+    /// vocabulary lacks), cut at a space where there is one. The window is `max_seq_len`
+    /// tokens, or the default length where that is longer, so that a shorter `max_seq_len`
+    /// reads the same text in more windows.
+    fn one_window_of<'p>(
+        &self,
+        question: &str,
+        passage: &'p str,
+        params: &QaParams,
+    ) -> Result<&'p str> {
+        let default = self.default_max_seq_len();
+        let window = params.max_seq_len.unwrap_or(default).max(default);
+        let tokenizer = self.tokenizer();
+        let Ok((room, _)) = tokenizer.context_room(question, window) else {
+            // No context fits beside this question: `prepare` says so.
+            return Ok(passage);
+        };
+        let encoding = tokenizer
+            .tokenizer()
+            .encode_char_offsets(passage, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let Some(&(first_unread, _)) = encoding.get_offsets().get(room) else {
+            return Ok(passage);
+        };
+        // Never nothing: a first character of several tokens is read all the same.
+        let cut = passage
+            .char_indices()
+            .nth(first_unread.max(1))
+            .map_or(passage.len(), |(byte, _)| byte);
+        let head = &passage[..cut];
+        // At the last space, so that no word is read in part; at the token when there is none.
+        let at_space = head
+            .trim_end_matches(|c: char| !c.is_whitespace())
+            .trim_end();
+        Ok(if at_space.is_empty() {
+            head.trim_end()
+        } else {
+            at_space
+        })
     }
 
     /// Reads the passages found for each question: `hits[q]` are question `q`'s passages.
@@ -304,19 +349,29 @@ pub fn rank_read<P: Borrow<Prepared>>(
     let warnings = retrieval
         .hits
         .iter()
-        .filter_map(|hit| {
+        .zip(prepared)
+        .filter_map(|(hit, prepared)| {
             let p = &hit.passage;
-            let read = readable_part(&p.text);
-            (read.len() < p.text.len()).then(|| {
-                format!(
-                    "the passage at characters {}..{} of {} is over the passage bounds; only \
-                     its first {} characters were read (index the file again to cut it)",
-                    p.start,
-                    p.end,
-                    p.path,
-                    read.chars().count()
+            let read = prepared.borrow().context.chars().count();
+            if read >= p.text.chars().count() {
+                return None;
+            }
+            let (why, advice) = if readable_part(&p.text).len() < p.text.len() {
+                (
+                    "is over the passage bounds",
+                    " (index the file again to cut it)",
                 )
-            })
+            } else {
+                (
+                    "has more tokens than one window holds beside the question",
+                    "",
+                )
+            };
+            Some(format!(
+                "the passage at characters {}..{} of {} {why}; only its first {read} characters \
+                 were read{advice}",
+                p.start, p.end, p.path,
+            ))
         })
         .collect();
     DocumentAnswers {

@@ -3,21 +3,21 @@
 //! A passage is a contiguous slice of its document, so that an answer's offsets in the passage
 //! plus the passage's start are its offsets in the document. Documents are cut at blank lines
 //! into paragraphs; consecutive short paragraphs (a Markdown heading and its text, a list) are
-//! merged up to [`PASSAGE_WORDS`] words; a paragraph of up to [`PARAGRAPH_WORDS`] words stays
-//! whole, because cutting it separates answers from the sentences that explain them; a longer
-//! one is cut at sentence ends into pieces of at most [`PASSAGE_WORDS`] words (a sentence
-//! longer than that at word boundaries).
+//! merged up to [`PASSAGE_WORDS`] words; a longer paragraph is cut at sentence ends into pieces
+//! of at most [`PASSAGE_WORDS`] words (a sentence longer than that at word boundaries).
 //!
-//! Whatever the text, no passage is over [`MAX_PASSAGE_CHARS`] characters or
-//! [`MAX_PASSAGE_PIECES`] pieces (runs of letters and digits, and every other non-space
-//! character: the reader's tokenizers make at least one token of each): a longer passage (a
-//! "word" of a million letters, a line of commas) is cut at the last whitespace within the
-//! bounds, or at the bounds when there is none, and the cut is counted
-//! ([`split_passages_counted`]) so that indexing warns about it.
+//! Whatever the text, a passage is what one window of the reader takes in beside a question:
+//! no passage is over [`MAX_PASSAGE_CHARS`] characters or [`MAX_PASSAGE_PIECES`] pieces, where
+//! pieces estimate the tokens the reader's tokenizers make: a run of letters and digits is a
+//! piece per [`RUN_UNITS`] units begun (an ASCII character is one unit, any other letter
+//! [`NON_ASCII_UNITS`]: words of other scripts are cut into more tokens), and every CJK
+//! ideograph and every other non-space character is a piece of its own. A passage over either bound is cut at its last
+//! sentence end within them; text without one (a "word" of a million letters, a line of commas,
+//! a long list of figures) at its last whitespace, or at the bounds when there is none, and
+//! those cuts are counted ([`split_passages_counted`]) so that indexing warns about them.
 //!
 //! The sizes follow the reader: a window of 384 tokens holds about 280 English words next to
-//! a question, so a passage of 200 words is read in one window, and a whole paragraph of up to
-//! 400 in two.
+//! a question, so a passage of 200 words (about 260 tokens) is read in one window.
 
 use std::ops::Range;
 
@@ -25,15 +25,19 @@ use std::ops::Range;
 /// paragraphs are cut into pieces of at most this many.
 pub const PASSAGE_WORDS: usize = 200;
 
-/// A paragraph of up to this many words is one passage (or part of one), never cut.
-pub const PARAGRAPH_WORDS: usize = 400;
+/// Most characters in a passage (200 English words take about 1,300).
+pub const MAX_PASSAGE_CHARS: usize = 1_600;
 
-/// Most characters in a passage (the longest XQuAD paragraph has about 2,100).
-pub const MAX_PASSAGE_CHARS: usize = 3_000;
+/// Most pieces in a passage (see the module docs): with the question and the three special
+/// tokens, one window of 384 tokens.
+pub const MAX_PASSAGE_PIECES: usize = 300;
 
-/// Most pieces in a passage (see the module docs; the XQuAD paragraphs have up to about 410):
-/// about as many tokens as a 400-word paragraph, read in two or three windows.
-pub const MAX_PASSAGE_PIECES: usize = 600;
+/// A run of letters and digits counts a piece per this many units begun: a long word is
+/// several tokens to the reader (about one per 5–8 ASCII letters in English).
+pub const RUN_UNITS: usize = 8;
+
+/// Units of a letter or digit outside ASCII (see [`RUN_UNITS`]).
+pub const NON_ASCII_UNITS: usize = 3;
 
 /// Where a passage lies in its document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +59,7 @@ pub fn split_passages_counted(text: &str) -> (Vec<PassageSpan>, usize) {
     let mut pieces: Vec<(Range<usize>, usize)> = Vec::new();
     for paragraph in paragraphs(text) {
         let words = count_words(&text[paragraph.clone()]);
-        if words <= PARAGRAPH_WORDS {
+        if words <= PASSAGE_WORDS {
             pieces.push((paragraph, words));
         } else {
             pieces.extend(cut_long(text, paragraph));
@@ -84,54 +88,88 @@ pub fn split_passages_counted(text: &str) -> (Vec<PassageSpan>, usize) {
 }
 
 /// Cuts `range` into pieces within the passage bounds, pushed onto `out`; returns the number
-/// of cuts.
+/// of cuts made at a space or inside text (not at a sentence end).
 fn bound(text: &str, range: Range<usize>, out: &mut Vec<Range<usize>>) -> usize {
     let mut cuts = 0;
     let mut start = range.start;
-    while let Some(end) = over_bounds_at(&text[start..range.end]) {
-        out.extend(trimmed(text, start..start + end));
-        cuts += 1;
-        start += end;
+    while let Some(cut) = over_bounds_at(&text[start..range.end]) {
+        out.extend(trimmed(text, start..start + cut.at));
+        cuts += usize::from(!cut.sentence_end);
+        start += cut.at;
     }
     out.extend(trimmed(text, start..range.end));
     cuts
 }
 
 /// The part of a passage that is read: all of it, or for a passage over the bounds (from an
-/// index written before passages were bounded) its beginning within them.
+/// index written before passages were bounded as they are now) its beginning within them.
 pub fn readable_part(text: &str) -> &str {
     match over_bounds_at(text) {
-        Some(end) => text[..end].trim_end(),
+        Some(cut) => text[..cut.at].trim_end(),
         None => text,
     }
 }
 
-/// `None` when `slice` is within the passage bounds; otherwise the byte offset (never 0) at
-/// which to cut it: its last whitespace within the bounds, or the bounds themselves.
-fn over_bounds_at(slice: &str) -> Option<usize> {
+/// Where to cut a passage over the bounds.
+struct Cut {
+    /// Byte offset, never 0.
+    at: usize,
+    /// Whether it is after a sentence end.
+    sentence_end: bool,
+}
+
+/// `None` when `slice` is within the passage bounds; otherwise where to cut it: after its last
+/// sentence end within the bounds, else at its last whitespace, else at the bounds themselves.
+fn over_bounds_at(slice: &str) -> Option<Cut> {
     let mut pieces = 0;
-    let mut in_word = false;
+    let mut run = 0;
     let mut last_space = None;
+    let mut last_sentence_end = None;
+    let mut previous = ' ';
     for (chars, (i, c)) in slice.char_indices().enumerate() {
-        let alphanumeric = c.is_alphanumeric();
-        let new_piece = if alphanumeric {
-            !in_word
+        let new_piece = if is_ideograph(c) {
+            run = 0;
+            true
+        } else if c.is_alphanumeric() {
+            let before = run;
+            run += if c.is_ascii() { 1 } else { NON_ASCII_UNITS };
+            before == 0 || (before - 1) / RUN_UNITS != (run - 1) / RUN_UNITS
         } else {
+            run = 0;
             !c.is_whitespace()
         };
         if chars == MAX_PASSAGE_CHARS || (new_piece && pieces == MAX_PASSAGE_PIECES) {
-            return Some(match last_space {
-                Some(s) if s > 0 => s,
-                _ => i,
+            return Some(match (last_sentence_end, last_space) {
+                (Some(at), _) => Cut {
+                    at,
+                    sentence_end: true,
+                },
+                (None, Some(at)) => Cut {
+                    at,
+                    sentence_end: false,
+                },
+                (None, None) => Cut {
+                    at: i,
+                    sentence_end: false,
+                },
             });
         }
         pieces += usize::from(new_piece);
-        in_word = alphanumeric;
-        if c.is_whitespace() {
+        if c.is_whitespace() && i > 0 {
             last_space = Some(i);
+            if matches!(previous, '.' | '!' | '?') {
+                last_sentence_end = Some(i);
+            }
         }
+        previous = c;
     }
     None
+}
+
+/// CJK ideographs: BERT's tokenizer makes a token of each, with no spaces between them.
+fn is_ideograph(c: char) -> bool {
+    matches!(c as u32,
+        0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
 }
 
 fn count_words(text: &str) -> usize {
@@ -306,8 +344,50 @@ mod tests {
 
     #[test]
     fn a_paragraph_up_to_the_limit_stays_whole() {
-        let text = vec!["mot"; PARAGRAPH_WORDS].join(" ");
+        let text = vec!["mot"; PASSAGE_WORDS].join(" ");
         assert_eq!(split_passages(&text).len(), 1);
+        let text = vec!["mot"; PASSAGE_WORDS + 1].join(" ");
+        let spans = split_passages(&text);
+        assert_eq!(texts(&text, &spans), [&text[..text.len() - 4], "mot"]);
+    }
+
+    #[test]
+    fn pieces_estimate_tokens() {
+        // Counted through the bound: `n` pieces fit, `n + 1` do not.
+        let fits = |t: &str| over_bounds_at(t).is_none();
+        let words = |w: &str, n: usize| vec![w; n].join(" ");
+        assert!(fits(&words("ab", MAX_PASSAGE_PIECES)));
+        assert!(!fits(&words("ab", MAX_PASSAGE_PIECES + 1)));
+        // A word of up to 8 ASCII letters is one piece; 9 to 16 letters are two.
+        assert!(fits(&words("abcdefgh", MAX_PASSAGE_PIECES / 2 + 1)));
+        assert!(fits(&words("abcdefghi", MAX_PASSAGE_PIECES / 2)));
+        assert!(!fits(&words("abcdefghi", MAX_PASSAGE_PIECES / 2 + 1)));
+        // Signs are a piece each; so is a CJK ideograph, with or without spaces.
+        assert!(fits(&",".repeat(MAX_PASSAGE_PIECES)));
+        assert!(!fits(&",".repeat(MAX_PASSAGE_PIECES + 1)));
+        assert!(fits(&"字".repeat(MAX_PASSAGE_PIECES)));
+        assert!(!fits(&"字".repeat(MAX_PASSAGE_PIECES + 1)));
+        // A letter outside ASCII is 3 units: "мы" (6 units) is one piece, "мир" (9) two.
+        assert!(fits(&words("мы", MAX_PASSAGE_PIECES)));
+        assert!(fits(&words("мир", MAX_PASSAGE_PIECES / 2)));
+        assert!(!fits(&words("мир", MAX_PASSAGE_PIECES / 2 + 1)));
+    }
+
+    #[test]
+    fn a_passage_over_the_pieces_is_cut_at_a_sentence_end_without_a_warning() {
+        // Sentences of figures: 20 words and 101 pieces each (three runs and two commas a
+        // figure, and the full stop); 9 of them are 180 words, one paragraph, cut two sentences
+        // a passage.
+        let sentence = format!("{}.", vec!["1,234,567"; 20].join(" "));
+        let text = [sentence.as_str(); 9].join(" ");
+        let (spans, cuts) = split_passages_counted(&text);
+        assert_eq!(cuts, 0);
+        assert_eq!(spans.len(), 5);
+        for t in texts(&text, &spans) {
+            assert!(t.ends_with("567."), "…{}", &t[t.len() - 8..]);
+            assert!(over_bounds_at(t).is_none());
+        }
+        check_offsets(&text, &spans);
     }
 
     #[test]
@@ -367,7 +447,10 @@ mod tests {
                 text.split_whitespace().collect::<String>()
             );
         }
-        assert_eq!(split_passages_counted(&commas).0.len(), 500);
+        assert_eq!(
+            split_passages_counted(&commas).0.len(),
+            300_000 / MAX_PASSAGE_PIECES
+        );
         // Long words are cut at spaces, not inside a word.
         for t in texts(&long_words, &split_passages(&long_words)) {
             assert!(t.split(' ').all(|w| w.len() == 90));

@@ -60,28 +60,36 @@ fn the_xquad_file_is_indexed_then_reindexed_after_a_change() {
     let dir = work.join("index");
     let mut index = Index::open_or_create(&dir, &IndexSettings::default()).unwrap();
     let report = index.add(&[&data], |_| {}).unwrap();
-    assert_eq!((report.added, report.passages), (1, 180));
+    // 180 paragraphs, of which 10 have over 200 words (up to 312) and are cut in two.
+    assert_eq!((report.added, report.passages), (1, 190));
     let stats = index.stats();
     assert_eq!(
         (stats.files, stats.documents, stats.passages),
-        (1, 180, 180)
+        (1, 180, 190)
     );
 
-    // Every passage is its whole paragraph (none is over 400 words), at offsets 0..len.
+    // Every passage is its paragraph (or, over 200 words, part of it) at its offsets.
     let contexts = xquad_contexts(&data);
-    let hits = index
-        .search("Super Bowl 50 Denver Broncos", 5)
-        .unwrap()
-        .hits;
-    assert_eq!(hits.len(), 5);
+    let hits = index.search("the of and in a", 190).unwrap().hits;
+    assert_eq!(hits.len(), 190, "every passage has one of these words");
+    let mut whole = 0;
     for hit in &hits {
-        let context = &contexts[&hit.passage.doc_id];
-        assert_eq!(&hit.passage.text, context);
+        let context: Vec<char> = contexts[&hit.passage.doc_id].chars().collect();
+        let (start, end) = (hit.passage.start, hit.passage.end);
         assert_eq!(
-            (hit.passage.start, hit.passage.end),
-            (0, context.chars().count())
+            hit.passage.text,
+            context[start..end].iter().collect::<String>()
         );
+        let paragraph: String = context.iter().collect();
+        // Whole: all of it but surrounding whitespace (one paragraph starts with a space).
+        if hit.passage.text == paragraph.trim() {
+            whole += 1;
+        } else {
+            let words = paragraph.split_whitespace().count();
+            assert!(words > 200, "{} ({words} words) is cut", hit.passage.doc_id);
+        }
     }
+    assert_eq!(whole, 170);
     assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
 
     // Unchanged: nothing is read again, nothing added.
@@ -99,13 +107,13 @@ fn the_xquad_file_is_indexed_then_reindexed_after_a_change() {
     .unwrap();
     let mut index = Index::open(&dir).unwrap();
     let changed = index.add(&[&data], |_| {}).unwrap();
-    assert_eq!((changed.updated, changed.passages), (1, 180));
-    assert_eq!(index.stats().passages, 180);
+    assert_eq!((changed.updated, changed.passages), (1, 190));
+    assert_eq!(index.stats().passages, 190);
     let found = index.search("Zyxwarble", 3).unwrap().hits;
     assert_eq!(found.len(), 1);
     assert!(found[0].passage.text.starts_with("The Zyxwarble defense"));
     assert!(index
-        .search("Panthers", 180)
+        .search("Panthers", 190)
         .unwrap()
         .hits
         .iter()
@@ -113,7 +121,7 @@ fn the_xquad_file_is_indexed_then_reindexed_after_a_change() {
 
     // Removed: nothing is left, and a question then finds nothing.
     let removed = index.remove(&[data]).unwrap();
-    assert_eq!((removed.files, removed.passages), (1, 180));
+    assert_eq!((removed.files, removed.passages), (1, 190));
     assert_eq!(index.stats().passages, 0);
     assert!(index.search("football", 3).unwrap().hits.is_empty());
     let qa = minilm();

@@ -383,3 +383,90 @@ fn odd_files_are_reported_and_names_reach_no_terminal_raw() {
     let absolute = std::fs::canonicalize(&docs).unwrap().join(escape_name);
     assert_eq!(json[0]["path"], s(&absolute));
 }
+
+#[test]
+fn a_passage_is_read_in_one_window_whatever_its_tokens() {
+    use bertqa::index::passages::readable_part;
+    use bertqa::QaParams;
+
+    // Words of random letters: within the passage bounds (a piece each), but the reader's
+    // vocabulary cuts each into several tokens, more than one window holds.
+    let mut seed = 7u32;
+    let mut letter = || {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        char::from(b'a' + ((seed >> 16) % 26) as u8)
+    };
+    let words: Vec<String> = (0..170)
+        .map(|_| (0..8).map(|_| letter()).collect())
+        .collect();
+    let text = format!("Paris is the capital of France. {}", words.join(" "));
+    assert_eq!(readable_part(&text), text, "the text is within the bounds");
+    let hit = Hit {
+        score: 1.0,
+        passage: Passage {
+            end: text.chars().count(),
+            text: text.clone(),
+            doc_id: "letters.txt".into(),
+            title: String::new(),
+            path: "letters.txt".into(),
+            start: 0,
+        },
+    };
+    let qa = common::load_pipeline(&model_dir());
+    let question = "What is the capital of France?";
+    let tokens = qa
+        .tokenizer()
+        .tokenizer()
+        .encode(text.as_str(), false)
+        .unwrap();
+    let (room, _) = qa.tokenizer().context_room(question, 384).unwrap();
+    assert!(tokens.len() > room, "{} tokens", tokens.len());
+
+    let prepared = qa
+        .prepare_hits(question, std::slice::from_ref(&hit), &QaParams::default())
+        .unwrap();
+    let read = prepared[0].context.clone();
+    assert_eq!(prepared[0].windows.len(), 1);
+    assert!(text.starts_with(&read) && read.len() < text.len());
+    assert!(text[read.len()..].starts_with(' '), "cut inside a word");
+    let read_tokens = qa
+        .tokenizer()
+        .tokenizer()
+        .encode(read.as_str(), false)
+        .unwrap();
+    assert!(read_tokens.len() <= room && read_tokens.len() + 8 > room);
+
+    // A shorter window reads the same text, in more windows.
+    let short = QaParams {
+        max_seq_len: Some(128),
+        doc_stride: Some(32),
+        ..QaParams::default()
+    };
+    let prepared = qa
+        .prepare_hits(question, std::slice::from_ref(&hit), &short)
+        .unwrap();
+    assert_eq!(prepared[0].context, read);
+    assert!(prepared[0].windows.len() > 1);
+
+    // The answer in the part read is found, and the cut is said.
+    let retrieval = Retrieval {
+        terms: vec!["capit".into()],
+        hits: vec![hit],
+    };
+    let found = qa
+        .answer_retrieved(&[question], &[retrieval], &AskOptions::default())
+        .unwrap();
+    assert!(
+        found[0].answers[0].answer.contains("Paris"),
+        "{:?}",
+        found[0]
+    );
+    assert_eq!(found[0].warnings.len(), 1, "{:?}", found[0].warnings);
+    let warning = &found[0].warnings[0];
+    assert!(
+        warning.contains("letters.txt")
+            && warning.contains("more tokens than one window holds")
+            && warning.contains(&format!("first {} characters", read.chars().count())),
+        "{warning}"
+    );
+}

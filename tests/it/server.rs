@@ -1205,7 +1205,7 @@ fn documents_endpoint_answers_over_the_index() {
 
     // It shows in /info, /openapi.json and the metrics.
     let info = server.request("GET", "/info", None).json();
-    assert_eq!(info["index"]["passages"], 180);
+    assert_eq!(info["index"]["passages"], 190);
     let openapi = server.request("GET", "/openapi.json", None).json();
     assert!(openapi["paths"][path].is_object());
     assert!(server
