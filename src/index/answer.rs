@@ -236,40 +236,36 @@ impl QaPipeline {
             handle_impossible_answer: None,
             ..params.clone()
         };
+        // Context tokens one window holds beside the question. The window is `max_seq_len`
+        // tokens, or the default length where that is longer, so that a shorter `max_seq_len`
+        // reads the same text in more windows. None fit: `prepare` says so.
+        let default = self.default_max_seq_len();
+        let window = params.max_seq_len.unwrap_or(default).max(default);
+        let room = self.tokenizer().context_room(question, window).ok();
         hits.par_iter()
             .map(|hit| {
+                // A passage is never refused for its size: see `readable_part`.
+                let passage = readable_part(&hit.passage.text);
+                let context = match room {
+                    Some((room, _)) => self.first_tokens_of(passage, room)?,
+                    None => passage,
+                };
                 self.prepare(&QaRequest {
                     question: question.to_string(),
-                    // A passage is never refused for its size: see `readable_part`.
-                    context: self
-                        .one_window_of(question, readable_part(&hit.passage.text), params)?
-                        .to_string(),
+                    context: context.to_string(),
                     params: reading.clone(),
                 })
             })
             .collect()
     }
 
-    /// The beginning of `passage` that one window holds beside `question`: all of a passage
-    /// within the index's bounds in the text those bounds are made for; the first tokens of
-    /// one whose text this model cuts into more tokens (figures, long words, scripts its
-    /// vocabulary lacks), cut at a space where there is one. The window is `max_seq_len`
-    /// tokens, or the default length where that is longer, so that a shorter `max_seq_len`
-    /// reads the same text in more windows.
-    fn one_window_of<'p>(
-        &self,
-        question: &str,
-        passage: &'p str,
-        params: &QaParams,
-    ) -> Result<&'p str> {
-        let default = self.default_max_seq_len();
-        let window = params.max_seq_len.unwrap_or(default).max(default);
-        let tokenizer = self.tokenizer();
-        let Ok((room, _)) = tokenizer.context_room(question, window) else {
-            // No context fits beside this question: `prepare` says so.
-            return Ok(passage);
-        };
-        let encoding = tokenizer
+    /// The beginning of `passage` that `room` context tokens hold: all of a passage within the
+    /// index's bounds in the text those bounds are made for; the first tokens of one whose
+    /// text this model cuts into more tokens (figures, long words, scripts its vocabulary
+    /// lacks), cut at a space where there is one.
+    fn first_tokens_of<'p>(&self, passage: &'p str, room: usize) -> Result<&'p str> {
+        let encoding = self
+            .tokenizer()
             .tokenizer()
             .encode_char_offsets(passage, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;

@@ -210,22 +210,11 @@ fn odd_documents_are_cut_when_indexed_and_never_fail_a_question() {
 
     // A passage over the bounds (as an index written before they existed holds) is read up
     // to them, with a warning, and the others are read as they are.
-    let passage = |text: String, path: &str| Hit {
-        score: 1.0,
-        passage: Passage {
-            end: text.chars().count(),
-            text,
-            doc_id: path.into(),
-            title: String::new(),
-            path: path.into(),
-            start: 0,
-        },
-    };
     let retrieval = Retrieval {
         terms: vec!["capit".into()],
         hits: vec![
-            passage("x".repeat(1_200_000), "huge.txt"),
-            passage("Paris is the capital of France.".into(), "france.txt"),
+            whole_file_hit("x".repeat(1_200_000), "huge.txt"),
+            whole_file_hit("Paris is the capital of France.".into(), "france.txt"),
         ],
     };
     let found = qa
@@ -238,6 +227,21 @@ fn odd_documents_are_cut_when_indexed_and_never_fail_a_question() {
     );
     assert_eq!(found[0].warnings.len(), 1, "{:?}", found[0].warnings);
     assert!(found[0].warnings[0].contains("huge.txt"));
+}
+
+/// A retrieved passage that is all of the file at `path`.
+fn whole_file_hit(text: String, path: &str) -> Hit {
+    Hit {
+        score: 1.0,
+        passage: Passage {
+            end: text.chars().count(),
+            text,
+            doc_id: path.into(),
+            title: String::new(),
+            path: path.into(),
+            start: 0,
+        },
+    }
 }
 
 /// Every entry of `dir` (recursively) with its size and modification time, and the folders'
@@ -403,17 +407,7 @@ fn a_passage_is_read_in_one_window_whatever_its_tokens() {
         .collect();
     let text = format!("Paris is the capital of France. {}", words.join(" "));
     assert_eq!(readable_part(&text), text, "the text is within the bounds");
-    let hit = Hit {
-        score: 1.0,
-        passage: Passage {
-            end: text.chars().count(),
-            text: text.clone(),
-            doc_id: "letters.txt".into(),
-            title: String::new(),
-            path: "letters.txt".into(),
-            start: 0,
-        },
-    };
+    let hit = whole_file_hit(text.clone(), "letters.txt");
     let qa = common::load_pipeline(&model_dir());
     let question = "What is the capital of France?";
     let tokens = qa
