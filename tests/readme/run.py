@@ -126,10 +126,14 @@ class Runner:
             if not wait_for_health("http://127.0.0.1:8080/health", 120):
                 self.fail(where, f"`{command}` did not answer /health within 120 s")
             return None
+        began = time.time()
         result = subprocess.run(
             ["bash", "-c", command], cwd=self.work, env=self.env, capture_output=True,
             text=True, timeout=900,
         )
+        # Where CI's minutes go: one line per command.
+        print(f"README.md:{where}: {time.time() - began:6.1f} s  {command.splitlines()[0][:90]}",
+              file=sys.stderr)
         if result.returncode != 0:
             self.fail(where, f"`{command}` exited {result.returncode}: {result.stderr[-2000:]}")
             return None
