@@ -6,6 +6,11 @@ fixtures'), for bench/archs.sh. Run inside bench/.venv.
   subset DATA N OUT      the first N questions of a SQuAD file, as a SQuAD file
   split DATA PARTS OUT   its paragraphs dealt round-robin into OUT/part-I.json (a few questions
                          may come from one article, so articles are too coarse to deal)
+  table RUNS PARTS OPENVINO ARCH...
+                         the markdown table of archs.sh from RUNS/<arch>-<kind>-<i>.json and .mem
+                         (kinds pipeline, f32, int8, and openvino unless OPENVINO is 0); an
+                         OpenVINO run that failed is reported in its row ("export failed: ..."
+                         where optimum-intel could not export the architecture)
 """
 import json
 import os
@@ -99,6 +104,61 @@ def split(data, parts, out):
         json.dump({"version": squad.get("version", "1.1"), "data": articles}, open(path, "w"))
 
 
+def run_figures(runs, parts, arch, kind):
+    """(questions/s, peak MiB) of one engine over all parts."""
+    seconds = questions = 0.0
+    peak = 0
+    for i in range(parts):
+        report = json.load(open(os.path.join(runs, f"{arch}-{kind}-{i}.json")))
+        if kind in ("pipeline", "openvino"):
+            seconds += report["pipeline"]["seconds"]
+            questions += report["pipeline"]["questions"]
+        else:
+            seconds += report["seconds"]
+            questions += report["total"]
+        peak = max(peak, int(open(os.path.join(runs, f"{arch}-{kind}-{i}.mem")).read().split()[-1]))
+    return questions / seconds, peak / 1024
+
+
+def table(runs, parts, openvino, archs):
+    from openvino_engines import run_failure
+
+    openvino = openvino != "0"
+    ov_head, ov_rule, ov_peak = (
+        (" OpenVINO q/s | × pipeline | bertqa f32 / OpenVINO |", "---|---|---|", " / OpenVINO") if openvino else ("", "", "")
+    )
+    print(f"| architecture | pipeline q/s | bertqa f32 q/s | × pipeline | bertqa int8 q/s | × pipeline | int8 / f32 |"
+          f"{ov_head} peak MiB pipeline / f32 / int8{ov_peak} |")
+    print(f"|---|---|---|---|---|---|---|{ov_rule}---|")
+    versions, chosen = {}, {}
+    for arch in archs:
+        (p, pm), (f, fm), (q, qm) = (run_figures(runs, parts, arch, k) for k in ("pipeline", "f32", "int8"))
+        ov_cells, ov_mem = "", ""
+        if openvino:
+            failure = None
+            for i in range(parts):
+                path = os.path.join(runs, f"{arch}-openvino-{i}")
+                failure = run_failure(path + ".json", path + ".log") if os.path.exists(path + ".json") else \
+                    "failed: no report"
+                if failure:
+                    break
+            if failure:
+                ov_cells, ov_mem = f" {failure} | – | – |", " / –"
+            else:
+                o, om = run_figures(runs, parts, arch, "openvino")
+                ov_cells, ov_mem = f" {o:.2f} | {o / p:.2f}× | {f / o:.2f}× |", f" / {om:.0f}"
+                info = json.load(open(os.path.join(runs, f"{arch}-openvino-0.json"))).get("openvino", {})
+                versions.update({k: info.get(k) for k in ("openvino", "optimum-intel") if info.get(k)})
+                chosen.setdefault(info.get("precision", "?"), []).append(arch)
+        print(f"| {arch} | {p:.2f} | {f:.2f} | {f / p:.2f}× | {q:.2f} | {q / p:.2f}× | {q / f:.2f}× |{ov_cells} "
+              f"{pm:.0f} / {fm:.0f} / {qm:.0f}{ov_mem} |")
+    if openvino and versions:
+        picks = "; ".join(f"{precision} ({', '.join(names)})" for precision, names in chosen.items())
+        print()
+        print(f"OpenVINO {versions.get('openvino', '?')} (optimum-intel {versions.get('optimum-intel', '?')}) in "
+              f"transformers' pipeline, default precision; its CPU plugin chose {picks}")
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "make":
@@ -107,5 +167,7 @@ if __name__ == "__main__":
         subset(args[0], int(args[1]), args[2])
     elif command == "split":
         split(args[0], int(args[1]), args[2])
+    elif command == "table":
+        table(args[0], int(args[1]), args[2], args[3:])
     else:
         sys.exit(__doc__)

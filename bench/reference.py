@@ -1,27 +1,34 @@
-"""PyTorch / transformers / ONNX Runtime reference figures for bench/compare.sh (run inside bench/.venv).
+"""PyTorch / transformers / ONNX Runtime / OpenVINO reference figures for bench/compare.sh (run
+inside bench/.venv).
 
 Each subcommand prints one JSON object:
 
   pipeline MODEL DATA WORK   transformers' question-answering pipeline on a SQuAD file, one question
-                             per call (questions/s); its answers go to WORK/torch_predictions.json
-                             (or --predictions)
+                             per call (questions/s, SQuAD EM / F1); its answers go to
+                             WORK/torch_predictions.json (or --predictions). With --openvino
+                             default|f32 the pipeline runs optimum-intel's OVModelForQuestionAnswering
+                             (export=True) instead of PyTorch; a failure is reported as
+                             {"error", "stage": "export"|"run"} and the exit status is still 0
   split DATA N OUT           the articles of a SQuAD file dealt round-robin into OUT/part-0..N-1.json
   forward SIZE TOKENIZER WORK
                              forward latency at 384 tokens of a BERT-base/large-sized QA model with
                              random weights (saved as safetensors in WORK/bert-SIZE-random so that
                              bertqa runs the very same weights): PyTorch fp32 and bf16 autocast,
                              ONNX Runtime fp32 and dynamic int8; with --bertqa FORWARD_TIMING, bertqa
-                             f32 and int8 too, the engines taking turns over --rounds rounds
+                             f32 and int8 too; with --openvino, OpenVINO at its default precision,
+                             forced f32 and NNCF int8 (bench/openvino_engines.py, one process per
+                             timing as bertqa's); the engines taking turns over --rounds rounds
   train BASE                 one fine-tuning step (forward + backward + clipping + AdamW) of a
                              BertForQuestionAnswering built from BASE, on random windows
 
-THREADS (default 2) sets the threads of PyTorch and ONNX Runtime alike.
+THREADS (default 2) sets the threads of PyTorch, ONNX Runtime and OpenVINO alike.
 """
 import argparse
 import json
 import os
 import re
 import statistics
+import string
 import subprocess
 import sys
 import time
@@ -30,6 +37,7 @@ import torch
 
 THREADS = int(os.environ.get("THREADS", "2"))
 torch.set_num_threads(THREADS)
+OPENVINO_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openvino_engines.py")
 
 
 def log(message):
@@ -39,30 +47,86 @@ def log(message):
 # ---------------------------------------------------------------- pipeline
 
 
+PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text):
+    """SQuAD v1.1's normalization: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_scores(data, answers):
+    """SQuAD v1.1 exact match and F1 (0-100) of `answers` {id: text} over the questions of `data`
+    that were answered."""
+    from collections import Counter
+
+    def f1(prediction, truth):
+        p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
+        common = sum((Counter(p) & Counter(t)).values())
+        if common == 0:
+            return 0.0
+        precision, recall = common / len(p), common / len(t)
+        return 2 * precision * recall / (precision + recall)
+
+    em = f1_sum = total = 0
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for q in paragraph["qas"]:
+                if q["id"] not in answers:
+                    continue
+                truths = [a["text"] for a in q["answers"]] or [""]
+                total += 1
+                em += max(float(normalize_answer(answers[q["id"]]) == normalize_answer(t)) for t in truths)
+                f1_sum += max(f1(answers[q["id"]], t) for t in truths)
+    return (100 * em / total, 100 * f1_sum / total) if total else (None, None)
+
+
 def pipeline_speed(args):
     from transformers import pipeline
 
-    qa = pipeline("question-answering", model=args.model, device="cpu")
-    data = json.load(open(args.data))
-    items = [
-        (q["id"], q["question"], p["context"])
-        for a in data["data"]
-        for p in a["paragraphs"]
-        for q in p["qas"]
-    ]
-    if args.limit:
-        items = items[: args.limit]
-    answers = {}
-    t = time.perf_counter()
-    for qid, question, context in items:
-        answers[qid] = qa(question=question, context=context)["answer"]
-    seconds = time.perf_counter() - t
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    stage = "export"
+    try:
+        if args.openvino:
+            from openvino_engines import qa_pipeline
+
+            qa, out["openvino"] = qa_pipeline(args.model, args.openvino)
+        else:
+            qa = pipeline("question-answering", model=args.model, device="cpu")
+        stage = "run"
+        data = json.load(open(args.data))
+        items = [
+            (q["id"], q["question"], p["context"])
+            for a in data["data"]
+            for p in a["paragraphs"]
+            for q in p["qas"]
+        ]
+        if args.limit:
+            items = items[: args.limit]
+        answers = {}
+        t = time.perf_counter()
+        for qid, question, context in items:
+            answers[qid] = qa(question=question, context=context)["answer"]
+        seconds = time.perf_counter() - t
+    except Exception as e:
+        if not args.openvino:
+            raise
+        # An OpenVINO case that fails is reported in its row; the benchmark goes on.
+        from openvino_engines import short_error
+
+        log(f"OpenVINO pipeline ({args.openvino}) failed at {stage}: {e}")
+        return dict(out, error=short_error(e), stage=stage)
     json.dump(answers, open(args.predictions or os.path.join(args.work, "torch_predictions.json"), "w"))
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "pipeline": {"questions": len(items), "seconds": seconds, "questions_per_s": len(items) / seconds},
+    em, f1 = squad_scores(data, answers)
+    out["pipeline"] = {
+        "questions": len(items),
+        "seconds": seconds,
+        "questions_per_s": len(items) / seconds,
+        "exact_match": em,
+        "f1": f1,
     }
+    return out
 
 
 def split_data(args):
@@ -210,6 +274,40 @@ def bertqa_latency(binary, model_dir, batch, iters, int8):
     return float(match.group(1))
 
 
+def openvino_prepare(checkpoint, out_dir):
+    """OpenVINO IR (f32) and its NNCF int8 copy of `checkpoint`, made in a process of their own
+    (bench/openvino_engines.py prepare): {"f32_ir", "int8_ir", "errors", versions...}."""
+    from openvino_engines import short_error
+
+    done = subprocess.run(
+        [sys.executable, OPENVINO_HELPER, "prepare", checkpoint, out_dir],
+        env=dict(os.environ, THREADS=str(THREADS)),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        return {"f32_ir": None, "int8_ir": None, "errors": {"convert": short_error(done.stderr)}}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def openvino_latency(ir, precision, batch, iters, chosen):
+    """ms per sequence of one OpenVINO IR in a process of its own (load and compilation not
+    timed, as bertqa's); the precision the CPU plugin compiled it at goes to `chosen`."""
+    done = subprocess.run(
+        [sys.executable, OPENVINO_HELPER, "time", ir, precision, str(batch), str(iters)],
+        env=dict(os.environ, THREADS=str(THREADS)),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        from openvino_engines import ProcessFailed, short_error
+
+        raise ProcessFailed(short_error(done.stderr))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    chosen.update(openvino=result["openvino"], precision=result["precision"])
+    return result["ms_per_seq"]
+
+
 def forward_latency(args):
     import onnxruntime
 
@@ -244,12 +342,53 @@ def forward_latency(args):
     if args.bertqa:
         engines["bertqa_f32"] = lambda batch: bertqa_latency(args.bertqa, d, batch, iters[batch], False)
         engines["bertqa_int8"] = lambda batch: bertqa_latency(args.bertqa, d, batch, iters[batch], True)
+    # OpenVINO: the same checkpoint converted to IR, at the CPU plugin's own precision, forced
+    # f32 and NNCF int8. A failing OpenVINO engine is left out with its error (out["openvino"]
+    # ["errors"]), the other engines go on.
+    openvino_engines = []
+    if args.openvino:
+        from openvino_engines import short_error
+
+        log(f"   OpenVINO conversion and NNCF int8 quantization ({args.size})")
+        prepared = openvino_prepare(d, os.path.join(args.work, f"{name}-openvino"))
+        ov = {key: prepared.get(key) for key in ("openvino", "optimum-intel", "nncf", "capabilities")}
+        ov.update(precision={}, errors={})
+        out["openvino"] = ov
+        for engine, ir_key, precision in [
+            ("ov_default", "f32_ir", "default"),
+            ("ov_f32", "f32_ir", "f32"),
+            ("ov_int8", "int8_ir", "default"),
+        ]:
+            ir = prepared.get(ir_key)
+            if not ir:
+                errors = prepared.get("errors", {})
+                ov["errors"][engine] = errors.get("int8" if ir_key == "int8_ir" else "convert") or errors.get("convert", "?")
+                continue
+            chosen = ov["precision"].setdefault(engine, {})
+            engines[engine] = (
+                lambda batch, ir=ir, precision=precision, chosen=chosen: openvino_latency(
+                    ir, precision, batch, iters[batch], chosen
+                )
+            )
+            openvino_engines.append(engine)
     rounds = {f"{engine}_b{batch}": [] for batch in iters for engine in engines}
     for r in range(args.rounds):
         log(f"   round {r + 1}/{args.rounds}: {', '.join(engines)} ({args.size})")
         for batch in iters:
-            for engine, run in engines.items():
-                rounds[f"{engine}_b{batch}"].append(run(batch))
+            for engine, run in list(engines.items()):
+                try:
+                    rounds[f"{engine}_b{batch}"].append(run(batch))
+                except Exception as e:
+                    if engine not in openvino_engines:
+                        raise
+                    log(f"   {engine} failed: {short_error(e)}")
+                    out["openvino"]["errors"][engine] = short_error(e)
+                    del engines[engine]
+                    for b in iters:
+                        rounds.pop(f"{engine}_b{b}", None)
+    if args.openvino:
+        # {"ov_default": "bf16", ...}: what the CPU plugin compiled each engine at.
+        ov["precision"] = {engine: chosen["precision"] for engine, chosen in ov["precision"].items() if chosen}
     out["rounds"] = rounds
     for key, values in rounds.items():
         engine, batch = key.rsplit("_b", 1)
@@ -321,6 +460,7 @@ def main():
     p.add_argument("work")
     p.add_argument("--limit", type=int, default=0, help="only the first N questions (quick checks)")
     p.add_argument("--predictions", help="where the answers go (default WORK/torch_predictions.json)")
+    p.add_argument("--openvino", choices=["default", "f32"], help="optimum-intel's OpenVINO model in the pipeline, at this precision")
     p.set_defaults(run=pipeline_speed)
     p = sub.add_parser("split")
     p.add_argument("data")
@@ -336,6 +476,7 @@ def main():
     p.add_argument("--layers", type=int, default=0, help="fewer layers (quick checks)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of turns between the engines")
     p.add_argument("--bertqa", help="bertqa's forward_timing binary: time bertqa f32/int8 in the same rounds")
+    p.add_argument("--openvino", action="store_true", help="time OpenVINO default / f32 / NNCF int8 in the same rounds")
     p.set_defaults(run=forward_latency)
     p = sub.add_parser("train")
     p.add_argument("base")

@@ -5,7 +5,8 @@
                                     steps left out
 
 Ratios are bertqa / reference: above 1 is better for rates (q/s, examples/s), below 1 is better
-for times (s, ms).
+for times (s, ms). An OpenVINO case that failed keeps its row, with its error in place of the
+figures.
 """
 import json
 import os
@@ -13,6 +14,8 @@ import re
 import statistics
 import sys
 from datetime import datetime
+
+from openvino_engines import short_error  # bench/, beside this file; imports nothing heavy
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
@@ -76,18 +79,45 @@ def turns(ref, ours, theirs, batch):
     return statistics.median(ratios), "per round " + ", ".join(f"{r:.2f}" for r in ratios)
 
 
+def load_run(directory, name):
+    """A run's JSON report, or {"error": ...} where the run failed before writing one (the last
+    error line of its .log beside it)."""
+    try:
+        return json.load(open(os.path.join(directory, name)))
+    except (OSError, ValueError):
+        log = os.path.join(directory, name[: -len(".json")] + ".log")
+        try:
+            text = open(log, encoding="utf-8", errors="replace").read()
+        except OSError:
+            text = "no report and no log"
+        return {"error": short_error(text)}
+
+
+def short(text, limit=140):
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def eval_parts(work):
     """The eval runs of compare.sh, part by part: {engine: [per-part JSON]}, engines being
-    `torch` (the pipeline), `bertqa` and `bertqa_int8`, plus merged predictions per engine."""
+    `torch` (the pipeline), `bertqa`, `bertqa_int8`, and the pipeline around OpenVINO
+    `openvino` (default precision) and `openvino_f32`, plus merged predictions per engine."""
     parts = os.path.join(work, "eval-parts")
     runs, predictions = {}, {}
-    for engine in ["torch", "bertqa", "bertqa_int8"]:
+    for engine in ["torch", "bertqa", "bertqa_int8", "openvino", "openvino_f32"]:
         i = 0
         while os.path.exists(os.path.join(parts, f"{engine}-{i}.json")):
-            runs.setdefault(engine, []).append(load(parts, f"{engine}-{i}.json"))
+            runs.setdefault(engine, []).append(load_run(parts, f"{engine}-{i}.json"))
             predictions.setdefault(engine, {}).update(load(parts, f"{engine}-{i}.predictions.json") or {})
             i += 1
     return runs, predictions
+
+
+def openvino_against(precision):
+    """The bertqa variants an OpenVINO case at its default precision is set against: f32, and
+    where OpenVINO picked less than f32 (bf16 on CPUs with AMX or AVX512-BF16) also int8,
+    bertqa's own reduced-precision mode."""
+    return ["f32"] if precision in (None, "f32") else ["f32", "int8"]
 
 
 def table(work):
@@ -104,6 +134,16 @@ def table(work):
             f"| {measure} | {ours:.{digits}f} {unit} | {reference:.{digits}f} {unit} | "
             f"**{ratio:.2f}x** ({better} is better) | {note} |"
         )
+
+    # OpenVINO's versions, and its CPU plugin's own pick of precision per case (header lines).
+    openvino_seen, picks = {}, {}
+
+    def failed(measure, ours, unit, error):
+        """The row of a case whose reference failed: bertqa's figure, the error, no ratio."""
+        openvino_seen["failed"] = True
+        digits = 2 if unit in ("q/s", "s", "examples/s") else 0
+        figure = "–" if ours is None else f"{ours:.{digits}f} {unit}"
+        rows.append(f"| {measure} | {figure} | failed | – | {short(error)} |")
 
     runs, predictions = eval_parts(work)
     pipe = runs.get("torch", [])
@@ -132,6 +172,49 @@ def table(work):
             note,
             rate=True,
         )
+    # The pipeline around OpenVINO (optimum-intel), part by part beside the others.
+    model_name = os.path.basename(runs["bertqa"][0].get("model", "model")) if runs.get("bertqa") else "model"
+    for engine, label in [("openvino", "default"), ("openvino_f32", "f32")]:
+        ov_runs = runs.get(engine, [])
+        if not ov_runs or not pipe:
+            continue
+        errors = [r.get("error") or "no figures" for r in ov_runs if "pipeline" not in r]
+        info = next((r["openvino"] for r in ov_runs if r.get("openvino")), {})
+        precision = info.get("precision")
+        if info:
+            openvino_seen.setdefault("openvino", info.get("openvino"))
+            openvino_seen.setdefault("optimum-intel", info.get("optimum-intel"))
+            if label == "default":
+                picks[f"eval {model_name}"] = precision
+        for ours_variant in openvino_against(precision) if label == "default" else ["f32"]:
+            ours = runs.get("bertqa" if ours_variant == "f32" else "bertqa_int8", [])
+            ours_ok = bool(ours) and len(ours) == len(ov_runs)
+            questions = sum(b["total"] for b in ours) if ours_ok else None
+            ours_rate = questions / sum(b["seconds"] for b in ours) if ours_ok else None
+            picked = f" ({precision})" if precision and label == "default" else ""
+            measure = (
+                f"eval {model_name}, {questions if questions is not None else '?'} questions, bertqa {ours_variant} "
+                f"vs pipeline + OpenVINO {label}{picked}"
+            )
+            if errors:
+                stage = next((r.get("stage") for r in ov_runs if r.get("error")), None)
+                failed(measure, ours_rate, "q/s", ("export failed: " if stage == "export" else "") + errors[0])
+                continue
+            if not ours_ok:
+                continue
+            ov_questions = sum(r["pipeline"]["questions"] for r in ov_runs)
+            ov_rate = ov_questions / sum(r["pipeline"]["seconds"] for r in ov_runs)
+            per_part = [b["questions_per_second"] / r["pipeline"]["questions_per_s"] for b, r in zip(ours, ov_runs)]
+            em = sum(r["pipeline"]["exact_match"] * r["pipeline"]["questions"] for r in ov_runs) / ov_questions
+            f1 = sum(r["pipeline"]["f1"] * r["pipeline"]["questions"] for r in ov_runs) / ov_questions
+            theirs, mine = predictions.get("torch", {}), predictions.get(engine, {})
+            same = sum(theirs[k] == mine.get(k) for k in theirs)
+            note = (
+                f"OpenVINO {info.get('openvino', '?')} at {precision}: {ov_rate:.2f} q/s, EM {em:.2f} / F1 {f1:.2f}, "
+                f"{same}/{len(theirs)} answers identical to the fp32 pipeline's; per part ({len(ov_runs)}) "
+                + ", ".join(f"{r:.2f}" for r in per_part)
+            )
+            row(measure, ours_rate, ov_rate, "q/s", note, rate=True)
     cold = load(work, "cold.json")
     if cold:
         row("cold start (load + one answer), bertqa vs pipeline", cold["bertqa_cold_s"], cold["torch_cold_s"], "s")
@@ -154,6 +237,31 @@ def table(work):
                 ratio, note = turns(ref, "bertqa_int8", "ort_int8", batch)
             note = f"PyTorch bf16 {ref[f'bf16_{suffix}']:.0f} ms, ORT int8 {ref[f'ort_int8_{suffix}']:.0f} ms; {note}"
             row(f"{what}: bertqa int8 vs best of PyTorch bf16 / ORT int8 ({name})", int8, best, "ms", note, ratio=ratio)
+            # OpenVINO: its own pick of precision, forced f32, NNCF int8.
+            ov = ref.get("openvino")
+            if not ov:
+                continue
+            openvino_seen.setdefault("openvino", ov.get("openvino"))
+            openvino_seen.setdefault("nncf", ov.get("nncf"))
+            openvino_seen.setdefault("capabilities", ov.get("capabilities"))
+            picked = ov.get("precision", {}).get("ov_default")
+            if picked:
+                picks[f"bert-{size}"] = picked
+            default = "OpenVINO default" + (f" ({picked})" if picked else "")
+            for engine, label, ours_variant in [
+                *(("ov_default", default, variant) for variant in openvino_against(picked)),
+                ("ov_f32", "OpenVINO f32", "f32"),
+                ("ov_int8", "OpenVINO NNCF int8", "int8"),
+            ]:
+                ours = int8 if ours_variant == "int8" else f32
+                measure = f"{what}: bertqa {ours_variant} vs {label}"
+                error = ov.get("errors", {}).get(engine)
+                theirs = ref.get(f"{engine}_{suffix}")
+                if error or theirs is None:
+                    failed(measure, ours, "ms", error or "no figures")
+                    continue
+                ratio, note = turns(ref, f"bertqa_{ours_variant}", engine, batch)
+                row(measure, ours, theirs, "ms", note, ratio=ratio)
     tt, bt = load(work, "torch_train.json"), load(work, "bertqa_train.json")
     if tt and bt:
         split = lambda t: f"{t['forward_s']:.2f}+{t['backward_s']:.2f}+{t['optimizer_s']:.2f} s"  # noqa: E731
@@ -163,9 +271,23 @@ def table(work):
         )
         row("training step MiniLM-L6 fp32, bertqa vs PyTorch", bt["examples_per_s"], tt["examples_per_s"], "examples/s", note, rate=True)
     threads = pipe[0].get("threads", "?") if pipe else "?"
-    header = [
-        f"bertqa vs reference on this machine (threads: {threads}); ratio = bertqa / reference",
-        "",
+    header = [f"bertqa vs reference on this machine (threads: {threads}); ratio = bertqa / reference", ""]
+    cpu = open(os.path.join(work, "cpu.txt")).read().strip() if os.path.exists(os.path.join(work, "cpu.txt")) else None
+    if cpu:
+        header += [f"CPU: {cpu}", ""]
+    if openvino_seen.get("failed") and not openvino_seen.get("openvino"):
+        header += ["OpenVINO: no case ran (their rows say why)", ""]
+    if openvino_seen.get("openvino"):
+        versions = ", ".join(f"{k} {openvino_seen[k]}" for k in ("optimum-intel", "nncf") if openvino_seen.get(k))
+        chosen = ", ".join(f"{precision} ({case})" for case, precision in picks.items())
+        caps = openvino_seen.get("capabilities")
+        header += [
+            f"OpenVINO {openvino_seen['openvino']}" + (f" ({versions})" if versions else "")
+            + f"; precision its CPU plugin chose by default: {chosen or '?'}"
+            + (f"; CPU capabilities: {', '.join(caps)}" if caps else ""),
+            "",
+        ]
+    header += [
         "| measure | bertqa | reference | ratio | notes |",
         "|---|---|---|---|---|",
     ]
