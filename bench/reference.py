@@ -28,7 +28,6 @@ import json
 import os
 import re
 import statistics
-import string
 import subprocess
 import sys
 import time
@@ -47,39 +46,27 @@ def log(message):
 # ---------------------------------------------------------------- pipeline
 
 
-PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(text):
-    """SQuAD v1.1's normalization: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(c for c in text.lower() if c not in PUNCTUATION)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+# The official SQuAD v1.1 metric's normalization and scores, as the other benches use them.
+SHARED_REFERENCE = os.path.join(
+    os.environ.get("BERTQA_SHARED", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")),
+    "reference",
+)
 
 
 def squad_scores(data, answers):
     """SQuAD v1.1 exact match and F1 (0-100) of `answers` {id: text} over the questions of `data`
-    that were answered."""
-    from collections import Counter
+    that were answered (../shared/reference/squad_metric.py)."""
+    sys.path.insert(0, SHARED_REFERENCE)
+    from squad_metric import score
 
-    def f1(prediction, truth):
-        p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
-        common = sum((Counter(p) & Counter(t)).values())
-        if common == 0:
-            return 0.0
-        precision, recall = common / len(p), common / len(t)
-        return 2 * precision * recall / (precision + recall)
-
-    em = f1_sum = total = 0
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            for q in paragraph["qas"]:
-                if q["id"] not in answers:
-                    continue
-                truths = [a["text"] for a in q["answers"]] or [""]
-                total += 1
-                em += max(float(normalize_answer(answers[q["id"]]) == normalize_answer(t)) for t in truths)
-                f1_sum += max(f1(answers[q["id"]], t) for t in truths)
-    return (100 * em / total, 100 * f1_sum / total) if total else (None, None)
+    answered = [
+        {"paragraphs": [{"qas": [q for q in p["qas"] if q["id"] in answers]} for p in a["paragraphs"]]}
+        for a in data["data"]
+    ]
+    if not any(p["qas"] for a in answered for p in a["paragraphs"]):
+        return None, None
+    em, f1, _ = score(answered, answers)
+    return em, f1
 
 
 def pipeline_speed(args):
@@ -274,36 +261,37 @@ def bertqa_latency(binary, model_dir, batch, iters, int8):
     return float(match.group(1))
 
 
-def openvino_prepare(checkpoint, out_dir):
-    """OpenVINO IR (f32) and its NNCF int8 copy of `checkpoint`, made in a process of their own
-    (bench/openvino_engines.py prepare): {"f32_ir", "int8_ir", "errors", versions...}."""
+def openvino_helper(*args):
+    """Runs bench/openvino_engines.py with `args` in a process of its own: (its JSON report, None),
+    or (None, its error shortened) where it failed."""
     from openvino_engines import short_error
 
     done = subprocess.run(
-        [sys.executable, OPENVINO_HELPER, "prepare", checkpoint, out_dir],
+        [sys.executable, OPENVINO_HELPER, *args],
         env=dict(os.environ, THREADS=str(THREADS)),
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        return {"f32_ir": None, "int8_ir": None, "errors": {"convert": short_error(done.stderr)}}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return None, short_error(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1]), None
+
+
+def openvino_prepare(checkpoint, out_dir):
+    """OpenVINO IR (f32) and its NNCF int8 copy of `checkpoint`, made in a process of their own
+    (bench/openvino_engines.py prepare): {"f32_ir", "int8_ir", "errors", versions...}."""
+    result, error = openvino_helper("prepare", checkpoint, out_dir)
+    return result or {"f32_ir": None, "int8_ir": None, "errors": {"convert": error}}
 
 
 def openvino_latency(ir, precision, batch, iters, chosen):
     """ms per sequence of one OpenVINO IR in a process of its own (load and compilation not
     timed, as bertqa's); the precision the CPU plugin compiled it at goes to `chosen`."""
-    done = subprocess.run(
-        [sys.executable, OPENVINO_HELPER, "time", ir, precision, str(batch), str(iters)],
-        env=dict(os.environ, THREADS=str(THREADS)),
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        from openvino_engines import ProcessFailed, short_error
+    result, error = openvino_helper("time", ir, precision, str(batch), str(iters))
+    if error is not None:
+        from openvino_engines import ProcessFailed
 
-        raise ProcessFailed(short_error(done.stderr))
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+        raise ProcessFailed(error)
     chosen.update(openvino=result["openvino"], precision=result["precision"])
     return result["ms_per_seq"]
 
